@@ -1,0 +1,110 @@
+"""The few patches RecBole 1.2.1 needs on numpy 2 / pandas 3 / scipy 1.17 / torch 2.6+.
+
+Applied once, by ``import recbole_mm``. Each patch is small, targeted at RecBole's own
+call sites, and covered by a test in ``tests/test_compat.py`` that fails without it.
+
+1. ``numpy_aliases``: numpy 2 removed ``np.float_``, ``np.complex_`` and ``np.unicode_``;
+   RecBole's ``Config.compatibility_settings`` reads them (to re-create ``np.float`` etc.),
+   so every ``Config(...)`` raises ``AttributeError`` without them.
+2. ``trusted_checkpoint_load``: torch >= 2.6 loads with ``weights_only=True`` by default,
+   which refuses RecBole's own checkpoints (they pickle the ``Config``). Only the ``torch``
+   name inside ``recbole.trainer.trainer`` is replaced, by a proxy whose ``load`` defaults
+   to ``weights_only=False``; ``torch.load`` everywhere else keeps its safe default.
+3. ``dok_update``: scipy >= 1.13 dropped ``dok_matrix._update``, which RecBole's graph
+   models (LightGCN, NGCF, NCL, GCMC, SpectralCF) use to fill their adjacency.
+4. ``fill_nan``: ``Dataset._fill_nan`` calls ``feat[field].fillna(..., inplace=True)``,
+   which under pandas 3 (copy-on-write) fills a temporary and leaves the column untouched;
+   it also uses ``np.float``. The replacement assigns the filled column back.
+5. ``ray``: ``import recbole.quick_start`` imports ray, which fails on setuptools >= 81
+   and numpy 2. recbole_mm never imports ``recbole.quick_start``; nothing to patch.
+"""
+import types
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+_APPLIED = False
+
+
+def patch_numpy_aliases():
+    """Restore the numpy 1.x aliases RecBole's ``Config`` reads."""
+    aliases = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_}
+    for name, value in aliases.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+class _TorchWithTrustedLoad(types.ModuleType):
+    """Stands in for ``torch`` inside ``recbole.trainer.trainer`` only."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, *args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return torch.load(f, *args, **kwargs)
+
+
+def patch_trusted_checkpoint_load():
+    """Let RecBole's trainer load the checkpoints it wrote itself."""
+    import recbole.trainer.trainer as recbole_trainer
+
+    if not isinstance(recbole_trainer.torch, _TorchWithTrustedLoad):
+        recbole_trainer.torch = _TorchWithTrustedLoad()
+
+
+def _dok_update(self, data):
+    """``dok_matrix._update`` as scipy < 1.13 had it: bulk-insert ``{(row, col): value}``."""
+    storage = self._dict if hasattr(self, "_dict") else super(sp.dok_matrix, self)
+    storage.update(data)
+
+
+def patch_dok_update():
+    if not hasattr(sp.dok_matrix, "_update"):
+        sp.dok_matrix._update = _dok_update
+
+
+def _fill_nan(self):
+    """``Dataset._fill_nan`` that works under pandas copy-on-write.
+
+    Token fields get 0 ([PAD]), float fields the column mean, sequence fields an empty array.
+    """
+    from recbole.utils import FeatureType
+
+    for feat_name in self.feat_name_list:
+        feat = getattr(self, feat_name)
+        for field in feat:
+            ftype = self.field2type[field]
+            if ftype == FeatureType.TOKEN:
+                feat[field] = feat[field].fillna(value=0)
+            elif ftype == FeatureType.FLOAT:
+                feat[field] = feat[field].fillna(value=feat[field].mean())
+            else:
+                dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                feat[field] = feat[field].apply(
+                    lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
+                )
+
+
+def patch_fill_nan():
+    from recbole.data.dataset import Dataset
+
+    Dataset._fill_nan = _fill_nan
+
+
+def apply_patches():
+    """Apply every patch once; safe to call again."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    patch_numpy_aliases()
+    patch_trusted_checkpoint_load()
+    patch_dok_update()
+    patch_fill_nan()
+    _APPLIED = True
+

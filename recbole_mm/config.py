@@ -1,0 +1,47 @@
+"""``Config``: RecBole's configurator that knows the plugin's models and packaged defaults."""
+import os
+
+from recbole.config import Config as RecBoleConfig
+
+from recbole_mm.utils import get_model
+
+PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
+
+
+class Config(RecBoleConfig):
+    """RecBole's ``Config`` with two changes.
+
+    - Model names resolve through :func:`recbole_mm.utils.get_model` (plugin first).
+    - After RecBole's own internal yaml files, the plugin's packaged defaults are layered on
+      in RecBole's precedence order: ``properties/overall.yaml`` < ``properties/model/<Model>.yaml``
+      < ``properties/dataset/<dataset>.yaml``. User config files, the config dict and the
+      command line still override all of them (file < dict < command line), as in RecBole.
+    """
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+        if isinstance(model, str):
+            model_class = get_model(model)
+            _, _, final_dataset = super()._get_model_and_dataset(model_class, dataset)
+            return model, model_class, final_dataset
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        for path in packaged_config_files(model, dataset):
+            loaded = self._update_internal_config_dict(path)
+            if loaded and path.endswith(os.path.join("dataset", f"{dataset}.yaml")):
+                self.parameters["Dataset"] += [
+                    key for key in loaded if key not in self.parameters["Dataset"]
+                ]
+
+
+def packaged_config_files(model, dataset):
+    """The plugin's packaged yaml files that apply to ``model`` on ``dataset``, lowest first."""
+    candidates = [
+        os.path.join(PROPERTIES_DIR, "overall.yaml"),
+        os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
+        os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
+    ]
+    return [path for path in candidates if os.path.isfile(path)]

@@ -1,0 +1,201 @@
+"""``MultiModalDataset``: RecBole's ``Dataset`` plus item-feature matrices and MMRec folders.
+
+Dataset yaml keys read here (see ``recbole_mm/properties/dataset/baby.yaml``)::
+
+    modality_files: {image: image_feat.npy, text: text_feat.npy}   # relative to the data folder
+    modality_dims: {image: 4096, text: 384}                      # optional: checked against the files
+    feature_id_map: ~            # optional: file with the item token of each feature row
+    synthetic_generator: {...}   # optional: generate the folder on first use (``synthetic``)
+"""
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data.dataset import Dataset
+from recbole.utils import FeatureSource, FeatureType, set_color
+
+from recbole_mm.data.modality import (
+    FeatureFileError,
+    align_rows,
+    load_matrix,
+    read_id_map,
+    rows_for_tokens,
+)
+
+SPLIT_NAMES = ("train", "valid", "test")
+MMREC_LABEL = "x_label"
+MMREC_USER = "userID"
+MMREC_ITEM = "itemID"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset folder or its interaction file is missing; the message says what goes where."""
+
+
+class MultiModalDataset(Dataset):
+    """A RecBole ``Dataset`` whose items carry one feature matrix per modality.
+
+    Attributes:
+        modality_features (dict[str, torch.FloatTensor]): modality name -> (n_items x d) matrix,
+            row ``i`` = internal item id ``i``, row 0 (padding) all zeros. CPU tensors; models
+            move them to ``config['device']``.
+    """
+
+    def _load_data(self, token, dataset_path):
+        generator_args = self.config["synthetic_generator"]
+        if generator_args:
+            from recbole_mm.data.synthetic import ensure_synthetic_dataset
+
+            ensure_synthetic_dataset(dataset_path, token, generator_args)
+        self._check_interactions_exist(token, dataset_path)
+        super()._load_data(token, dataset_path)
+
+    def _check_interactions_exist(self, token, dataset_path):
+        if self.benchmark_filename_list is not None:
+            expected = [f"{token}.{part}.inter" for part in self.benchmark_filename_list]
+        else:
+            expected = [f"{token}.inter"]
+        missing = [name for name in expected if not os.path.isfile(os.path.join(dataset_path, name))]
+        if missing:
+            raise DatasetNotFoundError(self._not_found_message(token, dataset_path, missing))
+
+    def _not_found_message(self, token, dataset_path, missing):
+        files = dict(self.config["modality_files"] or {})
+        dims = dict(self.config["modality_dims"] or {})
+        features = ", ".join(
+            f"{name}" + (f" ({dims[key]}-d {key} features)" if key in dims else f" ({key} features)")
+            for key, name in files.items()
+        )
+        lines = [
+            f"Dataset '{token}' not found: missing {', '.join(missing)} in {os.path.abspath(dataset_path)}.",
+            f"Put the dataset folder at {os.path.join(dataset_path, '')} with:",
+            f"  {token}.inter  - MMRec layout (tab-separated columns userID, itemID, x_label with "
+            "0/1/2 = train/valid/test) or a RecBole atomic file",
+        ]
+        if features:
+            lines.append(f"  {features}  - feature rows in item-id order")
+        lines.append(
+            "MMRec's preprocessed folders (baby, sports, clothing, ...) are linked from "
+            "https://github.com/enoche/MMRec; copy one as is, nothing needs converting."
+        )
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ MMRec import
+    def _load_inter_feat(self, token, dataset_path):
+        path = os.path.join(dataset_path, f"{token}.inter")
+        if self.benchmark_filename_list is None and is_mmrec_layout(path):
+            self._load_mmrec_inter(path)
+        else:
+            super()._load_inter_feat(token, dataset_path)
+
+    def _load_mmrec_inter(self, path):
+        """Read an MMRec ``.inter`` as a fixed train/valid/test split.
+
+        Rows are ordered train, valid, test and ``file_size_list`` records the three sizes, so
+        RecBole's ``build`` returns the split as it does for ``benchmark_filename`` files. As in
+        MMRec (``filter_out_cod_start_users``), valid/test rows of users absent from train are
+        dropped.
+        """
+        frame = read_mmrec_inter(path)
+        in_train = frame[MMREC_USER].isin(frame.loc[frame[MMREC_LABEL] == 0, MMREC_USER])
+        dropped = int((~in_train).sum())
+        if dropped:
+            self.logger.info(f"{path}: dropped {dropped} valid/test rows of users absent from train")
+        frame = frame[in_train].sort_values(MMREC_LABEL, kind="stable").reset_index(drop=True)
+        sizes = [int((frame[MMREC_LABEL] == label).sum()) for label in range(3)]
+        frame = frame.drop(columns=[MMREC_LABEL]).rename(
+            columns={MMREC_USER: self.uid_field, MMREC_ITEM: self.iid_field}
+        )
+        for field in frame.columns:
+            ftype = FeatureType.TOKEN if field in (self.uid_field, self.iid_field) else FeatureType.FLOAT
+            frame[field] = frame[field].astype(str if ftype == FeatureType.TOKEN else np.float64)
+            self.set_field_property(field, ftype, FeatureSource.INTERACTION, 1)
+        self.inter_feat = frame
+        self.file_size_list = sizes
+        self.benchmark_filename_list = list(SPLIT_NAMES)
+
+    # ------------------------------------------------------------------ features
+    def _data_processing(self):
+        super()._data_processing()
+        self.modality_features = self._load_modalities()
+
+    def _load_modalities(self):
+        files = dict(self.config["modality_files"] or {})
+        if not files:
+            return {}
+        dims = dict(self.config["modality_dims"] or {})
+        unknown = sorted(set(dims) - set(files))
+        if unknown:
+            raise FeatureFileError(f"modality_dims names {unknown}, which modality_files does not list.")
+        id_map_file = self.config["feature_id_map"]
+        id_map = read_id_map(os.path.join(self.dataset_path, id_map_file)) if id_map_file else None
+        item_tokens = self.field2id_token[self.iid_field][1:]
+        features, row_counts = {}, {}
+        for modality, file_name in files.items():
+            path = os.path.join(self.dataset_path, file_name)
+            matrix = load_matrix(path, modality, dims.get(modality))
+            row_counts[file_name] = matrix.shape[0]
+            rows = rows_for_tokens(item_tokens, matrix.shape[0], id_map, source=path)
+            features[modality] = torch.from_numpy(align_rows(matrix, rows))
+            self.logger.info(
+                set_color(f"modality {modality}", "blue") + f": {path} {tuple(matrix.shape)}"
+            )
+        if len(set(row_counts.values())) > 1:
+            raise FeatureFileError(
+                f"Feature files of {self.dataset_name} disagree on the number of items: {row_counts}."
+            )
+        return features
+
+    @property
+    def modalities(self):
+        """Names of the loaded modalities, in the order of ``modality_files``."""
+        return list(self.modality_features)
+
+    def __str__(self):
+        info = [super().__str__()]
+        for name, matrix in getattr(self, "modality_features", {}).items():
+            info.append(set_color(f"Modality {name}", "blue") + f": {tuple(matrix.shape)}")
+        return "\n".join(info)
+
+
+def is_mmrec_layout(path):
+    """True when ``path`` is an MMRec interaction file (untyped header with ``x_label``)."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+    return MMREC_LABEL in header and not any(":" in column for column in header)
+
+
+def read_mmrec_inter(path):
+    """Load and check an MMRec ``.inter`` file.
+
+    Returns:
+        pandas.DataFrame with integer ``userID``, ``itemID`` and ``x_label`` columns (plus
+        ``rating``/``timestamp`` when present).
+    """
+    frame = pd.read_csv(path, sep="\t")
+    missing = [column for column in (MMREC_USER, MMREC_ITEM, MMREC_LABEL) if column not in frame]
+    if missing:
+        raise ValueError(f"{path}: MMRec interaction file lacks columns {missing}.")
+    keep = [c for c in (MMREC_USER, MMREC_ITEM, MMREC_LABEL, "rating", "timestamp") if c in frame]
+    frame = frame[keep]
+    for column in (MMREC_USER, MMREC_ITEM, MMREC_LABEL):
+        if not pd.api.types.is_integer_dtype(frame[column]):
+            raise ValueError(f"{path}: column {column} must hold integers, found {frame[column].dtype}.")
+    labels = set(np.unique(frame[MMREC_LABEL]).tolist())
+    if not labels <= {0, 1, 2}:
+        raise ValueError(
+            f"{path}: x_label must be 0 (train), 1 (valid) or 2 (test); found {sorted(labels - {0, 1, 2})}."
+        )
+    if 0 not in labels:
+        raise ValueError(f"{path}: no training rows (x_label 0).")
+    return frame
+
+
+def write_mmrec_inter(path, users, items, labels):
+    """Write an MMRec-layout interaction file (``userID itemID x_label``, tab-separated)."""
+    frame = pd.DataFrame({MMREC_USER: users, MMREC_ITEM: items, MMREC_LABEL: labels})
+    frame.to_csv(path, sep="\t", index=False)
+

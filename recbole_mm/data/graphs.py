@@ -1,0 +1,201 @@
+"""Graph builders shared by every model: user–item adjacency, kNN item–item graphs, and
+FREEDOM's degree-sensitive edge pruning.
+
+All graphs are ``torch.sparse_coo_tensor`` (coalesced). Node layout of the bipartite graph:
+users ``0..U-1`` then items ``U..U+I-1`` (RecBole internal ids, padding rows included, so a
+padding node simply has no edges).
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+DEGREE_EPS = 1e-7
+KNN_CACHE_VERSION = 1
+
+
+def interaction_edges(inter_matrix):
+    """Deduplicated (user, item) edge lists of a scipy sparse U x I interaction matrix.
+
+    Returns:
+        (users, items): int64 torch tensors of equal length (CPU).
+    """
+    binary = (inter_matrix.tocsr() > 0).tocoo()
+    return torch.from_numpy(binary.row.astype(np.int64)), torch.from_numpy(binary.col.astype(np.int64))
+
+
+def bipartite_adjacency(users, items, n_users, n_items):
+    r"""Symmetric-normalised bipartite adjacency :math:`\hat A = D^{-1/2} A D^{-1/2}`.
+
+    ``A = [[0, R], [R^T, 0]]`` for the edges (users, items); degrees count edges, plus
+    ``1e-7`` so isolated nodes do not divide by zero; no self loops (LightGCN, MMRec).
+
+    Args:
+        users, items: int64 tensors (E,), on the device the graph should live on.
+
+    Returns:
+        sparse float32 tensor, (U + I) x (U + I).
+    """
+    n_nodes = n_users + n_items
+    rows = torch.cat([users, items + n_users])
+    cols = torch.cat([items + n_users, users])
+    degree = torch.bincount(rows, minlength=n_nodes).float() + DEGREE_EPS
+    inv_sqrt = degree.pow(-0.5)
+    values = inv_sqrt[rows] * inv_sqrt[cols]
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_nodes, n_nodes)).coalesce()
+
+
+def normalized_adjacency(inter_matrix, n_users, n_items, device="cpu"):
+    """:func:`bipartite_adjacency` of a train interaction matrix (scipy sparse, U x I)."""
+    users, items = interaction_edges(inter_matrix)
+    return bipartite_adjacency(users.to(device), items.to(device), n_users, n_items)
+
+
+class DegreeSensitiveEdgeSampler:
+    r"""FREEDOM's degree-sensitive edge pruning (Zhou & Shen, 2023; MMRec ``FREEDOM``).
+
+    Each call of :meth:`sample` keeps :math:`\lfloor E \cdot (1 - \text{dropout}) \rfloor`
+    train edges drawn without replacement with probability proportional to
+    :math:`p_{ui} = 1/\sqrt{d_u d_i}` (degrees of the full train graph), then re-normalises
+    the kept subgraph with :func:`bipartite_adjacency`. Weighted sampling without
+    replacement uses Efraimidis–Spirakis keys ``log(U) / p`` and a top-k: one vectorised
+    draw, no limit on the number of edges (``torch.multinomial`` stops at 2^24).
+    """
+
+    def __init__(self, inter_matrix, n_users, n_items, dropout, device="cpu"):
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"edge dropout must lie in [0, 1), got {dropout}")
+        users, items = interaction_edges(inter_matrix)
+        self.users, self.items = users.to(device), items.to(device)
+        self.n_users, self.n_items = n_users, n_items
+        self.n_keep = int(len(users) * (1.0 - dropout))
+        user_degree = torch.bincount(self.users, minlength=n_users).float()
+        item_degree = torch.bincount(self.items, minlength=n_items).float()
+        self.edge_weight = (user_degree[self.users] * item_degree[self.items]).pow(-0.5)
+
+    def sample_edges(self, generator=None):
+        """Indices (into the train edge list) of the edges kept this epoch, shape (n_keep,)."""
+        if self.n_keep >= len(self.users):
+            return torch.arange(len(self.users), device=self.users.device)
+        uniform = torch.rand(len(self.users), generator=generator, device=self.users.device)
+        keys = torch.log(uniform.clamp_min(1e-30)) / self.edge_weight
+        return torch.topk(keys, self.n_keep, sorted=False).indices
+
+    def sample(self, generator=None):
+        """The pruned, re-normalised training adjacency, (U + I) x (U + I) sparse."""
+        kept = self.sample_edges(generator)
+        return bipartite_adjacency(self.users[kept], self.items[kept], self.n_users, self.n_items)
+
+
+def _row_chunk(n_columns, budget_elements):
+    return max(1, budget_elements // max(n_columns, 1))
+
+
+def knn_neighbours(features, k, budget_elements=2 ** 26):
+    """Top-k cosine neighbours of every row (itself included), computed in row chunks.
+
+    Never forms the n x n similarity matrix: each chunk holds ``chunk x n`` similarities, with
+    ``chunk = budget_elements // n`` (256 MB of float32 by default), and the feature matrix
+    is not copied (cosine = dot product divided by the two norms).
+
+    Args:
+        features: float tensor (n, d).
+        k: neighbours per row, ``1 <= k <= n``.
+
+    Returns:
+        (neighbours, similarities): (n, k) int64 and float32 tensors on ``features.device``.
+    """
+    n_rows = features.shape[0]
+    if not 1 <= k <= n_rows:
+        raise ValueError(f"knn k must lie in [1, {n_rows}], got {k}")
+    features = features.float()
+    norms = features.norm(dim=1).clamp_min(1e-12)
+    chunk = _row_chunk(n_rows, budget_elements)
+    neighbours, similarities = [], []
+    for start in range(0, n_rows, chunk):
+        block = features[start:start + chunk]
+        sims = (block @ features.T) / (norms[start:start + chunk, None] * norms[None, :])
+        top = torch.topk(sims, k, dim=1)
+        neighbours.append(top.indices)
+        similarities.append(top.values)
+        del sims
+    return torch.cat(neighbours), torch.cat(similarities)
+
+
+def knn_graph(features, k, weighted=False, budget_elements=2 ** 26):
+    r"""Normalised kNN graph of one modality, MMRec style.
+
+    Keeps the top-k cosine neighbours of each row (self included) with edge weight 1
+    (``weighted=True``: the cosine itself, as LATTICE/MGCN do), then normalises with the
+    **row** degree on both sides, :math:`\tilde S_{ij} = S_{ij} / \sqrt{d_i d_j}`,
+    :math:`d_i = \sum_j S_{ij}`. Unweighted, every row has k entries and every value is 1/k.
+
+    Returns:
+        sparse float32 tensor, n x n.
+    """
+    neighbours, similarities = knn_neighbours(features, k, budget_elements)
+    n_rows = features.shape[0]
+    rows = torch.arange(n_rows, device=neighbours.device).repeat_interleave(k)
+    cols = neighbours.reshape(-1)
+    values = similarities.reshape(-1) if weighted else torch.ones_like(cols, dtype=torch.float32)
+    degree = torch.zeros(n_rows, device=values.device).index_add_(0, rows, values)
+    inv_sqrt = degree.clamp_min(1e-12).pow(-0.5)
+    values = inv_sqrt[rows] * values * inv_sqrt[cols]
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_rows, n_rows)).coalesce()
+
+
+def tensor_digest(tensor):
+    """SHA-1 of a tensor's shape, dtype and bytes (its content hash for cache keys)."""
+    array = tensor.detach().cpu().contiguous().numpy()
+    digest = hashlib.sha1(f"{array.shape}{array.dtype}".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def item_knn_graph(features, weights, k, weighted=False, cache_dir=None, budget_elements=2 ** 26):
+    r"""Mixed kNN item–item graph :math:`G = \sum_m w_m G_m` over the modalities in ``weights``.
+
+    Row and column 0 (RecBole's padding item) are left empty. With ``cache_dir``, the graph
+    is stored there under a key of every parameter and each feature matrix's content hash, so
+    changing k, a weight or a feature file never reuses a stale graph.
+
+    Args:
+        features: dict modality -> float tensor (n_items, d), row 0 = padding.
+        weights: dict modality -> mixing weight (e.g. ``{"image": 0.1, "text": 0.9}``).
+
+    Returns:
+        sparse float32 tensor, n_items x n_items, on the features' device.
+    """
+    missing = sorted(set(weights) - set(features))
+    if missing:
+        raise ValueError(f"kNN graph: no features for modalities {missing} (have {sorted(features)})")
+    active = {name: float(w) for name, w in sorted(weights.items()) if float(w) != 0.0}
+    device = next(iter(features.values())).device
+    n_items = next(iter(features.values())).shape[0]
+    cache_path = None
+    if cache_dir:
+        key = {
+            "version": KNN_CACHE_VERSION, "k": int(k), "weighted": bool(weighted), "weights": active,
+            "digests": {name: tensor_digest(features[name]) for name in active},
+        }
+        name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        cache_path = os.path.join(cache_dir, f"knn_{name}.pt")
+        if os.path.isfile(cache_path):
+            stored = torch.load(cache_path, map_location=device, weights_only=True)
+            return torch.sparse_coo_tensor(stored["indices"], stored["values"], (n_items, n_items)).coalesce()
+    graph = None
+    for name, weight in active.items():
+        part = knn_graph(features[name][1:], k, weighted, budget_elements)
+        part = torch.sparse_coo_tensor(part.indices() + 1, weight * part.values(), (n_items, n_items))
+        graph = part if graph is None else graph + part
+    if graph is None:
+        graph = torch.sparse_coo_tensor(torch.zeros((2, 0), dtype=torch.long), torch.zeros(0), (n_items, n_items))
+    graph = graph.coalesce().to(device)
+    if cache_path:
+        os.makedirs(cache_dir, exist_ok=True)
+        temporary = cache_path + ".tmp"
+        torch.save({"indices": graph.indices().cpu(), "values": graph.values().cpu()}, temporary)
+        os.replace(temporary, cache_path)
+    return graph

@@ -1,0 +1,130 @@
+"""Loading item-feature matrices and aligning their rows with RecBole's internal item ids.
+
+A modality is one ``.npy`` matrix (rows = items, columns = feature dimensions). Its rows are
+keyed by the original item token, either
+
+- by an id-map file (``feature_id_map`` in the dataset yaml): a text file with one item token
+  per line, line k naming the item of row k (shared by every modality of the dataset), or
+- positionally, as in MMRec folders: row i belongs to the item whose token is the integer i.
+
+RecBole remaps tokens to internal ids (0 = padding); :func:`align_rows` re-orders the rows so
+that row ``id`` of the returned matrix is the feature of internal item ``id`` and row 0 is zeros.
+"""
+import os
+
+import numpy as np
+
+
+class FeatureFileError(ValueError):
+    """A modality file is missing or does not fit the dataset; the message names the file."""
+
+
+def read_id_map(path):
+    """Item tokens of the feature rows, one per line of ``path`` (row order).
+
+    Returns:
+        list of str, one token per feature row.
+    """
+    if not os.path.isfile(path):
+        raise FeatureFileError(f"Feature id map {path} not found.")
+    with open(path, encoding="utf-8") as handle:
+        tokens = [line.strip() for line in handle if line.strip()]
+    duplicates = len(tokens) - len(set(tokens))
+    if duplicates:
+        raise FeatureFileError(f"Feature id map {path}: {duplicates} item tokens appear twice.")
+    return tokens
+
+
+def load_matrix(path, modality, expected_dim=None):
+    """Open a modality matrix (memory-mapped) and check its shape and values.
+
+    Raises:
+        FeatureFileError: missing file, unreadable file, not 2-D, non-numeric, a dimension other
+            than ``expected_dim``, or NaN/Inf values.
+    """
+    if not os.path.isfile(path):
+        raise FeatureFileError(f"Modality '{modality}': feature file {path} not found.")
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise FeatureFileError(f"Modality '{modality}': cannot read {path} as .npy ({error}).")
+    if matrix.ndim != 2:
+        raise FeatureFileError(
+            f"Modality '{modality}': {path} has shape {matrix.shape}; "
+            "expected a 2-D array (items x dimensions)."
+        )
+    if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
+        raise FeatureFileError(
+            f"Modality '{modality}': {path} holds {matrix.dtype} values; expected real numbers."
+        )
+    if expected_dim is not None and matrix.shape[1] != int(expected_dim):
+        raise FeatureFileError(
+            f"Modality '{modality}': {path} has {matrix.shape[1]} dimensions but the dataset "
+            f"config says {expected_dim}."
+        )
+    _check_finite(matrix, path, modality)
+    return matrix
+
+
+def _check_finite(matrix, path, modality, chunk_rows=8192):
+    """Scan in row chunks so a memory-mapped file is never copied whole."""
+    if not np.issubdtype(matrix.dtype, np.floating):
+        return
+    for start in range(0, matrix.shape[0], chunk_rows):
+        block = np.asarray(matrix[start:start + chunk_rows])
+        bad = ~np.isfinite(block)
+        if bad.any():
+            rows = np.nonzero(bad.any(axis=1))[0] + start
+            total = int(np.count_nonzero(~np.isfinite(np.asarray(matrix))))
+            raise FeatureFileError(
+                f"Modality '{modality}': {path} contains {total} NaN/Inf values "
+                f"(first in row {rows[0]})."
+            )
+
+
+def rows_for_tokens(item_tokens, n_rows, id_map=None, source="feature file"):
+    """Feature-row index of each item token.
+
+    Args:
+        item_tokens: sequence of str, the dataset's item tokens in internal-id order,
+            without the padding token.
+        n_rows: number of rows in the feature matrices.
+        id_map: list of str (row k -> token) or ``None`` for positional rows (token i -> row i).
+        source: file name used in error messages.
+
+    Returns:
+        np.ndarray of int64, shape (len(item_tokens),).
+    """
+    tokens = np.asarray(item_tokens, dtype=str)
+    if id_map is not None:
+        if len(id_map) != n_rows:
+            raise FeatureFileError(
+                f"{source}: the id map lists {len(id_map)} items but the feature file has "
+                f"{n_rows} rows."
+            )
+        position = {token: row for row, token in enumerate(id_map)}
+        rows = np.fromiter((position.get(token, -1) for token in tokens), np.int64, len(tokens))
+    else:
+        rows = np.full(len(tokens), -1, dtype=np.int64)
+        numeric = np.char.isdigit(tokens)
+        rows[numeric] = tokens[numeric].astype(np.int64)
+        rows[rows >= n_rows] = -1
+    missing = tokens[rows < 0]
+    if len(missing):
+        how = "the id map" if id_map is not None else f"positional rows 0..{n_rows - 1}"
+        raise FeatureFileError(
+            f"{source}: {len(missing)} items of the interactions have no feature row in {how} "
+            f"(e.g. item tokens {list(missing[:5])})."
+        )
+    return rows
+
+
+def align_rows(matrix, rows):
+    """Gather ``rows`` of ``matrix`` behind a zero padding row.
+
+    Returns:
+        np.ndarray float32, shape (len(rows) + 1, d): row 0 is padding, row id is item id.
+    """
+    aligned = np.zeros((len(rows) + 1, matrix.shape[1]), dtype=np.float32)
+    aligned[1:] = matrix[np.asarray(rows)]
+    return aligned

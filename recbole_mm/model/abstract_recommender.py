@@ -1,0 +1,117 @@
+"""``MultiModalRecommender``: the base class of the plugin's models."""
+import os
+
+import numpy as np
+import torch
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType
+
+from recbole_mm.data.graphs import item_knn_graph, normalized_adjacency
+
+
+class MultiModalRecommender(GeneralRecommender):
+    """A RecBole ``GeneralRecommender`` with item features, graphs and an evaluation cache.
+
+    What a subclass gets:
+
+    - ``self.modality_features``: dict modality -> (n_items x d) float tensor on
+      ``config['device']`` (row = internal item id, row 0 padding), restricted to the
+      modalities named by ``config['modalities']`` (all of the dataset's when unset), in
+      that order. :meth:`concat_features` joins them.
+    - ``self.interaction_matrix``: the train interactions, scipy COO (n_users x n_items).
+    - :meth:`normalized_adjacency` and :meth:`item_knn_graph`: the shared graph builders,
+      the kNN graph cached on disk under ``<data_path>/recbole_mm_cache``.
+
+    What a subclass implements: ``forward() -> (user_embeddings, item_embeddings)`` over all
+    users and items, and ``calculate_loss``. ``predict`` and ``full_sort_predict`` then score
+    by the dot product of cached representations: :meth:`forward` runs once per evaluation
+    (the first ``full_sort_predict`` after ``model.eval()``), and the cache is dropped as soon
+    as the model changes mode, so training never sees stale embeddings. A model with another
+    scoring rule overrides :meth:`score_users`.
+
+    Per-epoch work goes into :meth:`pre_epoch_processing`, which
+    :class:`~recbole_mm.trainer.MultiModalTrainer` calls at the start of every epoch.
+    """
+
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.config = config
+        self.embedding_size = config["embedding_size"]
+        self.modality_features = self._select_modalities(config, dataset)
+        self.interaction_matrix = dataset.inter_matrix(form="coo").astype(np.float32)
+        self.cache_dir = os.path.join(config["data_path"], "recbole_mm_cache")
+        self._eval_cache = None
+
+    def _select_modalities(self, config, dataset):
+        available = dict(getattr(dataset, "modality_features", {}) or {})
+        wanted = config["modalities"] or list(available)
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} needs modalities {missing}, which dataset "
+                f"'{config['dataset']}' does not provide (it has {sorted(available)}); "
+                "name them in modality_files of the dataset config."
+            )
+        return {name: available[name].to(self.device) for name in wanted}
+
+    def require_features(self):
+        """Raise a clear error when the dataset gave this content-based model no features."""
+        if not self.modality_features:
+            raise ValueError(
+                f"{type(self).__name__} needs item features, but dataset '{self.config['dataset']}' "
+                "has none: set modality_files in its dataset config."
+            )
+
+    def concat_features(self, names=None):
+        """Modality matrices joined along the feature axis, (n_items x Σd), in ``names`` order."""
+        names = list(self.modality_features) if names is None else names
+        return torch.cat([self.modality_features[name] for name in names], dim=1)
+
+    # ------------------------------------------------------------------ graphs
+    def normalized_adjacency(self):
+        """Symmetric-normalised user–item adjacency of the train split, on the device."""
+        return normalized_adjacency(self.interaction_matrix, self.n_users, self.n_items, self.device)
+
+    def item_knn_graph(self, k, weights, weighted=False):
+        """Frozen kNN item–item graph mixed over modalities (see ``data.graphs.item_knn_graph``)."""
+        return item_knn_graph(self.modality_features, weights, k, weighted, cache_dir=self.cache_dir)
+
+    # ------------------------------------------------------------------ training hooks
+    def pre_epoch_processing(self):
+        """Work to do at the start of every training epoch; nothing by default."""
+
+    def train(self, mode=True):
+        self._eval_cache = None
+        return super().train(mode)
+
+    # ------------------------------------------------------------------ scoring
+    def forward(self):
+        """All user and item representations: ((n_users x d), (n_items x d))."""
+        raise NotImplementedError
+
+    def evaluation_representations(self):
+        """:meth:`forward` computed once per evaluation and reused for every user batch."""
+        if self.training:
+            return self.forward()
+        if self._eval_cache is None:
+            with torch.no_grad():
+                self._eval_cache = self.forward()
+        return self._eval_cache
+
+    def score_users(self, user_embeddings, item_embeddings):
+        """Scores of the given users against the given items: (B x d), (N x d) -> (B x N)."""
+        return user_embeddings @ item_embeddings.T
+
+    def predict(self, interaction):
+        users = interaction[self.USER_ID]
+        items = interaction[self.ITEM_ID]
+        user_all, item_all = self.evaluation_representations()
+        return (user_all[users] * item_all[items]).sum(dim=-1)
+
+    def full_sort_predict(self, interaction):
+        """Scores of the batch users against every item, flattened as RecBole expects."""
+        users = interaction[self.USER_ID]
+        user_all, item_all = self.evaluation_representations()
+        return self.score_users(user_all[users], item_all).reshape(-1)

