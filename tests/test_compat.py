@@ -1,0 +1,68 @@
+"""Each RecBole 1.2.1 patch in recbole_mm.compat, exercised where RecBole needs it."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from recbole_mm.config import Config
+from recbole_mm.data import create_dataset, data_preparation
+from recbole_mm.data.graphs import normalized_adjacency
+from recbole_mm.trainer import MultiModalTrainer
+from recbole_mm.utils import get_model
+from tests.conftest import REPO_ROOT
+
+
+def test_numpy_aliases_let_recbole_config_start(run_config):
+    config = Config("BPR", "synthetic", config_dict=run_config())
+    assert np.float_ is np.float64 and np.unicode_ is np.str_ and np.complex_ is np.complex128
+    assert config["model"] == "BPR"
+
+
+def test_recbole_trainer_reloads_its_own_checkpoint(run_config):
+    config = Config("BPR", "synthetic", config_dict=run_config(epochs=1))
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    model = get_model("BPR")(config, train._dataset)
+    trainer = MultiModalTrainer(config, model)
+    trainer.fit(train, valid, saved=True)
+    reloaded = trainer.evaluate(test, load_best_model=True)  # torch.load of RecBole's pickle
+    assert os.path.isfile(trainer.saved_model_file)
+    assert 0.0 <= reloaded["recall@20"] <= 1.0
+    # the patch is confined to RecBole's trainer: torch.load keeps its safe default elsewhere
+    assert torch.load.__module__ == "torch.serialization"
+
+
+def test_recbole_lightgcn_builds_its_adjacency_with_dok_update(run_config):
+    config = Config("LightGCN", "synthetic", config_dict=run_config())
+    dataset = create_dataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    model = get_model("LightGCN")(config, train._dataset)
+    ours = normalized_adjacency(model.interaction_matrix, model.n_users, model.n_items)
+    assert torch.allclose(model.norm_adj_matrix.to_dense(), ours.to_dense(), atol=1e-6)
+
+
+def test_fill_nan_fills_missing_float_values(tmp_path, run_config):
+    folder = tmp_path / "data" / "withnan"
+    folder.mkdir(parents=True)
+    rows = ["user_id:token\titem_id:token\trating:float"]
+    rows += [f"{u}\t{i}\t{'' if (u + i) % 5 == 0 else (u + i) % 4 + 1}" for u in range(20) for i in range(6)]
+    (folder / "withnan.inter").write_text("\n".join(rows) + "\n")
+    config = Config("BPR", "withnan", config_dict=run_config(
+        data_path=str(tmp_path / "data"), synthetic_generator=None,
+        load_col={"inter": ["user_id", "item_id", "rating"]},
+    ))
+    dataset = create_dataset(config)
+    ratings = np.asarray(dataset.inter_feat["rating"], dtype=float)
+    assert not np.isnan(ratings).any()
+    observed = [(u + i) % 4 + 1 for u in range(20) for i in range(6) if (u + i) % 5]
+    assert np.isclose(ratings, np.mean(observed)).sum() == 120 - len(observed)
+
+
+def test_importing_the_plugin_never_imports_ray():
+    code = (
+        "import sys, recbole_mm, recbole_mm.quick_start, recbole_mm.trainer, recbole_mm.data;"
+        "assert 'ray' not in sys.modules, 'ray was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
