@@ -11,6 +11,10 @@ import argparse
 import sys
 
 
+def format_metrics(result):
+    return "  ".join(f"{name}: {float(value):.4f}" for name, value in result.items())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", type=str, default="VBPR", help="model name")
@@ -21,15 +25,16 @@ def main(argv=None):
     import recbole_mm  # noqa: F401  (applies the RecBole compatibility patches)
     from recbole_mm.data import DatasetNotFoundError, FeatureFileError
     from recbole_mm.quick_start import run_recbole_mm
+    from recbole_mm.utils import UnknownModelError
 
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     try:
         result = run_recbole_mm(model=args.model, dataset=args.dataset, config_file_list=config_file_list)
-    except (DatasetNotFoundError, FeatureFileError) as error:
+    except (DatasetNotFoundError, FeatureFileError, UnknownModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"best valid: {dict(result['best_valid_result'])}")
-    print(f"test result: {dict(result['test_result'])}")
+    print(f"best valid: {format_metrics(result['best_valid_result'])}")
+    print(f"test result: {format_metrics(result['test_result'])}")
     return 0
 
 

@@ -29,7 +29,7 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        for path in packaged_config_files(model, dataset):
+        for path in packaged_config_files(model_class, dataset):
             loaded = self._update_internal_config_dict(path)
             if loaded and path.endswith(os.path.join("dataset", f"{dataset}.yaml")):
                 self.parameters["Dataset"] += [
@@ -37,11 +37,21 @@ class Config(RecBoleConfig):
                 ]
 
 
-def packaged_config_files(model, dataset):
-    """The plugin's packaged yaml files that apply to ``model`` on ``dataset``, lowest first."""
+def model_config_file(model_class):
+    """``properties/model/<Model>.yaml`` of the class or, for a subclass without one, of its
+    nearest ancestor that has one (a user's ``class MyVBPR(VBPR)`` inherits VBPR's defaults)."""
+    for klass in model_class.__mro__:
+        path = os.path.join(PROPERTIES_DIR, "model", f"{klass.__name__}.yaml")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def packaged_config_files(model_class, dataset):
+    """The plugin's packaged yaml files that apply to ``model_class`` on ``dataset``, lowest first."""
     candidates = [
         os.path.join(PROPERTIES_DIR, "overall.yaml"),
-        os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
+        model_config_file(model_class),
         os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
     ]
-    return [path for path in candidates if os.path.isfile(path)]
+    return [path for path in candidates if path and os.path.isfile(path)]

@@ -16,6 +16,10 @@ _RECBOLE_SUBMODULES = (
 _NON_MODEL_MODULES = {"abstract_recommender", "layers", "loss"}
 
 
+class UnknownModelError(ValueError):
+    """No model of that name in the plugin or in RecBole; the message lists the available ones."""
+
+
 def plugin_model_names():
     """Lower-cased module names of the models shipped in ``recbole_mm.model``."""
     import recbole_mm.model as package
@@ -65,7 +69,7 @@ def get_model(model_name):
             model_class = _class_in_module(importlib.import_module(path), model_name)
             if model_class is not None:
                 return model_class
-    raise ValueError(
+    raise UnknownModelError(
         f"Unknown model '{model_name}'. recbole_mm models: {available_models(plugin=True)}; "
         f"RecBole models: {available_models(plugin=False)}"
     )

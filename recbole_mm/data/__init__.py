@@ -8,9 +8,9 @@ from recbole_mm.data.modality import FeatureFileError
 
 
 def create_dataset(config):
-    """``MultiModalDataset`` for general (collaborative-filtering) models, RecBole's own
-    dataset classes for the other model types."""
-    if config["MODEL_TYPE"] == ModelType.GENERAL:
+    """``MultiModalDataset`` for general and traditional (Pop, ItemKNN, EASE, ...) models,
+    RecBole's own dataset classes for the other model types."""
+    if config["MODEL_TYPE"] in (ModelType.GENERAL, ModelType.TRADITIONAL):
         dataset = MultiModalDataset(config)
         if config["save_dataset"]:
             dataset.save()
