@@ -25,6 +25,7 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "pandas>=2.0",
+        "pillow>=9",
     ],
     extras_require={
         "scatter": ["torch-scatter>=2.1"],

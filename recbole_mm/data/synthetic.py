@@ -11,7 +11,10 @@ Generative story (all from one seed, so the same arguments always give the same 
   a modality-specific linear map of the item factors, modality-specific nuisance factors
   ``Z_m`` that carry no preference signal, and white noise. By default text is the more
   informative modality (higher signal, lower nuisance), as in real Amazon data.
-- per user a random 8:1:1 split (at least one valid and one test item), MMRec's layout.
+- ``layout: mmrec`` (default): a random per-user 8:1:1 split (at least one valid and one
+  test item) in MMRec's folder layout; ``layout: atomic``: a RecBole atomic ``.inter`` with
+  a per-user random ``timestamp`` order instead (for leave-one-out by time, NF-VLM's
+  protocol). Feature row i belongs to item token i in both layouts.
 
 The long tail produced by the popularity skew leaves many items with few training
 interactions, where content features help: content-aware models beat ID-only ones here.
@@ -34,6 +37,7 @@ DEFAULTS = {
     "min_interactions": 5,
     "sharpness": 3.0,
     "popularity_skew": 1.0,
+    "layout": "mmrec",
     "modalities": {
         "text": {"dim": 64, "signal": 1.0, "nuisance": 0.5, "noise": 0.5, "nuisance_dim": 16},
         "image": {"dim": 128, "signal": 0.6, "nuisance": 1.5, "noise": 0.8, "nuisance_dim": 16},
@@ -45,16 +49,23 @@ GENERATOR_VERSION = 1
 
 
 def resolve_arguments(arguments=None):
-    """Defaults overridden by ``arguments`` (a dict; modality entries merge per key)."""
+    """Defaults overridden by ``arguments`` (a dict; modality entries merge per key, and a
+    modality given as ``None`` is dropped, e.g. ``{"text": None, "image": None, "clip": {...}}``)."""
     merged = json.loads(json.dumps(DEFAULTS))
+    template = DEFAULTS["modalities"]["text"]
     for key, value in dict(arguments or {}).items():
         if key == "modalities":
             for name, spec in value.items():
-                merged["modalities"][name] = {**merged["modalities"].get(name, {}), **spec}
+                if spec is None:
+                    merged["modalities"].pop(name, None)
+                else:
+                    merged["modalities"][name] = {**merged["modalities"].get(name, template), **spec}
         elif key not in DEFAULTS:
             raise ValueError(f"synthetic_generator: unknown argument '{key}' (known: {sorted(DEFAULTS)})")
         else:
             merged[key] = value
+    if merged["layout"] not in ("mmrec", "atomic"):
+        raise ValueError(f"synthetic_generator: layout must be 'mmrec' or 'atomic', got {merged['layout']!r}")
     return merged
 
 
@@ -91,8 +102,22 @@ def split_labels(rng, users, counts):
     return np.where(shuffled_rank < held, 2, np.where(shuffled_rank < 2 * held, 1, 0))
 
 
+def write_atomic_inter(path, rng, users, items):
+    """RecBole atomic ``.inter`` with a random per-user time order (``timestamp:float``)."""
+    import pandas as pd
+
+    timestamps = rng.permutation(len(users)).astype(np.float64)
+    frame = pd.DataFrame({"user_id:token": users, "item_id:token": items, "timestamp:float": timestamps})
+    frame.to_csv(path, sep="\t", index=False)
+
+
 def modality_features(rng, item_factors, spec):
-    """``signal * Q M + nuisance * Z N + noise * E`` for one modality (float32, I x dim)."""
+    """``signal * Q M + nuisance * Z N + noise * E`` for one modality.
+
+    Returns:
+        (features, signal_map): float32 (I x dim) and the planted map M (k x dim), whose row
+        space is the modality's preference-signal subspace.
+    """
     n_items, k = item_factors.shape
     dim, nuisance_dim = int(spec["dim"]), int(spec["nuisance_dim"])
     signal_map = rng.standard_normal((k, dim)) / np.sqrt(k)
@@ -103,7 +128,7 @@ def modality_features(rng, item_factors, spec):
         + spec["nuisance"] * nuisance @ nuisance_map
         + spec["noise"] * rng.standard_normal((n_items, dim))
     )
-    return features.astype(np.float32)
+    return features.astype(np.float32), signal_map
 
 
 def generate_synthetic(folder, token="synthetic", arguments=None):
@@ -126,17 +151,22 @@ def generate_synthetic(folder, token="synthetic", arguments=None):
     users, items = sample_interactions(
         rng, user_factors, item_factors, popularity, counts, args["sharpness"], args["popularity_skew"]
     )
-    labels = split_labels(rng, users, counts)
-    features = {name: modality_features(rng, item_factors, spec) for name, spec in args["modalities"].items()}
+    labels = split_labels(rng, users, counts) if args["layout"] == "mmrec" else None
+    generated = {name: modality_features(rng, item_factors, spec) for name, spec in args["modalities"].items()}
+    features = {name: matrix for name, (matrix, _) in generated.items()}
+    signal_maps = {f"{name}_signal_map": signal_map for name, (_, signal_map) in generated.items()}
 
     os.makedirs(os.path.dirname(os.path.abspath(folder)) or ".", exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{token}-", dir=os.path.dirname(os.path.abspath(folder)))
-    write_mmrec_inter(os.path.join(staging, f"{token}.inter"), users, items, labels)
+    if labels is None:
+        write_atomic_inter(os.path.join(staging, f"{token}.inter"), rng, users, items)
+    else:
+        write_mmrec_inter(os.path.join(staging, f"{token}.inter"), users, items, labels)
     for name, matrix in features.items():
         np.save(os.path.join(staging, f"{name}_feat.npy"), matrix)
     np.savez(
         os.path.join(staging, FACTORS_FILE),
-        user_factors=user_factors, item_factors=item_factors, popularity=popularity,
+        user_factors=user_factors, item_factors=item_factors, popularity=popularity, **signal_maps,
     )
     with open(os.path.join(staging, META_FILE), "w", encoding="utf-8") as handle:
         json.dump({"version": GENERATOR_VERSION, "arguments": args}, handle, indent=2, sort_keys=True)

@@ -1,0 +1,171 @@
+"""NF-VLM and its baselines on a planted CLIP-like dataset under the paper's protocol."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+from scipy.linalg import subspace_angles
+
+from recbole_mm.config import Config
+from recbole_mm.data import create_dataset, data_preparation
+from recbole_mm.model.clipmlp import CLIPMLP
+from recbole_mm.model.nfvlm import NFVLM, principal_directions
+from recbole_mm.quick_start import run_recbole_mm
+from tests.conftest import REPO_ROOT
+
+PROTOCOL = os.path.join(REPO_ROOT, "properties", "nfvlm.yaml")
+PLANTED = {
+    "seed": 11, "n_users": 800, "n_items": 2500, "latent_dim": 8, "mean_interactions": 12,
+    "min_interactions": 6, "sharpness": 4.0, "popularity_skew": 0.3, "layout": "atomic",
+    "modalities": {"text": None, "image": None,
+                   "clip": {"dim": 64, "signal": 1.0, "nuisance": 2.0, "noise": 0.3, "nuisance_dim": 16}},
+}
+
+
+def planted_config(run_config, **overrides):
+    return run_config(synthetic_generator=PLANTED, modality_files={"clip": "clip_feat.npy"},
+                      modality_dims={"clip": 64}, **overrides)
+
+
+def build(run_config, model_class=NFVLM, **overrides):
+    config = Config(model_class, "clip_synthetic", [PROTOCOL], planted_config(run_config, **overrides))
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    return config, dataset, (train, valid, test), model_class(config, train._dataset)
+
+
+def test_protocol_is_leave_one_out_by_time(run_config):
+    config, dataset, (train, valid, test), _ = build(run_config)
+    assert valid._dataset.inter_num == test._dataset.inter_num == dataset.user_num - 1
+    frame = dataset.inter_feat
+    for split in (valid, test):
+        assert len(np.unique(split._dataset.inter_feat["user_id"].numpy())) == split._dataset.inter_num
+    # each test positive is the user's latest interaction, the valid one the one before it
+    latest = train._dataset.inter_feat["timestamp"].numpy()
+    users_train = train._dataset.inter_feat["user_id"].numpy()
+    last_train = np.zeros(dataset.user_num)
+    np.maximum.at(last_train, users_train, latest)
+    v_users, v_time = valid._dataset.inter_feat["user_id"].numpy(), valid._dataset.inter_feat["timestamp"].numpy()
+    t_users, t_time = test._dataset.inter_feat["user_id"].numpy(), test._dataset.inter_feat["timestamp"].numpy()
+    assert np.all(v_time > last_train[v_users])
+    valid_time = np.zeros(dataset.user_num)
+    valid_time[v_users] = v_time
+    assert np.all(t_time > valid_time[t_users])
+    assert config["valid_metric"] == "NDCG@10" and config["topk"] == [10]
+
+
+def test_scores_are_user_times_projected_item(run_config):
+    _, dataset, _, model = build(run_config)
+    model.eval()
+    x = dataset.modality_features["clip"]
+    expected = model.user_embedding @ (x @ model.projection).T
+    users = Interaction({model.USER_ID: torch.arange(1, model.n_users)})
+    scores = model.full_sort_predict(users).view(model.n_users - 1, model.n_items)
+    assert torch.allclose(scores, expected[1:], atol=1e-5)
+    pairs = Interaction({model.USER_ID: torch.tensor([1, 5]), model.ITEM_ID: torch.tensor([3, 9])})
+    assert torch.allclose(model.predict(pairs), expected[[1, 5], [3, 9]], atol=1e-5)
+
+
+def _batch(model):
+    return Interaction({model.USER_ID: torch.tensor([1, 2, 3, 4]), model.ITEM_ID: torch.tensor([5, 6, 7, 8]),
+                        model.NEG_ITEM_ID: torch.tensor([9, 10, 11, 12])})
+
+
+def test_noise_penalty_is_the_squared_residual(run_config):
+    _, _, _, plain = build(run_config, nfvlm_lambda=0.0, nfvlm_init="random")
+    _, _, _, penalised = build(run_config, nfvlm_lambda=0.5, nfvlm_init="random")
+    penalised.load_state_dict(plain.state_dict())
+    x, p = plain.item_features, plain.projection.detach()
+    residual = lambda rows: ((x[rows] - x[rows] @ p @ p.T) ** 2).sum(1)  # noqa: E731
+    batch = _batch(plain)
+    expected = (residual(batch[plain.ITEM_ID]) + residual(batch[plain.NEG_ITEM_ID])).mean()
+    difference = penalised.calculate_loss(batch) - plain.calculate_loss(batch)
+    assert torch.allclose(difference, 0.5 * expected, rtol=1e-4)
+
+
+def test_catalogue_noise_is_the_sum_over_all_items(run_config):
+    _, _, _, model = build(run_config, nfvlm_lambda=1.0, nfvlm_noise_scope="catalogue", nfvlm_init="random")
+    with torch.no_grad():
+        model.projection.mul_(1.7)  # not orthonormal: the Gram-matrix identity must still hold
+    x, p = model.item_features[1:], model.projection
+    direct = ((x - x @ p @ p.T) ** 2).sum()
+    assert torch.allclose(model.catalogue_noise(), direct, rtol=1e-4)
+    base = model.bpr_loss
+    users_loss = model.calculate_loss(_batch(model))
+    model.noise_weight = 0.0
+    assert torch.allclose(users_loss - model.calculate_loss(_batch(model)), direct / model.n_train_triples, rtol=1e-4)
+    assert base is model.bpr_loss
+
+
+def test_pca_initialisation_spans_the_top_principal_subspace(run_config):
+    _, dataset, _, model = build(run_config, nfvlm_rank=6)
+    x = dataset.modality_features["clip"][1:].double().numpy()
+    covariance = np.cov(x, rowvar=False)
+    _, vectors = np.linalg.eigh(covariance)
+    top = vectors[:, ::-1][:, :6]
+    p = model.projection.detach().double().numpy()
+    np.testing.assert_allclose(p.T @ p, np.eye(6), atol=1e-5)
+    np.testing.assert_allclose(p @ p.T, top @ top.T, atol=1e-4)
+
+
+def test_invalid_settings_are_clear_errors(run_config):
+    with pytest.raises(ValueError, match="nfvlm_rank must lie in"):
+        build(run_config, nfvlm_rank=65)
+    with pytest.raises(ValueError, match="nfvlm_init must be"):
+        build(run_config, nfvlm_init="svd")
+
+
+def test_clipmlp_ignores_the_user_by_default_and_uses_it_on_request(run_config):
+    _, _, _, literal = build(run_config, CLIPMLP)
+    literal.eval()
+    users = Interaction({literal.USER_ID: torch.tensor([1, 2, 3])})
+    scores = literal.full_sort_predict(users).view(3, -1)
+    assert torch.equal(scores[0], scores[1]) and torch.equal(scores[1], scores[2])
+    hidden = torch.relu(literal.item_layer(literal.item_features))
+    assert torch.allclose(scores[0], literal.output_layer(hidden).squeeze(-1), atol=1e-6)
+
+    _, _, _, personal = build(run_config, CLIPMLP, clipmlp_user_input=True)
+    personal.eval()
+    scores = personal.full_sort_predict(users).view(3, -1)
+    assert not torch.allclose(scores[0], scores[1])
+    pairs = Interaction({personal.USER_ID: torch.tensor([2]), personal.ITEM_ID: torch.tensor([7])})
+    assert torch.allclose(personal.predict(pairs), scores[1, 7:8], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def planted_runs(tmp_path_factory):
+    """NF-VLM, BPR and CLIPMLP trained with the same budget on the planted dataset."""
+    root = tmp_path_factory.mktemp("planted")
+    shared = {"data_path": str(root / "data"), "checkpoint_dir": str(root / "saved"), "state": "WARNING",
+              "synthetic_generator": PLANTED, "modality_files": {"clip": "clip_feat.npy"},
+              "modality_dims": {"clip": 64}, "epochs": 40, "stopping_step": 40, "eval_step": 40, "nfvlm_rank": 8}
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["pytest"])
+        patch.chdir(root)
+        for model in ("NFVLM", "BPR", "CLIPMLP"):
+            runs[model] = run_recbole_mm(model, "clip_synthetic", [PROTOCOL], dict(shared), saved=True)
+    return root, runs
+
+
+def test_nfvlm_beats_bpr_and_clipmlp_on_valid_gauc(planted_runs):
+    _, runs = planted_runs
+    gauc = {name: run["best_valid_result"]["gauc"] for name, run in runs.items()}
+    assert gauc["NFVLM"] > gauc["BPR"] + 0.05, gauc
+    assert gauc["NFVLM"] > gauc["CLIPMLP"] + 0.05, gauc
+
+
+def test_learned_subspace_is_closer_to_the_planted_signal_than_pca(planted_runs):
+    root, runs = planted_runs
+    from recbole_mm.quick_start import load_data_and_model
+
+    _, model, dataset, _, _, _ = load_data_and_model(runs["NFVLM"]["saved_model_file"])
+    planted = np.load(os.path.join(str(root / "data"), "clip_synthetic", "planted_factors.npz"))
+    signal = planted["clip_signal_map"].T                      # (d x k): the planted subspace
+    learned = model.projection.detach().numpy()
+    pca = principal_directions(dataset.modality_features["clip"][1:], learned.shape[1]).numpy()
+    learned_angles = subspace_angles(learned, signal)
+    pca_angles = subspace_angles(pca, signal)
+    assert np.mean(learned_angles) < np.mean(pca_angles) - 0.1, (learned_angles, pca_angles)
