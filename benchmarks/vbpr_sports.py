@@ -99,6 +99,7 @@ def main():
     parser.add_argument("--skip-vbpr", action="store_true")
     parser.add_argument("--skip-knn", action="store_true")
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}", flush=True)
     if not args.skip_knn:
         print("knn:", bench_knn(args.knn_items, args.knn_dim, 10), flush=True)

@@ -37,7 +37,8 @@ def test_packaged_defaults_follow_the_mmrec_protocol(run_config):
     assert config["train_neg_sample_args"]["sample_num"] == 1
     assert config["train_neg_sample_args"]["distribution"] == "uniform"
     assert config["reg_weight"] == 0.001, "from properties/model/VBPR.yaml"
-    assert config["modality_files"] == {"text": "text_feat.npy", "image": "image_feat.npy"}
+    assert config["modality_files"] == {"text": "text_feat.npy", "image": "image_feat.npy", "clip": "clip_feat.npy"}
+    assert config["modalities"] == ["text", "image"], "VBPR.yaml: MMRec's text-then-image features"
 
 
 def test_precedence_overall_model_dataset_file_dict_cmdline(tmp_path, monkeypatch, run_config):

@@ -8,6 +8,8 @@ import torch
 from recbole.data.interaction import Interaction
 from scipy.linalg import subspace_angles
 
+from recbole.utils import init_seed
+
 from recbole_mm.config import Config
 from recbole_mm.data import create_dataset, data_preparation
 from recbole_mm.model.clipmlp import CLIPMLP
@@ -31,8 +33,10 @@ def planted_config(run_config, **overrides):
 
 def build(run_config, model_class=NFVLM, **overrides):
     config = Config(model_class, "clip_synthetic", [PROTOCOL], planted_config(run_config, **overrides))
+    init_seed(config["seed"], True)
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
+    init_seed(config["seed"], True)
     return config, dataset, (train, valid, test), model_class(config, train._dataset)
 
 

@@ -68,6 +68,13 @@ def test_command_line_reads_config_files_and_overrides(tmp_path):
     assert "test result: recall@10:" in done.stdout and "recall@20" not in done.stdout
 
 
+def test_nfvlm_protocol_runs_on_the_bundled_dataset(tmp_path):
+    done = run_cli("--model=NFVLM", "--dataset=synthetic", f"--config_files={os.path.join(REPO_ROOT, 'properties', 'nfvlm.yaml')}",
+                   "--epochs=2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "test result: gauc:" in done.stdout and "ndcg@10:" in done.stdout and "recall@10:" in done.stdout
+
+
 def test_missing_mmrec_folder_is_one_clear_message(tmp_path):
     done = run_cli("--model=VBPR", "--dataset=baby", cwd=tmp_path)
     assert done.returncode == 2

@@ -41,6 +41,9 @@ DEFAULTS = {
     "modalities": {
         "text": {"dim": 64, "signal": 1.0, "nuisance": 0.5, "noise": 0.5, "nuisance_dim": 16},
         "image": {"dim": 128, "signal": 0.6, "nuisance": 1.5, "noise": 0.8, "nuisance_dim": 16},
+        # a CLIP-like joint embedding: the preference signal lies beneath higher-variance
+        # nuisance directions (NF-VLM's premise)
+        "clip": {"dim": 128, "signal": 1.0, "nuisance": 2.0, "noise": 0.5, "nuisance_dim": 32},
     },
 }
 META_FILE = "synthetic_meta.json"

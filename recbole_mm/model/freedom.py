@@ -1,0 +1,84 @@
+r"""FREEDOM: freezing and denoising graph structures for multimodal recommendation.
+
+Zhou & Shen, ACM MM 2023, as MMRec implements it (``reference-models.md``, FREEDOM):
+
+- A frozen kNN item–item graph G from the raw features (k = ``knn_k`` = 10, mixed as
+  ``mm_image_weight`` · G_image + (1 − w) · G_text, w = 0.1), built once (cached on disk).
+  Item side: :math:`h = G^{L_{mm}} E_{item}` on the item ID embeddings (``n_mm_layers`` = 1).
+- Degree-sensitive edge pruning of the user–item graph, resampled at the start of every epoch
+  (``dropout`` = share of edges dropped); LightGCN (mean of layers 0..``n_ui_layers``) runs
+  on the pruned graph for training and on the full graph for prediction.
+- Representations: users = LightGCN users; items = LightGCN items + h.
+- Loss: :math:`\mathrm{BPR}(u, i^+, i^-) + \lambda [\mathrm{BPR}(u, t'_{i^+}, t'_{i^-}) +
+  \mathrm{BPR}(u, v'_{i^+}, v'_{i^-})]` with :math:`t' = W_t t`, :math:`v' = W_v v` linear
+  projections of the raw features (trainable, as in MMRec: ``trainable_features``). The
+  projected features enter only this auxiliary loss, not the scores. λ = ``reg_weight``.
+
+Items absent from training (cold-start) still receive h through G, so they are scored from
+their features' neighbourhood.
+"""
+import torch
+import torch.nn as nn
+
+from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler
+from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.layers import propagate
+from recbole_mm.model.loss import BPRLoss
+
+
+class FREEDOM(MultiModalRecommender):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.require_features()
+        for modality in ("image", "text"):
+            if modality not in self.modality_features:
+                raise ValueError(f"FREEDOM needs 'image' and 'text' modalities; got {list(self.modality_features)}")
+        d = self.embedding_size
+        self.n_ui_layers = config["n_ui_layers"]
+        self.n_mm_layers = config["n_mm_layers"]
+        self.reg_weight = config["reg_weight"]
+        image_weight = config["mm_image_weight"]
+
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        trainable = bool(config["trainable_features"])
+        self.image_features = nn.Parameter(self.modality_features["image"].clone(), requires_grad=trainable)
+        self.text_features = nn.Parameter(self.modality_features["text"].clone(), requires_grad=trainable)
+        self.image_projection = nn.Linear(self.image_features.shape[1], d)
+        self.text_projection = nn.Linear(self.text_features.shape[1], d)
+
+        self.item_graph = self.item_knn_graph(config["knn_k"], {"image": image_weight, "text": 1.0 - image_weight})
+        self.full_adjacency = self.normalized_adjacency()
+        self.edge_sampler = DegreeSensitiveEdgeSampler(
+            self.interaction_matrix, self.n_users, self.n_items, config["dropout"], self.device
+        )
+        self.train_adjacency = self.full_adjacency
+        self.bpr_loss = BPRLoss()
+
+    def pre_epoch_processing(self):
+        """Resample the degree-sensitive pruned training graph."""
+        self.train_adjacency = self.edge_sampler.sample()
+
+    def forward(self):
+        """(users (U x d), items (I x d)): the pruned graph in training, the full graph otherwise."""
+        adjacency = self.train_adjacency if self.training else self.full_adjacency
+        item_graph_part = self.item_id_embedding
+        for _ in range(self.n_mm_layers):
+            item_graph_part = torch.sparse.mm(self.item_graph, item_graph_part)
+        ego = torch.cat([self.user_embedding, self.item_id_embedding], dim=0)
+        nodes = propagate(adjacency, ego, self.n_ui_layers, combine="mean")
+        users, items = torch.split(nodes, [self.n_users, self.n_items])
+        return users, items + item_graph_part
+
+    def calculate_loss(self, interaction):
+        users = interaction[self.USER_ID]
+        pos_items, neg_items = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        user_all, item_all = self.forward()
+        user_e = user_all[users]
+        loss = self.bpr_loss((user_e * item_all[pos_items]).sum(-1), (user_e * item_all[neg_items]).sum(-1))
+        if self.reg_weight:
+            for features, projection in ((self.text_features, self.text_projection),
+                                         (self.image_features, self.image_projection)):
+                pos_f, neg_f = projection(features[pos_items]), projection(features[neg_items])
+                loss = loss + self.reg_weight * self.bpr_loss((user_e * pos_f).sum(-1), (user_e * neg_f).sum(-1))
+        return loss
