@@ -88,7 +88,8 @@ def test_unknown_model_on_the_command_line(tmp_path):
     assert "Unknown model 'NoSuchModel'" in done.stderr and "VBPR" in done.stderr
 
 
-def test_mmrec_folder_runs_end_to_end(tmp_path):
+@pytest.mark.parametrize("model", ["VBPR", "LIRDRec", "FREEDOM"])
+def test_mmrec_folder_runs_end_to_end(tmp_path, model):
     """A baby-like MMRec folder (fake, small) under dataset/baby/ runs with the packaged baby.yaml."""
     import numpy as np
 
@@ -100,6 +101,6 @@ def test_mmrec_folder_runs_end_to_end(tmp_path):
     for meta in ("synthetic_meta.json", "planted_factors.npz"):
         os.remove(folder / meta)
     assert np.load(folder / "image_feat.npy").shape == (150, 4096)
-    done = run_cli("--model=VBPR", "--dataset=baby", "--epochs=1", cwd=tmp_path)
+    done = run_cli(f"--model={model}", "--dataset=baby", "--epochs=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "test result:" in done.stdout

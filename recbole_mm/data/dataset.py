@@ -115,6 +115,46 @@ class MultiModalDataset(Dataset):
         self.file_size_list = sizes
         self.benchmark_filename_list = list(SPLIT_NAMES)
 
+    # ------------------------------------------------------------------ cold-start split
+    def build(self):
+        """RecBole's split, or the item cold-start split when ``cold_start_items`` is set."""
+        shares = self.config["cold_start_items"]
+        if not shares:
+            return super().build()
+        return self._cold_start_split(*shares)
+
+    def _cold_start_split(self, valid_share, test_share):
+        """Hold out items, not interactions (LIRDRec's cold-start protocol).
+
+        A random ``valid_share`` of the items (seeded by ``seed``) and a disjoint ``test_share``
+        are held out; every interaction follows its item, so held-out items never appear in
+        the train split (any fixed split of the data is pooled first). The held-out items are
+        kept in ``self.cold_items`` = (valid ids, test ids);
+        :func:`recbole_mm.data.data_preparation` keeps them out of training negatives too.
+        The valid and test splits carry ``candidate_items``: their own held-out items, the only
+        items :class:`~recbole_mm.trainer.MultiModalTrainer` ranks when evaluating them (so
+        random scores give GAUC 0.5).
+        """
+        if not (0 < valid_share and 0 < test_share and valid_share + test_share < 1):
+            raise ValueError(f"cold_start_items needs two positive shares summing below 1, got {[valid_share, test_share]}")
+        self._change_feat_format()
+        items = self.inter_feat[self.iid_field].numpy()
+        present = np.unique(items)
+        order = np.random.default_rng(self.config["seed"]).permutation(present)
+        n_valid = max(1, int(round(valid_share * len(present))))
+        n_test = max(1, int(round(test_share * len(present))))
+        valid_items, test_items = np.sort(order[:n_valid]), np.sort(order[n_valid:n_valid + n_test])
+        in_valid, in_test = np.isin(items, valid_items), np.isin(items, test_items)
+        in_train = ~(in_valid | in_test)
+        self.cold_items = (valid_items, test_items)
+        self.logger.info(
+            f"cold-start split: {n_valid} valid items, {n_test} test items held out "
+            f"({int(in_valid.sum())} / {int(in_test.sum())} interactions)"
+        )
+        splits = [self.copy(self.inter_feat[np.nonzero(mask)[0]]) for mask in (in_train, in_valid, in_test)]
+        splits[1].candidate_items, splits[2].candidate_items = valid_items, test_items
+        return splits
+
     # ------------------------------------------------------------------ features
     def _data_processing(self):
         super()._data_processing()

@@ -1,5 +1,7 @@
 """``MultiModalTrainer``: RecBole's ``Trainer`` plus the per-epoch model hook and MMRec's
 learning-rate schedule."""
+import numpy as np
+import torch
 from recbole.trainer import Trainer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -13,6 +15,8 @@ class MultiModalTrainer(Trainer):
       has one (FREEDOM's edge pruning, LIRDRec's weight copying, user-graph resampling).
     - After every epoch it steps a ``LambdaLR`` with factor ``a ** (epoch / b)`` from
       ``learning_rate_scheduler: [a, b]`` (MMRec; ``[1.0, 50]`` keeps the rate constant).
+    - An evaluation split that names ``candidate_items`` (the item cold-start split) is ranked
+      over those items only: the others are masked like the user's history.
     - GAUC's mean ranks are counted instead of sorted (:class:`MultiModalCollector`): the
       same metric values, without an O(I log I) sort of every user's scores.
     """
@@ -20,6 +24,7 @@ class MultiModalTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.eval_collector = MultiModalCollector(config)
+        self._excluded_items = None  # items masked in the current evaluation (cold-start candidates)
         decay, period = config["learning_rate_scheduler"] or (1.0, 50)
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
 
@@ -30,3 +35,18 @@ class MultiModalTrainer(Trainer):
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.lr_scheduler.step()
         return loss
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        candidates = getattr(eval_data._dataset, "candidate_items", None) if eval_data else None
+        self._excluded_items = None
+        if candidates is not None:
+            excluded = np.ones(eval_data._dataset.item_num, dtype=bool)
+            excluded[candidates] = False
+            self._excluded_items = torch.from_numpy(excluded).to(self.device)
+        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self._excluded_items is not None:
+            scores[:, self._excluded_items] = -np.inf
+        return interaction, scores, positive_u, positive_i

@@ -1,13 +1,14 @@
-"""Speed and memory of the foundation on a real interaction graph.
+"""Speed and memory on a real interaction graph.
 
 1. Imports ``sports.inter`` (Amazon Sports, MMRec layout: 35,598 users, 18,357 items,
    296,337 rows) with *generated* features of the real shapes (image 4096-d, text 384-d;
-   the real feature files are not available here), then trains VBPR and reports seconds per
-   training epoch and per full-sort evaluation of the valid split.
+   the real feature files are not available here), then trains each model of ``--models``
+   and reports seconds per training epoch, per full-sort evaluation of the valid split, and
+   the peak resident memory of the process while that model was built and trained.
 2. Builds the kNN item-item graph (k=10) for ``--knn-items`` items x 4096-d features and
    reports the peak resident memory above the features themselves.
 
-    python benchmarks/vbpr_sports.py --inter ../shared/data/interactions/sports.inter
+    python benchmarks/sports_speed.py --models VBPR LIRDRec FREEDOM --skip-knn
 """
 import argparse
 import os
@@ -24,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_mm.config import Config  # noqa: E402
 from recbole_mm.data import create_dataset, data_preparation  # noqa: E402
 from recbole_mm.data.graphs import knn_graph  # noqa: E402
-from recbole_mm.model.vbpr import VBPR  # noqa: E402
 from recbole_mm.trainer import MultiModalTrainer  # noqa: E402
+from recbole_mm.utils import get_model  # noqa: E402
 
 
 def rss_mb(field):
@@ -41,7 +42,8 @@ def reset_peak_rss():
         handle.write("5")
 
 
-def bench_vbpr(inter_path, epochs, device):
+def make_sports_folder(inter_path):
+    """A temporary MMRec folder: the real sports.inter with generated 4096/384-d features."""
     root = tempfile.mkdtemp(prefix="bench-sports-")
     folder = os.path.join(root, "sports")
     os.makedirs(folder)
@@ -50,14 +52,21 @@ def bench_vbpr(inter_path, epochs, device):
     rng = np.random.default_rng(0)
     np.save(os.path.join(folder, "image_feat.npy"), rng.random((n_items, 4096), dtype=np.float32))
     np.save(os.path.join(folder, "text_feat.npy"), rng.standard_normal((n_items, 384), dtype=np.float32))
-    config = Config("VBPR", "sports", config_dict={
+    return root
+
+
+def bench_model(root, model_name, epochs, device):
+    config = Config(model_name, "sports", config_dict={
         "data_path": root, "checkpoint_dir": os.path.join(root, "saved"), "epochs": epochs,
         "state": "WARNING", "device": device, "use_gpu": device != "cpu"})
+    reset_peak_rss()
     start = time.perf_counter()
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
     load_seconds = time.perf_counter() - start
-    model = VBPR(config, train._dataset).to(config["device"])
+    start = time.perf_counter()
+    model = get_model(model_name)(config, train._dataset).to(config["device"])
+    build_seconds = time.perf_counter() - start
     trainer = MultiModalTrainer(config, model)
     epoch_seconds, eval_seconds = [], []
     for epoch in range(epochs):
@@ -68,11 +77,12 @@ def bench_vbpr(inter_path, epochs, device):
         start = time.perf_counter()
         result = trainer.evaluate(valid, load_best_model=False)
         eval_seconds.append(time.perf_counter() - start)
-    shutil.rmtree(root)
     return {
-        "users": dataset.user_num - 1, "items": dataset.item_num - 1, "train_rows": train._dataset.inter_num,
-        "load_and_split_s": load_seconds, "epoch_s": float(np.median(epoch_seconds)),
-        "full_sort_eval_s": float(np.median(eval_seconds)), "valid_recall@20": result["recall@20"],
+        "model": model_name, "users": dataset.user_num - 1, "items": dataset.item_num - 1,
+        "train_rows": train._dataset.inter_num, "load_and_split_s": round(load_seconds, 2),
+        "model_build_s": round(build_seconds, 2), "epoch_s": round(float(np.median(epoch_seconds)), 2),
+        "full_sort_eval_s": round(float(np.median(eval_seconds)), 2), "peak_rss_mb": round(rss_mb("VmHWM:")),
+        "valid_recall@20": float(result["recall@20"]),
     }
 
 
@@ -96,15 +106,19 @@ def main():
     parser.add_argument("--knn-items", type=int, default=50000)
     parser.add_argument("--knn-dim", type=int, default=4096)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip-vbpr", action="store_true")
+    parser.add_argument("--models", nargs="+", default=["VBPR"])
+    parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--skip-knn", action="store_true")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}", flush=True)
     if not args.skip_knn:
         print("knn:", bench_knn(args.knn_items, args.knn_dim, 10), flush=True)
-    if not args.skip_vbpr:
-        print("vbpr on sports:", bench_vbpr(args.inter, args.epochs, args.device), flush=True)
+    if not args.skip_models:
+        root = make_sports_folder(args.inter)
+        for model_name in args.models:
+            print("sports:", bench_model(root, model_name, args.epochs, args.device), flush=True)
+        shutil.rmtree(root)
 
 
 if __name__ == "__main__":
