@@ -6,6 +6,10 @@ import sys
 import pytest
 
 import recbole_mm  # noqa: F401  (patches RecBole before any test imports it)
+from recbole.utils import init_seed
+
+from recbole_mm.config import Config
+from recbole_mm.data import create_dataset, data_preparation
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_SYNTHETIC = {"seed": 7, "n_users": 300, "n_items": 200, "mean_interactions": 12}
@@ -42,3 +46,32 @@ def run_config(data_root, tmp_path):
         return config
 
     return make
+
+
+def build_model(config_dict, model_class, dataset_name="synthetic", config_files=None):
+    """Config, dataset, (train, valid, test) loaders and a freshly seeded model instance."""
+    config = Config(model_class, dataset_name, config_files, config_dict)
+    init_seed(config["seed"], True)
+    dataset = create_dataset(config)
+    loaders = data_preparation(config, dataset)
+    init_seed(config["seed"], True)
+    return config, dataset, loaders, model_class(config, loaders[0]._dataset)
+
+
+def train_each(root, models, dataset_name, config_files=None, **config):
+    """``run_recbole_mm`` for each model on the same data, isolated in ``root`` (logs, data,
+    checkpoints) with pytest's arguments kept out of RecBole's command-line parsing.
+
+    Returns:
+        dict model name -> run result.
+    """
+    from recbole_mm.quick_start import run_recbole_mm
+
+    shared = {"data_path": str(root / "data"), "checkpoint_dir": str(root / "saved"), "state": "WARNING", **config}
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["pytest"])
+        patch.chdir(root)
+        for model in models:
+            runs[model] = run_recbole_mm(model, dataset_name, config_files, dict(shared))
+    return runs

@@ -3,26 +3,16 @@
 Each model is trained once per test session (40 epochs at most, early stopping as packaged)
 and the comparisons below read the shared results.
 """
-import sys
-
 import pytest
 
-from recbole_mm.quick_start import run_recbole_mm
+from tests.conftest import train_each
 
 MODELS = ("VBPR", "LIRDRec", "FREEDOM", "LightGCN", "BPR", "Pop")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    root = tmp_path_factory.mktemp("accuracy")
-    shared = {"data_path": str(root / "data"), "checkpoint_dir": str(root / "saved"), "state": "WARNING", "epochs": 40}
-    runs = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["pytest"])
-        patch.chdir(root)
-        for model in MODELS:
-            runs[model] = run_recbole_mm(model, "synthetic", config_dict=dict(shared))
-    return runs
+    return train_each(tmp_path_factory.mktemp("accuracy"), MODELS, "synthetic", epochs=40)
 
 
 def valid(results, model):

@@ -1,7 +1,6 @@
 """The item cold-start split: held-out items never reach training, and feature-based models
 score them far better than chance while an ID-only model does not."""
 import os
-import sys
 
 import numpy as np
 import torch
@@ -9,8 +8,7 @@ import pytest
 
 from recbole_mm.config import Config
 from recbole_mm.data import create_dataset, data_preparation
-from recbole_mm.quick_start import run_recbole_mm
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, train_each
 
 COLDSTART = os.path.join(REPO_ROOT, "properties", "coldstart.yaml")
 
@@ -47,15 +45,7 @@ def test_cold_start_split_is_seeded(run_config):
 
 @pytest.fixture(scope="module")
 def cold_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cold")
-    shared = {"data_path": str(root / "data"), "checkpoint_dir": str(root / "saved"), "state": "WARNING", "epochs": 20}
-    runs = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["pytest"])
-        patch.chdir(root)
-        for model in ("LIRDRec", "FREEDOM", "BPR"):
-            runs[model] = run_recbole_mm(model, "synthetic", [COLDSTART], dict(shared))
-    return runs
+    return train_each(tmp_path_factory.mktemp("cold"), ("LIRDRec", "FREEDOM", "BPR"), "synthetic", [COLDSTART], epochs=20)
 
 
 @pytest.mark.parametrize("model", ["LIRDRec", "FREEDOM"])

@@ -4,13 +4,10 @@ import pytest
 import torch
 from scipy import fft
 
-from recbole.utils import init_seed
-
-from recbole_mm.config import Config
-from recbole_mm.data import create_dataset, data_preparation
 from recbole_mm.features.dct import dct_features, inverse_dct_features
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.lirdrec import LIRDRec
+from tests.conftest import build_model
 
 
 @pytest.mark.parametrize("mode", ["1d", "2d", "none"])
@@ -32,12 +29,8 @@ def test_dct_round_trip_and_orthonormality(mode):
 
 
 def build(run_config, model_class=LIRDRec, **overrides):
-    config = Config(model_class, "synthetic", config_dict=run_config(**overrides))
-    init_seed(config["seed"], True)
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    init_seed(config["seed"], True)
-    return config, (train, valid, test), model_class(config, train._dataset)
+    config, _, loaders, model = build_model(run_config(**overrides), model_class)
+    return config, loaders, model
 
 
 def train_step(model, train):

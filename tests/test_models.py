@@ -3,22 +3,13 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole.utils import init_seed
-
-from recbole_mm.config import Config
-from recbole_mm.data import create_dataset, data_preparation
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.trainer import MultiModalTrainer
+from tests.conftest import build_model
 
 
 def build(run_config, model_class=VBPR, **overrides):
-    config = Config(model_class, "synthetic", config_dict=run_config(**overrides))
-    init_seed(config["seed"], True)
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    init_seed(config["seed"], True)
-    model = model_class(config, train._dataset).to(config["device"])
-    return config, dataset, (train, valid, test), model
+    return build_model(run_config(**overrides), model_class)
 
 
 def all_users(model):

@@ -1,6 +1,5 @@
 """NF-VLM and its baselines on a planted CLIP-like dataset under the paper's protocol."""
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -8,14 +7,9 @@ import torch
 from recbole.data.interaction import Interaction
 from scipy.linalg import subspace_angles
 
-from recbole.utils import init_seed
-
-from recbole_mm.config import Config
-from recbole_mm.data import create_dataset, data_preparation
 from recbole_mm.model.clipmlp import CLIPMLP
 from recbole_mm.model.nfvlm import NFVLM, principal_directions
-from recbole_mm.quick_start import run_recbole_mm
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, build_model, train_each
 
 PROTOCOL = os.path.join(REPO_ROOT, "properties", "nfvlm.yaml")
 PLANTED = {
@@ -32,18 +26,12 @@ def planted_config(run_config, **overrides):
 
 
 def build(run_config, model_class=NFVLM, **overrides):
-    config = Config(model_class, "clip_synthetic", [PROTOCOL], planted_config(run_config, **overrides))
-    init_seed(config["seed"], True)
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    init_seed(config["seed"], True)
-    return config, dataset, (train, valid, test), model_class(config, train._dataset)
+    return build_model(planted_config(run_config, **overrides), model_class, "clip_synthetic", [PROTOCOL])
 
 
 def test_protocol_is_leave_one_out_by_time(run_config):
     config, dataset, (train, valid, test), _ = build(run_config)
     assert valid._dataset.inter_num == test._dataset.inter_num == dataset.user_num - 1
-    frame = dataset.inter_feat
     for split in (valid, test):
         assert len(np.unique(split._dataset.inter_feat["user_id"].numpy())) == split._dataset.inter_num
     # each test positive is the user's latest interaction, the valid one the one before it
@@ -96,11 +84,9 @@ def test_catalogue_noise_is_the_sum_over_all_items(run_config):
     x, p = model.item_features[1:], model.projection
     direct = ((x - x @ p @ p.T) ** 2).sum()
     assert torch.allclose(model.catalogue_noise(), direct, rtol=1e-4)
-    base = model.bpr_loss
     users_loss = model.calculate_loss(_batch(model))
     model.noise_weight = 0.0
     assert torch.allclose(users_loss - model.calculate_loss(_batch(model)), direct / model.n_train_triples, rtol=1e-4)
-    assert base is model.bpr_loss
 
 
 def test_pca_initialisation_spans_the_top_principal_subspace(run_config):
@@ -142,15 +128,9 @@ def test_clipmlp_ignores_the_user_by_default_and_uses_it_on_request(run_config):
 def planted_runs(tmp_path_factory):
     """NF-VLM, BPR and CLIPMLP trained with the same budget on the planted dataset."""
     root = tmp_path_factory.mktemp("planted")
-    shared = {"data_path": str(root / "data"), "checkpoint_dir": str(root / "saved"), "state": "WARNING",
-              "synthetic_generator": PLANTED, "modality_files": {"clip": "clip_feat.npy"},
-              "modality_dims": {"clip": 64}, "epochs": 40, "stopping_step": 40, "eval_step": 40, "nfvlm_rank": 8}
-    runs = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["pytest"])
-        patch.chdir(root)
-        for model in ("NFVLM", "BPR", "CLIPMLP"):
-            runs[model] = run_recbole_mm(model, "clip_synthetic", [PROTOCOL], dict(shared), saved=True)
+    runs = train_each(root, ("NFVLM", "BPR", "CLIPMLP"), "clip_synthetic", [PROTOCOL],
+                      synthetic_generator=PLANTED, modality_files={"clip": "clip_feat.npy"},
+                      modality_dims={"clip": 64}, epochs=40, stopping_step=40, eval_step=40, nfvlm_rank=8)
     return root, runs
 
 

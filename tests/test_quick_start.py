@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from recbole_mm.quick_start import grid_configs, load_data_and_model, objective_function, run_grid, run_recbole_mm
 from recbole_mm.utils import get_trainer

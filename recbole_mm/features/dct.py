@@ -16,32 +16,26 @@ All three are orthonormal (``idct`` / ``idctn`` with ``norm="ortho"`` invert the
 import numpy as np
 from scipy import fft
 
-DCT_MODES = ("1d", "2d", "none")
+_TRANSFORMS = {
+    "1d": (lambda a: fft.dct(a, type=2, norm="ortho", axis=1), lambda a: fft.idct(a, type=2, norm="ortho", axis=1)),
+    "2d": (lambda a: fft.dctn(a, type=2, norm="ortho", axes=(0, 1)),
+           lambda a: fft.idctn(a, type=2, norm="ortho", axes=(0, 1))),
+    "none": (lambda a: a, lambda a: a),
+}
+DCT_MODES = tuple(_TRANSFORMS)
+
+
+def _transform(matrix, mode, inverse):
+    if mode not in _TRANSFORMS:
+        raise ValueError(f"dct_mode must be one of {DCT_MODES}, got {mode!r}")
+    return _TRANSFORMS[mode][int(inverse)](np.asarray(matrix, dtype=np.float64)).astype(np.float32)
 
 
 def dct_features(matrix, mode="1d"):
     """DCT of an (n_items x d) matrix; float32 array of the same shape."""
-    array = np.asarray(matrix, dtype=np.float64)
-    if mode == "1d":
-        out = fft.dct(array, type=2, norm="ortho", axis=1)
-    elif mode == "2d":
-        out = fft.dctn(array, type=2, norm="ortho", axes=(0, 1))
-    elif mode == "none":
-        out = array
-    else:
-        raise ValueError(f"dct_mode must be one of {DCT_MODES}, got {mode!r}")
-    return out.astype(np.float32)
+    return _transform(matrix, mode, inverse=False)
 
 
 def inverse_dct_features(matrix, mode="1d"):
     """Inverse of :func:`dct_features`."""
-    array = np.asarray(matrix, dtype=np.float64)
-    if mode == "1d":
-        out = fft.idct(array, type=2, norm="ortho", axis=1)
-    elif mode == "2d":
-        out = fft.idctn(array, type=2, norm="ortho", axes=(0, 1))
-    elif mode == "none":
-        out = array
-    else:
-        raise ValueError(f"dct_mode must be one of {DCT_MODES}, got {mode!r}")
-    return out.astype(np.float32)
+    return _transform(matrix, mode, inverse=True)

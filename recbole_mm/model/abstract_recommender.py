@@ -7,6 +7,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
 from recbole_mm.data.graphs import item_knn_graph, normalized_adjacency
+from recbole_mm.model.loss import BPRLoss
 
 
 class MultiModalRecommender(GeneralRecommender):
@@ -43,6 +44,7 @@ class MultiModalRecommender(GeneralRecommender):
         self.interaction_matrix = dataset.inter_matrix(form="coo").astype(np.float32)
         self.cache_dir = os.path.join(config["data_path"], "recbole_mm_cache")
         self._eval_cache = None
+        self.bpr_loss = BPRLoss()
 
     def _select_modalities(self, config, dataset):
         available = dict(getattr(dataset, "modality_features", {}) or {})
@@ -99,6 +101,14 @@ class MultiModalRecommender(GeneralRecommender):
             with torch.no_grad():
                 self._eval_cache = self.forward()
         return self._eval_cache
+
+    def bpr_on_batch(self, interaction, user_all, item_all):
+        """BPR of the batch's (u, i⁺, i⁻) triples scored by dot products of the given
+        representations; returns (loss, the batch's user vectors)."""
+        user_e = user_all[interaction[self.USER_ID]]
+        pos = (user_e * item_all[interaction[self.ITEM_ID]]).sum(-1)
+        neg = (user_e * item_all[interaction[self.NEG_ITEM_ID]]).sum(-1)
+        return self.bpr_loss(pos, neg), user_e
 
     def score_users(self, user_embeddings, item_embeddings):
         """Scores of the given users against the given items: (B x d), (N x d) -> (B x N)."""

@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.loss import BPRLoss
 
 _ACTIVATIONS = {"relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "tanh": nn.Tanh}
 _CHUNK_ELEMENTS = 2 ** 24
@@ -37,7 +36,6 @@ class CLIPMLP(MultiModalRecommender):
         if self.use_user:
             self.user_embedding = nn.Embedding(self.n_users, self.embedding_size)
             self.user_layer = nn.Linear(self.embedding_size, hidden, bias=False)
-        self.bpr_loss = BPRLoss()
 
     def _user_offsets(self, users):
         """W_u e_u for the given users, (B x hidden); zeros without user input."""

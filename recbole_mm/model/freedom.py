@@ -23,7 +23,6 @@ import torch.nn as nn
 from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import propagate
-from recbole_mm.model.loss import BPRLoss
 
 
 class FREEDOM(MultiModalRecommender):
@@ -53,7 +52,6 @@ class FREEDOM(MultiModalRecommender):
             self.interaction_matrix, self.n_users, self.n_items, config["dropout"], self.device
         )
         self.train_adjacency = self.full_adjacency
-        self.bpr_loss = BPRLoss()
 
     def pre_epoch_processing(self):
         """Resample the degree-sensitive pruned training graph."""
@@ -71,11 +69,8 @@ class FREEDOM(MultiModalRecommender):
         return users, items + item_graph_part
 
     def calculate_loss(self, interaction):
-        users = interaction[self.USER_ID]
         pos_items, neg_items = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        user_all, item_all = self.forward()
-        user_e = user_all[users]
-        loss = self.bpr_loss((user_e * item_all[pos_items]).sum(-1), (user_e * item_all[neg_items]).sum(-1))
+        loss, user_e = self.bpr_on_batch(interaction, *self.forward())
         if self.reg_weight:
             for features, projection in ((self.text_features, self.text_projection),
                                          (self.image_features, self.image_projection)):

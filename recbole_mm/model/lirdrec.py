@@ -56,7 +56,6 @@ from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler
 from recbole_mm.features.dct import dct_features
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import MLP, propagate
-from recbole_mm.model.loss import BPRLoss
 
 
 class LIRDRec(MultiModalRecommender):
@@ -96,7 +95,6 @@ class LIRDRec(MultiModalRecommender):
             self.edge_sampler = DegreeSensitiveEdgeSampler(
                 self.interaction_matrix, self.n_users, self.n_items, config["dropout"], self.device
             )
-        self.bpr_loss = BPRLoss()
 
     def _branch_inputs(self, config):
         """Input matrix of each branch: 'image', 'text' and the DCT 'shared' branch (Eq. 12)."""
@@ -177,9 +175,6 @@ class LIRDRec(MultiModalRecommender):
         return users, items
 
     def calculate_loss(self, interaction):
-        users = interaction[self.USER_ID]
-        pos_items, neg_items = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         user_all, item_all = self.forward()
-        user_e = user_all[users]
-        loss = self.bpr_loss((user_e * item_all[pos_items]).sum(-1), (user_e * item_all[neg_items]).sum(-1))
+        loss, _ = self.bpr_on_batch(interaction, user_all, item_all)
         return loss + self.reg_weight * (user_all.pow(2).mean() + item_all.pow(2).mean())

@@ -34,7 +34,6 @@ import torch
 import torch.nn as nn
 
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.loss import BPRLoss
 
 
 def principal_directions(features, rank):
@@ -80,7 +79,6 @@ class NFVLM(MultiModalRecommender):
 
         self.n_train_triples = max(1, int(self.interaction_matrix.nnz))
         self.gram = real_items.T @ real_items if self.noise_scope == "catalogue" else None
-        self.bpr_loss = BPRLoss()
 
     def item_signal(self, features=None):
         """Low-dimensional signal representation z = Pᵀx, (n x r)."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.loss import BPRLoss, EmbLoss
+from recbole_mm.model.loss import EmbLoss
 
 
 class VBPR(MultiModalRecommender):
@@ -41,7 +41,6 @@ class VBPR(MultiModalRecommender):
             self.content_bias = nn.Linear(self.item_raw_features.shape[1], 1, bias=False)
             nn.init.zeros_(self.content_bias.weight)
 
-        self.bpr_loss = BPRLoss()
         self.emb_loss = EmbLoss()
 
     def item_embeddings(self, items=None):
