@@ -187,11 +187,6 @@ class MultiModalDataset(Dataset):
             )
         return features
 
-    @property
-    def modalities(self):
-        """Names of the loaded modalities, in the order of ``modality_files``."""
-        return list(self.modality_features)
-
     def __str__(self):
         info = [super().__str__()]
         for name, matrix in getattr(self, "modality_features", {}).items():
