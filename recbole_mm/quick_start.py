@@ -19,14 +19,17 @@ from recbole_mm.utils import get_model, get_trainer
 
 
 def _build(config):
-    """Dataset, split loaders, model and trainer for a config (seeded as RecBole does)."""
+    """Dataset, split loaders and model for a config (seeded as RecBole does)."""
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    return dataset, (train_data, valid_data, test_data), model, trainer
+    return dataset, (train_data, valid_data, test_data), model
+
+
+def _trainer(config, model):
+    return get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
 
 def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
@@ -50,9 +53,10 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
     logger.info(sys.argv)
     logger.info(config)
 
-    dataset, (train_data, valid_data, test_data), model, trainer = _build(config)
+    dataset, (train_data, valid_data, test_data), model = _build(config)
     logger.info(dataset)
     logger.info(model)
+    trainer = _trainer(config, model)
 
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
@@ -84,7 +88,8 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
         logger.removeHandler(handler)
     init_logger(config)
     logging.basicConfig(level=logging.ERROR)
-    _, (train_data, valid_data, test_data), _, trainer = _build(config)
+    _, (train_data, valid_data, test_data), model = _build(config)
+    trainer = _trainer(config, model)
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
     test_result = trainer.evaluate(test_data, load_best_model=saved)
     return {
@@ -140,7 +145,7 @@ def load_data_and_model(model_file):
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
     config = checkpoint["config"]
     init_logger(config)
-    dataset, (train_data, valid_data, test_data), model, _ = _build(config)
+    dataset, (train_data, valid_data, test_data), model = _build(config)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     model.eval()

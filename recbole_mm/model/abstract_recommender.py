@@ -6,7 +6,7 @@ import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
-from recbole_mm.data.graphs import item_knn_graph, normalized_adjacency
+from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler, item_knn_graph, normalized_adjacency
 from recbole_mm.model.loss import BPRLoss
 
 
@@ -79,6 +79,27 @@ class MultiModalRecommender(GeneralRecommender):
     def item_knn_graph(self, k, weights, weighted=False):
         """Frozen kNN item–item graph mixed over modalities (see ``data.graphs.item_knn_graph``)."""
         return item_knn_graph(self.modality_features, weights, k, weighted, cache_dir=self.cache_dir)
+
+    def setup_edge_pruning(self, dropout):
+        """Full user–item adjacency for prediction, and FREEDOM's degree-sensitive pruning
+        (``dropout`` = share of edges dropped, 0 = none) for training; see
+        :meth:`resample_edges` and :meth:`user_item_adjacency`."""
+        self.full_adjacency = self.normalized_adjacency()
+        self.train_adjacency = self.full_adjacency
+        self.edge_sampler = None
+        if dropout:
+            self.edge_sampler = DegreeSensitiveEdgeSampler(
+                self.interaction_matrix, self.n_users, self.n_items, dropout, self.device
+            )
+
+    def resample_edges(self):
+        """Draw this epoch's pruned training graph (a no-op without pruning)."""
+        if self.edge_sampler is not None:
+            self.train_adjacency = self.edge_sampler.sample()
+
+    def user_item_adjacency(self):
+        """The pruned graph while training, the full graph otherwise."""
+        return self.train_adjacency if self.training else self.full_adjacency
 
     # ------------------------------------------------------------------ training hooks
     def pre_epoch_processing(self):

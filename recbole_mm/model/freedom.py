@@ -20,7 +20,6 @@ their features' neighbourhood.
 import torch
 import torch.nn as nn
 
-from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import propagate
 
@@ -47,24 +46,17 @@ class FREEDOM(MultiModalRecommender):
         self.text_projection = nn.Linear(self.text_features.shape[1], d)
 
         self.item_graph = self.item_knn_graph(config["knn_k"], {"image": image_weight, "text": 1.0 - image_weight})
-        self.full_adjacency = self.normalized_adjacency()
-        self.edge_sampler = DegreeSensitiveEdgeSampler(
-            self.interaction_matrix, self.n_users, self.n_items, config["dropout"], self.device
-        )
-        self.train_adjacency = self.full_adjacency
+        self.setup_edge_pruning(config["dropout"])
 
     def pre_epoch_processing(self):
         """Resample the degree-sensitive pruned training graph."""
-        self.train_adjacency = self.edge_sampler.sample()
+        self.resample_edges()
 
     def forward(self):
         """(users (U x d), items (I x d)): the pruned graph in training, the full graph otherwise."""
-        adjacency = self.train_adjacency if self.training else self.full_adjacency
-        item_graph_part = self.item_id_embedding
-        for _ in range(self.n_mm_layers):
-            item_graph_part = torch.sparse.mm(self.item_graph, item_graph_part)
+        item_graph_part = propagate(self.item_graph, self.item_id_embedding, self.n_mm_layers, combine="last")
         ego = torch.cat([self.user_embedding, self.item_id_embedding], dim=0)
-        nodes = propagate(adjacency, ego, self.n_ui_layers, combine="mean")
+        nodes = propagate(self.user_item_adjacency(), ego, self.n_ui_layers, combine="mean")
         users, items = torch.split(nodes, [self.n_users, self.n_items])
         return users, items + item_graph_part
 

@@ -52,7 +52,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler
 from recbole_mm.features.dct import dct_features
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import MLP, propagate
@@ -88,13 +87,7 @@ class LIRDRec(MultiModalRecommender):
         self.last_attention = None
 
         self.item_graph = self.item_knn_graph(config["knn_k"], self._graph_weights(config["mm_image_weight"]))
-        self.full_adjacency = self.normalized_adjacency()
-        self.train_adjacency = self.full_adjacency
-        self.edge_sampler = None
-        if config["dropout"]:
-            self.edge_sampler = DegreeSensitiveEdgeSampler(
-                self.interaction_matrix, self.n_users, self.n_items, config["dropout"], self.device
-            )
+        self.setup_edge_pruning(config["dropout"])
 
     def _branch_inputs(self, config):
         """Input matrix of each branch: 'image', 'text' and the DCT 'shared' branch (Eq. 12)."""
@@ -139,8 +132,7 @@ class LIRDRec(MultiModalRecommender):
             if self.last_attention is not None:
                 with torch.no_grad():
                     self.target_weights.copy_(self.last_attention)
-        if self.edge_sampler is not None:
-            self.train_adjacency = self.edge_sampler.sample()
+        self.resample_edges()
 
     def user_attention(self, user_parts):
         """α = softmax(w1 · a_u + w2 · θ) over the branches, (U x M)."""
@@ -158,13 +150,9 @@ class LIRDRec(MultiModalRecommender):
         return torch.cat(blocks, dim=1)
 
     def forward(self):
-        adjacency = self.train_adjacency if self.training else self.full_adjacency
-        nodes = propagate(adjacency, self.node_features(), self.n_ui_layers, combine="sum")
+        nodes = propagate(self.user_item_adjacency(), self.node_features(), self.n_ui_layers, combine="sum")
         users, items = torch.split(nodes, [self.n_users, self.n_items])
-        graph_items = items
-        for _ in range(self.n_mm_layers):
-            graph_items = torch.sparse.mm(self.item_graph, graph_items)
-        items = items + graph_items
+        items = items + propagate(self.item_graph, items, self.n_mm_layers, combine="last")
         if not self.use_pwc:
             return users, items
         parts = torch.chunk(users, len(self.branch_names), dim=1)
