@@ -152,3 +152,39 @@ def test_edge_sampler_renormalises_the_kept_subgraph():
     assert set(zip(sub.row, sub.col)) <= set(zip(*np.nonzero(dense)))
     full = DegreeSensitiveEdgeSampler(matrix, n_users, n_items, dropout=0.0).sample().to_dense()
     assert torch.allclose(full, normalized_adjacency(matrix, n_users, n_items).to_dense())
+
+
+def test_user_cooccurrence_neighbours_match_brute_force_counts():
+    from recbole_mm.data.graphs import user_cooccurrence_neighbours
+
+    matrix, dense = random_interactions(n_users=40, n_items=25, density=0.15, seed=3)
+    counts = dense @ dense.T
+    np.fill_diagonal(counts, 0)
+    neighbours, top = user_cooccurrence_neighbours(matrix, top_k=5, budget_elements=40 * 7)  # chunks of 7 users
+    for user in range(40):
+        expected = np.sort(counts[user])[::-1][:5]
+        np.testing.assert_allclose(top[user].numpy(), expected)
+        positive = top[user] > 0
+        assert np.all(counts[user, neighbours[user][positive].numpy()] == top[user][positive].numpy())
+        assert user not in neighbours[user][positive].tolist()
+
+
+def test_user_graph_rows_sum_to_one_and_resample_each_epoch():
+    from recbole_mm.data.graphs import UserGraphSampler
+
+    matrix, dense = random_interactions(n_users=60, n_items=30, density=0.1, seed=4)
+    dense[59] = 0  # a user who shares nothing with anybody
+    dense[59, 0] = 0
+    matrix = sp.coo_matrix(dense)
+    counts = dense @ dense.T
+    np.fill_diagonal(counts, 0)
+    sampler = UserGraphSampler(matrix, k=4, stored=20)
+    generator = torch.Generator().manual_seed(0)
+    first = sampler.sample(generator).to_dense().numpy()
+    has_neighbours = counts.sum(1) > 0
+    np.testing.assert_allclose(first.sum(1)[has_neighbours], 1.0, rtol=1e-5)
+    assert np.all(first[~has_neighbours] == 0)
+    assert np.all((first > 0).sum(1) == np.minimum(4, (counts > 0).sum(1)))
+    assert np.all(counts[first > 0] > 0), "only co-interacting users are neighbours"
+    draws = [sampler.sample(generator).to_dense().numpy() > 0 for _ in range(5)]
+    assert any(not np.array_equal(draws[0], other) for other in draws[1:]), "a new draw each epoch"

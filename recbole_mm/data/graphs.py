@@ -199,3 +199,76 @@ def item_knn_graph(features, weights, k, weighted=False, cache_dir=None, budget_
         torch.save({"indices": graph.indices().cpu(), "values": graph.values().cpu()}, temporary)
         os.replace(temporary, cache_path)
     return graph
+
+
+def user_cooccurrence_neighbours(inter_matrix, top_k=200, budget_elements=2 ** 26):
+    r"""Each user's ``top_k`` co-interaction neighbours (DRAGON's user–user graph).
+
+    The co-occurrence count of users u ≠ v is :math:`C_{uv} = |\mathcal N_u \cap \mathcal N_v|`
+    (``C = A Aᵀ`` of the binary train matrix). Rows of C are formed in chunks of
+    ``budget_elements // n_users`` users (dense chunk x U at a time, never U x U) and reduced
+    to their top-k; pairs with no shared item are not neighbours.
+
+    Args:
+        inter_matrix: scipy sparse (U x I) train interactions.
+        top_k: neighbours kept per user (MMRec stores 200).
+
+    Returns:
+        (neighbours, counts): (U, k') int64 and float32 tensors, k' = min(top_k, U - 1),
+        each row sorted by decreasing count; missing neighbours have index 0 and count 0.
+    """
+    binary = (inter_matrix.tocsr() > 0).astype(np.float32)
+    n_users = binary.shape[0]
+    k = max(0, min(int(top_k), n_users - 1))
+    transposed = binary.T.tocsr()
+    chunk = _row_chunk(n_users, budget_elements)
+    neighbours, counts = [], []
+    for start in range(0, n_users, chunk):
+        stop = min(start + chunk, n_users)
+        block = torch.from_numpy((binary[start:stop] @ transposed).toarray())
+        block[torch.arange(stop - start), torch.arange(start, stop)] = 0.0  # no self loops
+        top = torch.topk(block, k, dim=1)
+        neighbours.append(torch.where(top.values > 0, top.indices, torch.zeros_like(top.indices)))
+        counts.append(top.values)
+    return torch.cat(neighbours), torch.cat(counts)
+
+
+class UserGraphSampler:
+    r"""DRAGON's user–user graph, resampled each epoch (MMRec ``DRAGON.topk_sample``).
+
+    Stores every user's top-``stored`` co-interaction neighbours with their counts
+    (:func:`user_cooccurrence_neighbours`). :meth:`sample` draws ``k`` of them per user
+    without replacement with probability :math:`\mathrm{softmax}(C_{u\cdot})` (Gumbel top-k,
+    one vectorised draw for all users) and weights the drawn neighbours by the softmax of
+    their counts, so each row with neighbours sums to 1; a user with fewer than ``k``
+    neighbours keeps all of them, a user with none has an empty row. MMRec takes the first
+    k of the sorted list and pads short rows by repeating neighbours; the softmax over counts
+    makes high-count neighbours dominate either way.
+    """
+
+    def __init__(self, inter_matrix, k=40, stored=200, device="cpu"):
+        if k < 1:
+            raise ValueError(f"user graph k must be positive, got {k}")
+        neighbours, counts = user_cooccurrence_neighbours(inter_matrix, max(stored, k))
+        self.neighbours = neighbours.to(device)
+        self.logits = counts.to(device).masked_fill(counts.to(device) <= 0, float("-inf"))
+        self.k = min(k, self.neighbours.shape[1])
+        self.n_users = self.neighbours.shape[0]
+
+    def sample(self, generator=None):
+        """This epoch's user–user matrix: sparse (U x U) float32, row-stochastic where a user
+        has neighbours."""
+        device = self.neighbours.device
+        if self.k == 0:
+            return torch.sparse_coo_tensor(torch.zeros((2, 0), dtype=torch.long, device=device),
+                                           torch.zeros(0, device=device), (self.n_users, self.n_users))
+        uniform = torch.rand(self.logits.shape, generator=generator, device=device).clamp_(1e-20, 1.0)
+        gumbel = -torch.log(-torch.log(uniform))
+        drawn = torch.topk(self.logits + gumbel, self.k, dim=1).indices
+        logits = torch.gather(self.logits, 1, drawn)
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all -inf row -> zeros
+        columns = torch.gather(self.neighbours, 1, drawn)
+        keep = torch.isfinite(logits)
+        rows = torch.arange(self.n_users, device=device).unsqueeze(1).expand_as(columns)
+        indices = torch.stack([rows[keep], columns[keep]])
+        return torch.sparse_coo_tensor(indices, weights[keep], (self.n_users, self.n_users)).coalesce()

@@ -71,3 +71,31 @@ def scatter_mean(src, index, dim_size):
     total = scatter_sum(src, index, dim_size)
     count = torch.bincount(index, minlength=dim_size).clamp_min(1).to(src.dtype)
     return total / count.view(-1, *([1] * (src.dim() - 1)))
+
+
+class ModalityGCN(nn.Module):
+    r"""One modality branch of DRAGON (and VLIF): a GCN over the user–item graph whose item
+    nodes start from the modality's features.
+
+    Item layer 0: :math:`\mathrm{MLP}(x_i)` (``feature_dim -> 4d -> d``, LeakyReLU); user
+    layer 0: a free preference vector :math:`p_u \in \mathbb R^d`; both L2-normalised per
+    row, then :math:`\sum_{l=0}^{L} \hat A^l X` (VLIF Eq. 1–2; MMRec's ``x + h_1 + h_2``).
+
+    Args:
+        n_users: U.
+        feature_dim: width of the modality's item features.
+        embedding_dim: d.
+        n_layers: L.
+    """
+
+    def __init__(self, n_users, feature_dim, embedding_dim, n_layers=2):
+        super().__init__()
+        self.n_layers = n_layers
+        self.preference = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, embedding_dim)))
+        self.mlp = MLP([feature_dim, 4 * embedding_dim, embedding_dim])
+
+    def forward(self, adjacency, item_features):
+        """(U + I) x d node representations from (I x feature_dim) item features."""
+        nodes = torch.cat([self.preference, self.mlp(item_features)], dim=0)
+        nodes = nn.functional.normalize(nodes, dim=1)
+        return propagate(adjacency, nodes, self.n_layers, combine="sum")

@@ -1,0 +1,283 @@
+r"""VLIF: VLM-enriched visual features and information-aware fusion (arXiv 2511.02113, §2).
+
+Built on DRAGON's skeleton (:class:`~recbole_mm.model.dragon.DRAGON`): per-branch GCNs on the
+user–item graph (Eq. 1–2), the frozen kNN item–item graph with
+:math:`S = \tfrac12 (S_v + S_t)` and k = 10 (Eq. 3), the user–user co-occurrence graph, and
+the score :math:`z_i^\top z_u` (Eq. 4). The visual modality is the dataset's ``image``
+modality; with VLIF's features it holds the encoded VLM descriptions
+(:mod:`recbole_mm.features.vlm`, Eq. 5).
+
+Information-aware fusion (§2.3), on the item features ``t``, ``v`` (both brought to
+``fusion_dim`` by a linear map when their width differs):
+
+- synergy (Eq. 7–8): :math:`h_{v\to t} = \mathrm{Trans}(v, t)`, :math:`h_{t\to v} =
+  \mathrm{Trans}(t, v)` with MulT-style pre-LN cross-modal transformer blocks
+  (:class:`SynergyEncoder`), :math:`s = \tfrac12 (h_{v\to t} + h_{t\to v})`;
+- redundancy (Eq. 9–11): a shared encoder :math:`g(F(\cdot))` over the token sequences
+  ``[v, t]``, ``[v, MASK_t]``, ``[MASK_v, t]`` (:class:`RedundancyEncoder`),
+  :math:`r = \tfrac13 (h + h_v + h_t)`;
+- unique visual part (Eq. 12): :math:`v' = v - \frac{v^\top r}{\|r\|^2} r`
+  (:func:`orthogonal_residual`, then L2-normalised as in the public code);
+- item :math:`i_f = [t \| s \| v']` and user :math:`u_f = [w_{u0} t \| w_{u1} s \| w_{u2} v']`
+  (Eq. 13–14), where t, s, v' are the outputs of three GCN branches fed with the fused
+  item features, and w is a free U x 3 table (softmax-of-Xavier initialisation, as DRAGON).
+
+Homogeneous graphs: :math:`z_i = i_f + G^{L} i_f`, :math:`z_u = \tfrac12 (u_f + U^{L} u_f)`
+(the public code's residuals), L = ``n_mm_layers`` / ``n_uu_layers`` = 2 per the paper (the
+public code uses 1).
+
+Loss (Eq. 15–17): :math:`\mathcal L_{rec} + \lambda (\mathcal L_s + \mathcal L_r)` with
+:math:`\mathcal L_s = \mathrm{InfoNCE}(h_{v\to t}, h_{t\to v})` and :math:`\mathcal L_r =
+\mathrm{InfoNCE}(h, h_v) + \mathrm{InfoNCE}(h, h_t) + \mathrm{InfoNCE}(h_v, h_t)`
+(symmetric, cosine / τ, τ = ``ssl_temperature`` = 0.1), λ = ``fusion_weight`` = 0.1 (paper;
+the public code uses 0.001 on the synergy-only branch and 0.01 on the PID branch), plus
+DRAGON's L2 on the batch users' preferences and on w (``reg_weight``). The InfoNCE terms run
+over the batch's items (``ssl_items: batch``; ``all`` = every item, as the public code, which
+needs an I x I logit matrix). L_rec is the natural-log BPR (the public code uses log₂).
+
+Sequence length. The public code feeds each modality vector to its transformers as a
+sequence of one token, so every attention weight is 1 and cross-attention reduces to a
+projection of the other modality plus the residual. ``fusion_tokens: 1`` does exactly that;
+``fusion_tokens: k`` splits each ``fusion_dim`` vector into k tokens of ``fusion_dim / k``
+so that attention has k keys to weigh. (The redundancy encoder always sees the 2k tokens of
+both modalities, per Eq. 9–10.)
+
+Ablation switches (paper Table 2), ``fusion``:
+
+- ``pid`` (default): [t ‖ s ‖ v'] with L_s + L_r;
+- ``synergy``: [t ‖ s ‖ v] with L_s only (the public ``master`` branch);
+- ``weighted``: [w_{u0} t ‖ w_{u1} v] users, [t ‖ v] items, no fusion module;
+- ``concat``: [t ‖ v] for users and items;
+- ``pooling``: ½(t + v) for users and items.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recbole_mm.model.dragon import DRAGON
+from recbole_mm.model.layers import propagate
+from recbole_mm.model.loss import info_nce
+
+FUSIONS = ("pid", "synergy", "weighted", "concat", "pooling")
+
+
+def orthogonal_residual(v, r, eps=1e-8):
+    r"""Eq. 12: :math:`v - \frac{v^\top r}{\|r\|^2 + \epsilon} r` per row, (N x D) each.
+
+    The projection is applied twice (classical Gram–Schmidt re-orthogonalisation) so that
+    float32 rounding leaves :math:`|\langle v', r\rangle| / (\|v'\| \|r\|)` near 1e-7."""
+    for _ in range(2):
+        coefficient = (v * r).sum(-1, keepdim=True) / ((r * r).sum(-1, keepdim=True) + eps)
+        v = v - coefficient * r
+    return v
+
+
+class TransformerBlock(nn.Module):
+    r"""A MulT-style pre-LayerNorm transformer block (dropouts 0):
+    :math:`x \leftarrow x + \mathrm{Attn}(\mathrm{LN}(x), \mathrm{LN}(c), \mathrm{LN}(c))`,
+    :math:`x \leftarrow x + \mathrm{FFN}(\mathrm{LN}(x))` (ReLU, 4x), where the context c is
+    another modality (cross-attention) or x itself (self-attention).
+
+    Shapes: x (N x k_q x D), context (N x k_kv x D)."""
+
+    def __init__(self, dim, heads=1):
+        super().__init__()
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x, context=None):
+        query = self.norm_query(x)
+        keys = query if context is None else self.norm_context(context)
+        x = x + self.attend(query, keys)
+        return x + self.ffn(self.norm_ffn(x))
+
+    def attend(self, query, keys):
+        """Multi-head attention; with a single key every attention weight is 1, so the output
+        is the projected value alone and the query/key projections are skipped (same result,
+        same gradients: theirs are zero)."""
+        if keys.shape[1] > 1:
+            return self.attention(query, keys, keys, need_weights=False)[0]
+        dim = keys.shape[-1]
+        values = F.linear(keys, self.attention.in_proj_weight[2 * dim:], self.attention.in_proj_bias[2 * dim:])
+        return self.attention.out_proj(values).expand(-1, query.shape[1], -1)
+
+
+def to_tokens(x, n_tokens):
+    """(N x D) -> (N x k x D/k)."""
+    return x.reshape(x.shape[0], n_tokens, x.shape[1] // n_tokens)
+
+
+class SynergyEncoder(nn.Module):
+    r"""Cross-modal synergy estimation (Eq. 7–8): for each direction a cross-attention block
+    (query = one modality, keys/values = the other), a self-attention block and a final
+    LayerNorm, MulT-style (inputs scaled by :math:`\sqrt{D/k}`).
+
+    ``forward(v, t)`` with (N x D) inputs returns :math:`h_{v\to t}, h_{t\to v}`, (N x D)."""
+
+    def __init__(self, dim, n_tokens=1, heads=1):
+        super().__init__()
+        self.n_tokens = n_tokens
+        token_dim = dim // n_tokens
+        self.scale = math.sqrt(token_dim)
+        self.cross = nn.ModuleDict({"v_t": TransformerBlock(token_dim, heads), "t_v": TransformerBlock(token_dim, heads)})
+        self.self_attention = nn.ModuleDict({"v_t": TransformerBlock(token_dim, heads),
+                                             "t_v": TransformerBlock(token_dim, heads)})
+        self.norm = nn.ModuleDict({"v_t": nn.LayerNorm(token_dim), "t_v": nn.LayerNorm(token_dim)})
+
+    def direction(self, name, query, context):
+        x = self.cross[name](query * self.scale, context * self.scale)
+        x = self.norm[name](self.self_attention[name](x))
+        return x.reshape(x.shape[0], -1)
+
+    def forward(self, v, t):
+        v_tokens, t_tokens = to_tokens(v, self.n_tokens), to_tokens(t, self.n_tokens)
+        return self.direction("v_t", v_tokens, t_tokens), self.direction("t_v", t_tokens, v_tokens)
+
+
+class RedundancyEncoder(nn.Module):
+    r"""Transformer-based redundancy estimation (Eq. 9–11).
+
+    The three inputs :math:`X = [v, t]`, :math:`X_v = [v, \mathrm{MASK}_t]`,
+    :math:`X_t = [\mathrm{MASK}_v, t]` are sequences of 2k tokens (learnable mask tokens,
+    initialised to zero, i.e. the public code's zero masking); one shared self-attention
+    block F with a final LayerNorm, then a projection g: flattened (2D) -> D.
+
+    ``forward(v, t)`` with (N x D) inputs returns :math:`h, h_v, h_t`, (N x D) each."""
+
+    def __init__(self, dim, n_tokens=1, heads=1):
+        super().__init__()
+        self.n_tokens = n_tokens
+        token_dim = dim // n_tokens
+        self.mask_v = nn.Parameter(torch.zeros(n_tokens, token_dim))
+        self.mask_t = nn.Parameter(torch.zeros(n_tokens, token_dim))
+        self.encoder = TransformerBlock(token_dim, heads)
+        self.norm = nn.LayerNorm(token_dim)
+        self.projection = nn.Linear(2 * dim, dim)
+
+    def forward(self, v, t):
+        n = v.shape[0]
+        v_tokens, t_tokens = to_tokens(v, self.n_tokens), to_tokens(t, self.n_tokens)
+        mask_v, mask_t = self.mask_v.expand(n, -1, -1), self.mask_t.expand(n, -1, -1)
+        sequences = torch.cat([
+            torch.cat([v_tokens, t_tokens], dim=1),
+            torch.cat([v_tokens, mask_t], dim=1),
+            torch.cat([mask_v, t_tokens], dim=1),
+        ])
+        encoded = self.norm(self.encoder(sequences)).reshape(3 * n, -1)
+        return torch.split(self.projection(encoded), n)
+
+
+class VLIF(DRAGON):
+    def __init__(self, config, dataset):
+        self.fusion = config["fusion"]
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"VLIF: fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        self.n_tokens = int(config["fusion_tokens"])
+        self.fusion_weight = config["fusion_weight"]
+        self.ssl_temperature = config["ssl_temperature"]
+        self.ssl_items = config["ssl_items"]
+        if self.ssl_items not in ("batch", "all"):
+            raise ValueError(f"VLIF: ssl_items must be 'batch' or 'all', got {self.ssl_items!r}")
+        self._fusion_outputs = {}
+        super().__init__(config, dataset)
+        if self.uses_fusion_module:
+            self.build_fusion_module(config)
+        if self.fusion in ("concat", "pooling"):
+            self.user_modality_weight = None
+
+    @property
+    def uses_fusion_module(self):
+        return self.fusion in ("pid", "synergy")
+
+    def fusion_dim(self):
+        return self.config["fusion_dim"] or self.modality_features["text"].shape[1]
+
+    def branch_dims(self):
+        """Branches in concatenation order: [t, s, v'] (pid), [t, s, v] (synergy), [t, v]."""
+        text_dim, image_dim = self.modality_features["text"].shape[1], self.modality_features["image"].shape[1]
+        if not self.uses_fusion_module:
+            return {"text": text_dim, "image": image_dim}
+        dim = self.fusion_dim()
+        if dim % self.n_tokens:
+            raise ValueError(f"VLIF: fusion_dim {dim} is not divisible by fusion_tokens {self.n_tokens}")
+        return {"text": dim, "synergy": dim, "image": dim if self.fusion == "pid" else image_dim}
+
+    def build_fusion_module(self, config):
+        dim, heads = self.fusion_dim(), config["fusion_heads"]
+        self.input_projection = nn.ModuleDict({
+            name: nn.Linear(features.shape[1], dim) if features.shape[1] != dim else nn.Identity()
+            for name, features in self.modality_features.items() if name in ("image", "text")
+        })
+        self.synergy_encoder = SynergyEncoder(dim, self.n_tokens, heads)
+        self.redundancy_encoder = RedundancyEncoder(dim, self.n_tokens, heads) if self.fusion == "pid" else None
+
+    # ------------------------------------------------------------------ forward
+    def branch_features(self):
+        """Item features of each branch; keeps the fusion module's outputs for the loss."""
+        v, t = self.modality_features["image"], self.modality_features["text"]
+        if not self.uses_fusion_module:
+            self._fusion_outputs = {}
+            return {"text": t, "image": v}
+        v_f, t_f = self.input_projection["image"](v), self.input_projection["text"](t)
+        h_vt, h_tv = self.synergy_encoder(v_f, t_f)
+        outputs = {"h_vt": h_vt, "h_tv": h_tv}
+        features = {"text": t, "synergy": 0.5 * (h_vt + h_tv), "image": v}
+        if self.fusion == "pid":
+            h, h_v, h_t = self.redundancy_encoder(v_f, t_f)
+            redundancy = (h + h_v + h_t) / 3.0
+            unique_visual = F.normalize(orthogonal_residual(v_f, redundancy), dim=1)
+            outputs.update(h=h, h_v=h_v, h_t=h_t, redundancy=redundancy, unique_visual=unique_visual)
+            features.update(text=t_f, image=unique_visual)
+        self._fusion_outputs = outputs
+        return features
+
+    def fuse(self, outputs):
+        if self.fusion == "pooling":
+            return (0.5 * (outputs["text"][0] + outputs["image"][0]), 0.5 * (outputs["text"][1] + outputs["image"][1]))
+        if self.fusion == "concat":
+            return (torch.cat([outputs["text"][0], outputs["image"][0]], dim=1),
+                    torch.cat([outputs["text"][1], outputs["image"][1]], dim=1))
+        return super().fuse(outputs)
+
+    def add_homogeneous(self, users, items):
+        """:math:`z_i = i_f + G^L i_f`, :math:`z_u = \\tfrac12 (u_f + U^L u_f)`."""
+        item_part = propagate(self.item_graph, items, self.n_mm_layers, combine="last")
+        user_part = propagate(self.user_graph, users, self.n_uu_layers, combine="last")
+        return 0.5 * (users + user_part), items + item_part
+
+    # ------------------------------------------------------------------ loss
+    def recommendation_loss(self, pos_scores, neg_scores):
+        return self.bpr_loss(pos_scores, neg_scores)
+
+    def regularisation(self, users):
+        preference = sum((branch.preference[users] ** 2).mean() for branch in self.branches.values())
+        weights = 0.0 if self.user_modality_weight is None else (self.user_modality_weight ** 2).mean()
+        return self.reg_weight * (preference + weights)
+
+    def fusion_losses(self, items):
+        """dict name -> InfoNCE term over the given item ids (Eq. 15–16); empty without fusion."""
+        out = self._fusion_outputs
+        if not out:
+            return {}
+
+        def nce(a, b):
+            return info_nce(out[a][items], out[b][items], self.ssl_temperature, symmetric=True)
+
+        losses = {"synergy": nce("h_vt", "h_tv")}
+        if self.fusion == "pid":
+            losses["redundancy"] = nce("h", "h_v") + nce("h", "h_t") + nce("h_v", "h_t")
+        return losses
+
+    def ssl_item_ids(self, interaction):
+        if self.ssl_items == "all":
+            return torch.arange(1, self.n_items, device=self.device)
+        return torch.unique(torch.cat([interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]]))
+
+    def auxiliary_loss(self, interaction):
+        losses = self.fusion_losses(self.ssl_item_ids(interaction))
+        return self.fusion_weight * sum(losses.values()) if losses else 0.0
