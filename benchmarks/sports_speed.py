@@ -9,6 +9,12 @@
    reports the peak resident memory above the features themselves.
 
     python benchmarks/sports_speed.py --models VBPR LIRDRec FREEDOM --skip-knn
+    python benchmarks/sports_speed.py --models DRAGON VLIF --image-dim 384 --max-batches 10 --skip-knn
+
+``--image-dim 384`` gives the image modality the width of VLIF's VLM-enriched features
+(MiniLM-encoded descriptions). ``--max-batches N`` times the first N training batches of
+each epoch and reports s/epoch as their mean times the number of batches (marked
+``extrapolated``), for models whose full epoch on this machine takes too long.
 """
 import argparse
 import os
@@ -19,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,23 +49,40 @@ def reset_peak_rss():
         handle.write("5")
 
 
-def make_sports_folder(inter_path):
-    """A temporary MMRec folder: the real sports.inter with generated 4096/384-d features."""
+def make_sports_folder(inter_path, image_dim=4096):
+    """A temporary MMRec folder: the real sports.inter with generated image (``image_dim``)
+    and 384-d text features."""
     root = tempfile.mkdtemp(prefix="bench-sports-")
     folder = os.path.join(root, "sports")
     os.makedirs(folder)
     shutil.copy(inter_path, os.path.join(folder, "sports.inter"))
     n_items = int(np.loadtxt(inter_path, skiprows=1, usecols=1, dtype=np.int64).max()) + 1
     rng = np.random.default_rng(0)
-    np.save(os.path.join(folder, "image_feat.npy"), rng.random((n_items, 4096), dtype=np.float32))
+    np.save(os.path.join(folder, "image_feat.npy"), rng.random((n_items, image_dim), dtype=np.float32))
     np.save(os.path.join(folder, "text_feat.npy"), rng.standard_normal((n_items, 384), dtype=np.float32))
     return root
 
 
-def bench_model(root, model_name, epochs, device):
+def train_batches(model, trainer, loader, max_batches):
+    """Seconds for the first ``max_batches`` batches of one epoch, and the loader's batch count."""
+    model.pre_epoch_processing()
+    start = time.perf_counter()
+    for index, batch in enumerate(loader):
+        if index == max_batches:
+            break
+        trainer.optimizer.zero_grad()
+        loss = model.calculate_loss(batch.to(model.device))
+        loss.backward()
+        trainer.optimizer.step()
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, len(loader)
+
+
+def bench_model(root, model_name, epochs, device, max_batches=None, overrides=None):
     config = Config(model_name, "sports", config_dict={
         "data_path": root, "checkpoint_dir": os.path.join(root, "saved"), "epochs": epochs,
-        "state": "WARNING", "device": device, "use_gpu": device != "cpu"})
+        "state": "WARNING", "device": device, "use_gpu": device != "cpu", **(overrides or {})})
     reset_peak_rss()
     start = time.perf_counter()
     dataset = create_dataset(config)
@@ -71,9 +95,13 @@ def bench_model(root, model_name, epochs, device):
     epoch_seconds, eval_seconds = [], []
     for epoch in range(epochs):
         model.train()
-        start = time.perf_counter()
-        trainer._train_epoch(train, epoch)
-        epoch_seconds.append(time.perf_counter() - start)
+        if max_batches:
+            seconds, n_batches = train_batches(model, trainer, train, max_batches)
+            epoch_seconds.append(seconds / min(max_batches, n_batches) * n_batches)
+        else:
+            start = time.perf_counter()
+            trainer._train_epoch(train, epoch)
+            epoch_seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
         result = trainer.evaluate(valid, load_best_model=False)
         eval_seconds.append(time.perf_counter() - start)
@@ -83,6 +111,7 @@ def bench_model(root, model_name, epochs, device):
         "model_build_s": round(build_seconds, 2), "epoch_s": round(float(np.median(epoch_seconds)), 2),
         "full_sort_eval_s": round(float(np.median(eval_seconds)), 2), "peak_rss_mb": round(rss_mb("VmHWM:")),
         "valid_recall@20": float(result["recall@20"]),
+        "epoch_timing": f"extrapolated from {max_batches} batches" if max_batches else "full epoch",
     }
 
 
@@ -108,6 +137,10 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=["VBPR"])
     parser.add_argument("--skip-models", action="store_true")
+    parser.add_argument("--image-dim", type=int, default=4096)
+    parser.add_argument("--max-batches", type=int, default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides (yaml values), e.g. fusion_tokens=4")
     parser.add_argument("--skip-knn", action="store_true")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
@@ -115,9 +148,11 @@ def main():
     if not args.skip_knn:
         print("knn:", bench_knn(args.knn_items, args.knn_dim, 10), flush=True)
     if not args.skip_models:
-        root = make_sports_folder(args.inter)
+        root = make_sports_folder(args.inter, args.image_dim)
+        overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
         for model_name in args.models:
-            print("sports:", bench_model(root, model_name, args.epochs, args.device), flush=True)
+            result = bench_model(root, model_name, args.epochs, args.device, args.max_batches, overrides)
+            print("sports:", result, flush=True)
         shutil.rmtree(root)
 
 

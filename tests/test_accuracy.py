@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import train_each
 
-MODELS = ("VBPR", "LIRDRec", "FREEDOM", "LightGCN", "BPR", "Pop")
+MODELS = ("VBPR", "LIRDRec", "FREEDOM", "DRAGON", "VLIF", "LightGCN", "BPR", "Pop")
 
 
 @pytest.fixture(scope="module")
@@ -28,4 +28,10 @@ def test_vbpr_beats_bpr_and_popularity(results):
 @pytest.mark.parametrize("model", ["LIRDRec", "FREEDOM"])
 def test_multimodal_graph_models_beat_lightgcn_and_bpr(results, model):
     assert valid(results, model) > valid(results, "LightGCN") + 0.02
+    assert valid(results, model) > valid(results, "BPR") + 0.02
+
+
+@pytest.mark.parametrize("model", ["DRAGON", "VLIF"])
+def test_homogeneous_graph_models_beat_bpr_and_vbpr(results, model):
+    assert valid(results, model) > valid(results, "VBPR") + 0.02
     assert valid(results, model) > valid(results, "BPR") + 0.02
