@@ -29,7 +29,7 @@ def _build(config):
 
 
 def _trainer(config, model):
-    return get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return get_trainer(config["MODEL_TYPE"], config["model"], guider=bool(config["guider"]))(config, model)
 
 
 def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):

@@ -22,7 +22,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from recbole_mm.data.graphs import UserGraphSampler
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
@@ -105,8 +104,9 @@ class DRAGON(MultiModalRecommender):
 
     # ------------------------------------------------------------------ loss
     def recommendation_loss(self, pos_scores, neg_scores):
-        """MMRec's DRAGON loss: −mean log₂ σ(s⁺ − s⁻)."""
-        return -F.logsigmoid(pos_scores - neg_scores).mean() / math.log(2.0)
+        """MMRec's DRAGON loss: −mean log₂ σ(s⁺ − s⁻) (the BPR module's natural log / ln 2,
+        so that a denoising loss installed in its place applies here too)."""
+        return self.bpr_loss(pos_scores, neg_scores) / math.log(2.0)
 
     def regularisation(self, users):
         preference = sum((branch.preference[users] ** 2).mean() for branch in self.branches.values())

@@ -1,0 +1,255 @@
+r"""``GUIDERTrainer``: train any general model as the student of a denoised ID teacher.
+
+GUIDER (Teach Me How to Denoise, WSDM 2025, §4, Algorithm 1), per epoch:
+
+1. **Teacher update** (``guider_teacher``, LightGCN by default, its own AdamW optimiser): one
+   pass over the train loader. On the current split it minimises
+   ``guider_dbpr_weight`` · DBPR (Eq. 7: u, i ∈ I_true, j ∈ I_false(u), one j drawn per
+   row) + ``guider_bpr_weight`` · BPR (u, i ∈ I_true, j a sampled unobserved item). DBPR alone
+   only ranks clean items above noisy ones, never above unobserved items, hence the BPR
+   term on the clean positives. Before the first calibration, and with ``guider_dbpr:
+   false`` (GUIDER−DBPR), the teacher is trained with plain BPR on all train interactions.
+2. **AMSC calibration** every ``guider_calibrate_every`` epochs (Eq. 2–6, see
+   :mod:`~recbole_mm.trainer.guider_ops`): per-interaction teacher loss, the per-user mean
+   split into reliable / spurious, and the modality recalibration with
+   :math:`S(i, i') = \max(\cos_t, \cos_v) \cdot S_{conf}(i) > S_{thres}`
+   (``guider_threshold``); :math:`S_{conf}` uses cross-modal hash codes fitted by CCA.
+   ``guider_amsc: false`` keeps the loss split alone. With ``noise_ratio`` > 0 each
+   calibration logs the precision and recall with which I_false catches the injected pairs
+   (kept in :attr:`GUIDERTrainer.calibration_history`).
+3. **Student update**: the model's own loss plus ``guider_kd_weight`` · L_KD (Eq. 8) on the
+   batch's (u, i⁺, i⁻) rows (``guider_kd_pairs`` of them drawn per batch):
+   ``guider_kd: ot`` — :math:`\langle P_\lambda, D\rangle` with POT's Sinkhorn
+   (``guider_sinkhorn_reg`` λ, Eq. 9–15); ``kl`` — KL between the same two distributions;
+   ``none`` — no distillation. The student's pair scores come from the same forward pass as
+   its loss (the forward is memoised within a batch), the teacher's from its
+   representations computed once per epoch, without gradient.
+
+Evaluation and checkpoints concern the student only. Every student must be a general model
+with pairwise (u, i⁺, i⁻) training data; the teacher must return (user, item)
+representations from ``forward()`` (LightGCN, NGCF, the plugin's models, ...).
+"""
+from logging import getLogger
+
+import numpy as np
+import torch
+from recbole.data.interaction import Interaction
+from recbole.utils import InputType, set_color
+
+from recbole_mm.trainer import guider_ops as ops
+from recbole_mm.trainer.trainer import MultiModalTrainer
+
+KD_MODES = ("ot", "kl", "none")
+
+
+class _MemoisedForward:
+    """Within a ``with`` block, ``model.forward()`` (no arguments) runs once and is reused:
+    the loss and the KD pair scores then share one forward pass (and one autograd graph)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.result = None
+
+    def __enter__(self):
+        original = type(self.model).forward
+
+        def forward(*args, **kwargs):
+            if args or kwargs:
+                return original(self.model, *args, **kwargs)
+            if self.result is None:
+                self.result = original(self.model)
+            return self.result
+
+        self.model.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward
+        self.result = None
+        return False
+
+
+class GUIDERTrainer(MultiModalTrainer):
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        if model.input_type != InputType.PAIRWISE:
+            raise ValueError(f"GUIDER needs a pairwise (u, i+, i-) student; {type(model).__name__} is "
+                             f"{model.input_type.name.lower()}")
+        self.kd_mode = config["guider_kd"] or "none"
+        if self.kd_mode not in KD_MODES:
+            raise ValueError(f"guider_kd must be one of {KD_MODES}, got {self.kd_mode!r}")
+        self.kd_weight = config["guider_kd_weight"]
+        self.kd_pairs = config["guider_kd_pairs"]
+        self.sinkhorn_reg = config["guider_sinkhorn_reg"]
+        self.sinkhorn_iterations = config["guider_sinkhorn_iterations"]
+        self.use_dbpr = bool(config["guider_dbpr"])
+        self.use_amsc = bool(config["guider_amsc"])
+        self.threshold = config["guider_threshold"]
+        self.calibrate_every = max(1, int(config["guider_calibrate_every"]))
+        self.logger = getLogger()
+        self.teacher = None
+        self.false_keys = None  # sorted keys of I_false (None before the first calibration)
+        self.calibration_history = []
+        self._teacher_embeddings = None
+
+    # ------------------------------------------------------------------ setup
+    def _teacher_config(self):
+        """The student's config with the teacher's model name, its defaults and
+        ``guider_teacher_config`` overrides."""
+        from recbole_mm.config import Config
+
+        keep = ("data_path", "checkpoint_dir", "device", "use_gpu", "gpu_id", "seed", "reproducibility", "state",
+                "embedding_size", "synthetic_generator", "show_progress")
+        config_dict = {key: self.config[key] for key in keep if self.config[key] is not None}
+        config_dict.update(self.config["guider_teacher_config"] or {})
+        config_dict["guider"] = False
+        return Config(self.config["guider_teacher"], self.config["dataset"], config_dict=config_dict)
+
+    def _setup(self, train_data):
+        """Build the teacher and the modality side of AMSC on the student's train split."""
+        if self.teacher is not None:
+            return
+        from recbole_mm.utils import get_model
+
+        dataset = train_data._dataset
+        teacher_config = self._teacher_config()
+        teacher_config["device"] = self.device
+        self.teacher = get_model(self.config["guider_teacher"])(teacher_config, dataset).to(self.device)
+        lr = self.config["guider_teacher_learning_rate"] or self.config["learning_rate"]
+        self.teacher_optimizer = torch.optim.AdamW(self.teacher.parameters(), lr=lr,
+                                                   weight_decay=self.config["guider_teacher_weight_decay"])
+        self.n_items = dataset.item_num
+        self.n_users = dataset.user_num
+        feat = dataset.inter_feat
+        self.train_users = feat[dataset.uid_field].to(self.device)
+        self.train_items = feat[dataset.iid_field].to(self.device)
+        injected = getattr(dataset, "injected_pairs", None)
+        self.injected_keys = None if injected is None else torch.as_tensor(np.asarray(injected), device=self.device)
+        self._setup_modalities(dataset)
+        self.logger.info(f"GUIDER: teacher {type(self.teacher).__name__}, KD {self.kd_mode}, DBPR {self.use_dbpr}, "
+                         f"AMSC {self.use_amsc}, {len(self.train_users)} train interactions")
+
+    def _setup_modalities(self, dataset):
+        """L2-normalised text/vision features for S_modal and the hash confidence S_conf."""
+        features = getattr(dataset, "modality_features", {}) or {}
+        names = [name for name in (self.config["guider_modalities"] or []) if name in features]
+        self.modalities = [torch.nn.functional.normalize(features[name].float(), dim=1).to(self.device)
+                           for name in names]
+        if len(names) >= 2:
+            text, image = features[names[0]].float(), features[names[1]].float()
+            params = ops.fit_cross_modal_hash(text[1:], image[1:], self.config["guider_hash_bits"],
+                                              self.config["guider_cca_dims"])
+            self.confidence = ops.hash_confidence(text, image, params).to(self.device)
+        else:
+            self.confidence = torch.ones(dataset.item_num, device=self.device)
+        if self.use_amsc and not self.modalities:
+            self.logger.warning("GUIDER: the dataset has none of guider_modalities; AMSC keeps the loss split only")
+
+    # ------------------------------------------------------------------ epoch
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._setup(train_data)
+        teacher_loss = self._train_teacher(train_data)
+        if epoch_idx % self.calibrate_every == 0:
+            self.calibrate()
+        self.teacher.eval()
+        with torch.no_grad():
+            self._teacher_embeddings = tuple(t.detach() for t in self.teacher.forward())
+        student_loss = super()._train_epoch(train_data, epoch_idx, self._student_loss, show_progress)
+        self.logger.debug(f"GUIDER epoch {epoch_idx}: teacher loss {teacher_loss:.4f}")
+        return student_loss
+
+    def _train_teacher(self, train_data):
+        self.teacher.train()
+        total = 0.0
+        hook = getattr(self.teacher, "pre_epoch_processing", None)
+        if callable(hook):
+            hook()
+        for interaction in train_data:
+            interaction = interaction.to(self.device)
+            self.teacher_optimizer.zero_grad()
+            loss = self.teacher_loss(interaction)
+            loss.backward()
+            self.teacher_optimizer.step()
+            total += loss.item()
+        return total
+
+    def teacher_loss(self, interaction):
+        """DBPR on (u, i ∈ I_true, j ∈ I_false) + BPR on (u, i ∈ I_true, sampled j); plain BPR
+        on every row before the first calibration or without DBPR."""
+        model = self.teacher
+        users = interaction[model.USER_ID]
+        positives, negatives = interaction[model.ITEM_ID], interaction[model.NEG_ITEM_ID]
+        user_all, item_all = model.forward()
+        user_e = user_all[users]
+        pos = (user_e * item_all[positives]).sum(-1)
+        neg = (user_e * item_all[negatives]).sum(-1)
+        if not self.use_dbpr or self.false_keys is None:
+            return -torch.nn.functional.logsigmoid(pos - neg).mean()
+        clean = ~ops.key_membership(users, positives, self.false_keys, self.n_items)
+        bpr = -(torch.nn.functional.logsigmoid(pos - neg) * clean).sum() / clean.sum().clamp_min(1)
+        noisy_items, has_noisy = ops.sample_from_sets(users, self.false_keys, self.n_items)
+        rows = clean & has_noisy
+        noisy = (user_e * item_all[noisy_items]).sum(-1)
+        dbpr = -(torch.nn.functional.logsigmoid(pos - noisy) * rows).sum() / rows.sum().clamp_min(1)
+        return self.config["guider_bpr_weight"] * bpr + self.config["guider_dbpr_weight"] * dbpr
+
+    # ------------------------------------------------------------------ AMSC
+    @torch.no_grad()
+    def calibrate(self):
+        """Recompute I_true / I_false from the teacher (Eq. 2–6) and log the diagnostics."""
+        self.teacher.eval()
+        user_all, item_all = self.teacher.forward()
+        losses = ops.per_interaction_loss(user_all, item_all, self.train_users, self.train_items,
+                                          self.config["guider_loss_negatives"])
+        reliable = ops.loss_split(self.train_users, losses, self.n_users)
+        clean = reliable
+        if self.use_amsc and self.modalities:
+            clean = ops.amsc_split(self.train_users, self.train_items, reliable, self.modalities, self.confidence,
+                                   self.threshold, self.n_users)
+        noisy = ~clean
+        keys = self.train_users[noisy] * self.n_items + self.train_items[noisy]
+        self.false_keys = torch.sort(keys).values
+        record = {"false": int(noisy.sum()), "spurious": int((~reliable).sum()), "interactions": len(clean)}
+        if self.injected_keys is not None:
+            injected = ops.key_membership(self.train_users, self.train_items, self.injected_keys, self.n_items)
+            caught = int((injected & noisy).sum())
+            record.update(injected=int(injected.sum()), caught=caught,
+                          precision=caught / max(record["false"], 1), recall=caught / max(int(injected.sum()), 1))
+        self.calibration_history.append(record)
+        message = (f"AMSC: I_false {record['false']} of {record['interactions']} "
+                   f"(loss split: {record['spurious']} spurious)")
+        if "precision" in record:
+            message += (f"; injected noise caught: precision {record['precision']:.4f}, "
+                        f"recall {record['recall']:.4f} ({record['injected']} injected)")
+        self.logger.info(set_color("GUIDER ", "blue") + message)
+        return record
+
+    # ------------------------------------------------------------------ student
+    def _student_loss(self, interaction):
+        model = self.model
+        with _MemoisedForward(model):
+            loss = model.calculate_loss(interaction)
+            if isinstance(loss, tuple):
+                loss = sum(loss)
+            if self.kd_mode == "none" or not self.kd_weight:
+                return loss
+            return loss + self.kd_weight * self.distillation_loss(interaction)
+
+    def distillation_loss(self, interaction):
+        """L_KD on ``guider_kd_pairs`` rows of the batch: OT (Eq. 9) or KL."""
+        model = self.model
+        rows = torch.randperm(len(interaction), device=self.device)[: self.kd_pairs]
+        users = interaction[model.USER_ID][rows]
+        positives, negatives = interaction[model.ITEM_ID][rows], interaction[model.NEG_ITEM_ID][rows]
+        student = torch.nn.functional.logsigmoid(
+            model.predict(Interaction({model.USER_ID: users, model.ITEM_ID: positives}))
+            - model.predict(Interaction({model.USER_ID: users, model.ITEM_ID: negatives}))
+        )
+        user_all, item_all = self._teacher_embeddings
+        teacher = ops.pairwise_logits(user_all[users], item_all[positives], item_all[negatives])
+        if self.kd_mode == "kl":
+            return ops.kl_kd(teacher, student)
+        return ops.sinkhorn_kd(teacher, student, self.sinkhorn_reg, self.sinkhorn_iterations)
+
+
+__all__ = ["GUIDERTrainer"]

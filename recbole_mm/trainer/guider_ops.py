@@ -1,0 +1,258 @@
+r"""The computations of GUIDER (Teach Me How to Denoise, WSDM 2025, §4) as plain functions on
+tensors, so that each can be tested alone; :class:`~recbole_mm.trainer.guider.GUIDERTrainer`
+wires them into training.
+
+- :func:`fit_cross_modal_hash` / :func:`hash_confidence`: :math:`S_{conf}(i)` (Eq. 6).
+- :func:`per_interaction_loss`, :func:`loss_split`, :func:`amsc_split`: AMSC (Eq. 2–5).
+- :func:`pairwise_logits`, :func:`sinkhorn_kd`, :func:`kl_kd`: the KD losses (Eq. 8–15).
+
+Interactions are identified by the key ``user * n_items + item`` (int64), sorted where a
+function says so; every function is vectorised over users and interactions.
+"""
+import ot
+import torch
+import torch.nn.functional as F
+
+from recbole_mm.model.layers import scatter_mean
+
+
+# --------------------------------------------------------------------------- Eq. 6
+def _inverse_sqrt(covariance, ridge):
+    values, vectors = torch.linalg.eigh(covariance + ridge * torch.eye(len(covariance), dtype=covariance.dtype))
+    return vectors @ torch.diag(values.clamp_min(1e-12).rsqrt()) @ vectors.T
+
+
+def _principal_basis(centred, dims):
+    """(d x k) orthonormal basis of the top-k principal directions (k = min(dims, d))."""
+    if centred.shape[1] <= dims:
+        return torch.eye(centred.shape[1], dtype=centred.dtype)
+    _, _, v = torch.svd_lowrank(centred, q=dims, niter=4)
+    return v
+
+
+def fit_cross_modal_hash(text, image, bits=64, pca_dims=256, ridge=1e-3):
+    r"""Fit :math:`W, b` of :math:`\mathrm{hash}(x) = \mathrm{sign}(W^\top x + b)` for both
+    modalities so that they share one code space (Eq. 6).
+
+    The paper does not say how W, b are obtained (the public code leaves them random, so the
+    codes of an item's text and image agree only by chance). Here they come from canonical
+    correlation analysis between the two feature matrices: after an optional PCA to
+    ``pca_dims`` per modality, bit k is the k-th canonical direction of each modality, so an
+    item whose text and image are consistent gets matching bits, and
+    :math:`b = -\mu^\top W` centres every bit at the catalogue mean.
+
+    Args:
+        text, image: (N x d_t), (N x d_v) item features (the rows to fit on).
+        bits: code length (at most min(d_t, d_v, pca_dims)).
+        ridge: added to each whitened covariance's diagonal, relative to its mean variance.
+
+    Returns:
+        ((W_t, b_t), (W_v, b_v)): (d_t x bits, bits) and (d_v x bits, bits), float32.
+    """
+    projections = []
+    whitened = []
+    for features in (text, image):
+        x = features.double()
+        mean = x.mean(0)
+        centred = x - mean
+        basis = _principal_basis(centred, pca_dims)
+        reduced = centred @ basis
+        covariance = reduced.T @ reduced / max(len(reduced) - 1, 1)
+        scale = covariance.diagonal().mean().clamp_min(1e-12)
+        inv_sqrt = _inverse_sqrt(covariance, ridge * scale)
+        projections.append((mean, basis, inv_sqrt))
+        whitened.append(reduced @ inv_sqrt)
+    cross = whitened[0].T @ whitened[1] / max(len(text) - 1, 1)
+    u, _, vh = torch.linalg.svd(cross)
+    bits = min(bits, u.shape[1], vh.shape[0])
+    directions = (u[:, :bits], vh.T[:, :bits])
+    result = []
+    for (mean, basis, inv_sqrt), direction in zip(projections, directions):
+        weight = basis @ inv_sqrt @ direction
+        result.append((weight.float(), (-(mean @ weight)).float()))
+    return tuple(result)
+
+
+def hash_codes(features, weight, bias):
+    r""":math:`\mathrm{sign}(W^\top x + b)`, (N x bits) of ±1 (0 only on an exact tie)."""
+    return torch.sign(features.float() @ weight.to(features.device) + bias.to(features.device))
+
+
+def hash_confidence(text, image, hash_params):
+    r""":math:`S_{conf}(i) = \cos(\mathrm{hash}(T_i), \mathrm{hash}(V_i))` (Eq. 6), (N,)."""
+    (w_t, b_t), (w_v, b_v) = hash_params
+    return F.cosine_similarity(hash_codes(text, w_t, b_t), hash_codes(image, w_v, b_v), dim=1, eps=1e-12)
+
+
+# --------------------------------------------------------------------------- Eq. 2-5
+def per_interaction_loss(user_embeddings, item_embeddings, users, items, n_negatives=4, generator=None,
+                         chunk=1 << 16):
+    r""":math:`\mathcal L_{Rec}(u, i)` of every interaction: the BPR loss against
+    ``n_negatives`` uniformly drawn items, averaged (one draw would make the split noisy).
+
+    Args:
+        user_embeddings, item_embeddings: (U x d), (I x d) teacher representations.
+        users, items: (E,) interactions.
+
+    Returns:
+        (E,) float tensor.
+    """
+    n_items = item_embeddings.shape[0]
+    losses = []
+    for start in range(0, len(users), chunk):
+        u = user_embeddings[users[start:start + chunk]]
+        positive = (u * item_embeddings[items[start:start + chunk]]).sum(-1, keepdim=True)
+        negatives = torch.randint(1, n_items, (len(u), n_negatives), device=u.device, generator=generator)
+        negative = torch.einsum("ed,end->en", u, item_embeddings[negatives])
+        losses.append(-F.logsigmoid(positive - negative).mean(1))
+    return torch.cat(losses) if losses else torch.zeros(0, device=user_embeddings.device)
+
+
+def loss_split(users, losses, n_users):
+    r"""Eq. 2: reliable = :math:`\mathcal L(u, i) \le` the mean loss of u's interactions,
+    spurious otherwise. Returns the reliable mask, (E,) bool."""
+    mean = scatter_mean(losses, users, n_users)
+    return losses <= mean[users]
+
+
+def _pairs_with_reliable_items(spurious_users, reliable_counts, reliable_starts):
+    """For each spurious interaction, every reliable interaction of the same user.
+
+    Args:
+        spurious_users: (S,) users of the spurious interactions.
+        reliable_counts, reliable_starts: (U,) per user, the number of reliable interactions
+            and where they start in the user-sorted reliable arrays.
+
+    Returns:
+        (spurious_index (P,), reliable_position (P,)).
+    """
+    counts = reliable_counts[spurious_users]
+    spurious_index = torch.repeat_interleave(torch.arange(len(spurious_users), device=counts.device), counts)
+    group_start = torch.cumsum(counts, 0) - counts
+    offset = torch.arange(int(counts.sum()), device=counts.device) - torch.repeat_interleave(group_start, counts)
+    return spurious_index, reliable_starts[spurious_users][spurious_index] + offset
+
+
+def amsc_split(users, items, reliable, modalities, confidence, threshold, n_users, element_budget=1 << 26):
+    r"""Eq. 3–5: move a spurious interaction (u, i) to the clean set when some reliable item
+    i' of the same user has :math:`S(i, i') = \max(\cos_t(i, i'), \cos_v(i, i')) \cdot
+    S_{conf}(i) > S_{thres}`.
+
+    Every (spurious, reliable) pair of a user is scored, in chunks that gather at most ``element_budget``
+    feature values; for each spurious interaction only the largest and smallest :math:`S_{modal}` are
+    kept (the rule's "exists" is a max of the product, and a negative confidence turns the
+    max of the product into the min of the similarity).
+
+    Args:
+        users, items: (E,) int64 interactions.
+        reliable: (E,) bool, the loss split (Eq. 2).
+        modalities: list of (I x d) L2-normalised item feature matrices (text, vision).
+        confidence: (I,) :math:`S_{conf}`.
+        threshold: :math:`S_{thres}`.
+
+    Returns:
+        (E,) bool, the clean set :math:`I_{true}` (the rest is :math:`I_{false}`).
+    """
+    spurious_rows = torch.nonzero(~reliable).squeeze(1)
+    reliable_rows = torch.nonzero(reliable).squeeze(1)
+    order = torch.argsort(users[reliable_rows], stable=True)
+    reliable_users, reliable_items = users[reliable_rows][order], items[reliable_rows][order]
+    spurious_users, spurious_items = users[spurious_rows], items[spurious_rows]
+    highest = torch.full((len(spurious_rows),), -float("inf"), device=users.device)
+    lowest = torch.full((len(spurious_rows),), float("inf"), device=users.device)
+    reliable_counts = torch.bincount(reliable_users, minlength=n_users)
+    reliable_starts = torch.cumsum(reliable_counts, 0) - reliable_counts
+    counts = reliable_counts[spurious_users]
+    pairs_per_chunk = max(1, element_budget // (2 * sum(m.shape[1] for m in modalities)))
+    cumulative = torch.cumsum(counts, 0)
+    total = int(cumulative[-1]) if len(cumulative) else 0
+    cuts = torch.searchsorted(cumulative, torch.arange(pairs_per_chunk, max(total, pairs_per_chunk), pairs_per_chunk, device=counts.device),
+                              right=True).tolist()
+    edges = sorted(set([0, len(spurious_rows)] + cuts))
+    for start, stop in zip(edges[:-1], edges[1:]):
+        local, position = _pairs_with_reliable_items(spurious_users[start:stop], reliable_counts, reliable_starts)
+        spurious_item, reliable_item = spurious_items[start:stop][local], reliable_items[position]
+        similarity = torch.stack([(m[spurious_item] * m[reliable_item]).sum(-1) for m in modalities]).amax(0)
+        index = local + start
+        highest.scatter_reduce_(0, index, similarity, reduce="amax")
+        lowest.scatter_reduce_(0, index, similarity, reduce="amin")
+    conf = confidence[spurious_items]
+    best = torch.where(conf >= 0, conf * highest, conf * lowest)
+    clean = reliable.clone()
+    clean[spurious_rows] = best > threshold
+    return clean
+
+
+# --------------------------------------------------------------------------- Eq. 8-15
+def pairwise_logits(user_e, pos_e, neg_e):
+    r""":math:`z = \log \sigma(s_{ui} - s_{uj})` per (u, i, j) row, (B,)."""
+    return F.logsigmoid((user_e * pos_e).sum(-1) - (user_e * neg_e).sum(-1))
+
+
+def sinkhorn_plan(teacher_logits, student_logits, reg, n_iterations=200, stop=1e-7):
+    r"""The entropic OT plan :math:`P_\lambda` (Eq. 11–15) and the cost D (Eq. 10).
+
+    Marginals: the paper's "logits distributions" must be probability vectors, so the
+    pairwise logits are normalised with a softmax over the batch,
+    :math:`a = \mathrm{softmax}(z^t)` (rows), :math:`b = \mathrm{softmax}(z^s)` (columns).
+    Cost :math:`D_{mn} = (z^t_m - z^s_n)^2`. POT's Sinkhorn (torch backend) runs in float64
+    on D shifted by its row and then column minima: the shift changes no plan (the marginals
+    fix every row and column sum) but keeps every row and column of :math:`K = e^{-D/\lambda}`
+    away from underflow. Autograd follows the iterations, so P is differentiable in the
+    student's logits (the teacher's are detached).
+
+    Returns:
+        (P (B x B) float64, D (B x B) float32).
+    """
+    teacher_logits = teacher_logits.detach()
+    cost = (teacher_logits[:, None] - student_logits[None, :]) ** 2
+    a = torch.softmax(teacher_logits.double(), 0)
+    b = torch.softmax(student_logits.double(), 0)
+    shifted = cost.double()
+    shifted = shifted - shifted.amin(1, keepdim=True).detach()
+    shifted = shifted - shifted.amin(0, keepdim=True).detach()
+    plan = ot.sinkhorn(a, b, shifted, reg, method="sinkhorn", numItermax=n_iterations, stopThr=stop, warn=False)
+    return plan, cost
+
+
+def sinkhorn_kd(teacher_logits, student_logits, reg, n_iterations=200):
+    r""":math:`\mathcal L_{KD} = \langle P_\lambda, D \rangle` (Eq. 9)."""
+    plan, cost = sinkhorn_plan(teacher_logits, student_logits, reg, n_iterations)
+    return (plan * cost.double()).sum().float()
+
+
+def kl_kd(teacher_logits, student_logits):
+    r"""KL(softmax(z^t) ‖ softmax(z^s)) over the batch's pairs (the KL ablation)."""
+    return F.kl_div(F.log_softmax(student_logits, 0), F.log_softmax(teacher_logits.detach(), 0),
+                    log_target=True, reduction="sum")
+
+
+def sample_from_sets(users, set_keys, n_items, generator=None):
+    r"""One item per row drawn uniformly from that row's user's set (DBPR's :math:`j \in
+    I_{false}^{(u)}`).
+
+    Args:
+        users: (B,) int64.
+        set_keys: sorted (K,) int64 keys ``user * n_items + item`` of the sets.
+
+    Returns:
+        (items (B,), has_any (B,) bool): rows whose user's set is empty get item 0 and False.
+    """
+    start = torch.searchsorted(set_keys, users * n_items)
+    stop = torch.searchsorted(set_keys, (users + 1) * n_items)
+    size = stop - start
+    has_any = size > 0
+    draw = (torch.rand(len(users), device=users.device, generator=generator) * size).long()
+    index = (start + draw).clamp_max(max(len(set_keys) - 1, 0))
+    items = torch.where(has_any, set_keys[index] % n_items if len(set_keys) else torch.zeros_like(users),
+                        torch.zeros_like(users))
+    return items, has_any
+
+
+def key_membership(users, items, sorted_keys, n_items):
+    """(B,) bool: whether each (user, item) is in the sorted key set."""
+    if sorted_keys is None or len(sorted_keys) == 0:
+        return torch.zeros(len(users), dtype=torch.bool, device=users.device)
+    keys = users * n_items + items
+    position = torch.searchsorted(sorted_keys, keys).clamp_max(len(sorted_keys) - 1)
+    return sorted_keys[position] == keys

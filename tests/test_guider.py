@@ -1,0 +1,157 @@
+"""GUIDER: Sinkhorn KD, AMSC calibration, the teacher losses, the switches, any model as student."""
+import pytest
+import torch
+
+from recbole_mm.model.vbpr import VBPR
+from recbole_mm.trainer import GUIDERTrainer
+from recbole_mm.trainer import guider_ops as ops
+from recbole_mm.utils import get_model, plugin_model_names, available_models
+from tests.conftest import build_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def guider_setup(run_config, model_class=VBPR, **overrides):
+    config, dataset, loaders, model = build_model(run_config(guider=True, **overrides), model_class)
+    trainer = GUIDERTrainer(config, model)
+    trainer._setup(loaders[0])
+    return config, loaders, model, trainer
+
+
+def test_sinkhorn_plan_marginals_are_the_normalised_logits():
+    torch.manual_seed(0)
+    teacher = torch.nn.functional.logsigmoid(torch.randn(300) * 2)
+    student = torch.nn.functional.logsigmoid(torch.randn(300) * 2)
+    plan, cost = ops.sinkhorn_plan(teacher, student, reg=0.1, n_iterations=2000)
+    assert torch.allclose(plan.sum(1).float(), torch.softmax(teacher, 0), atol=1e-3)
+    assert torch.allclose(plan.sum(0).float(), torch.softmax(student, 0), atol=1e-3)
+    assert torch.allclose(cost, (teacher[:, None] - student[None, :]) ** 2)
+    # the plan prefers cheap pairs: its cost is below the independent coupling's
+    independent = torch.outer(torch.softmax(teacher, 0), torch.softmax(student, 0))
+    assert (plan.float() * cost).sum() < (independent * cost).sum()
+
+
+def test_kd_gradient_reaches_the_student_and_not_the_teacher(run_config):
+    _, loaders, model, trainer = guider_setup(run_config)
+    batch = next(iter(loaders[0]))
+    trainer.teacher.eval()
+    trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
+    model.train()
+    loss = trainer.distillation_loss(batch)
+    loss.backward()
+    assert loss.item() > 0
+    student_grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in student_grads)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in trainer.teacher.parameters())
+
+
+def test_amsc_moves_a_spurious_item_exactly_when_the_rule_holds():
+    # items 1..4: cos_t(1, 2) = 0.8, cos_t(3, 2) = 0.6, cos_t(1, 3) = 0.96, item 4 orthogonal
+    text = torch.tensor([[0.0, 0.0, 0.0], [0.8, 0.6, 0.0], [1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    image = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # cos_v(1,2)=1, (3,2)=0, (4,2)=0
+    modalities = [torch.nn.functional.normalize(m, dim=1) for m in (text, image)]
+    confidence = torch.tensor([0.0, 0.5, 1.0, 0.9, 1.0])
+    # user 1: item 2 reliable; items 1, 3, 4 spurious.  user 2: item 3 reliable, item 1 spurious
+    users = torch.tensor([1, 1, 1, 1, 2, 2])
+    items = torch.tensor([2, 1, 3, 4, 3, 1])
+    reliable = torch.tensor([True, False, False, False, True, False])
+    # S(1, 2) = max(0.8, 1) * 0.5 = 0.5;  S(3, 2) = max(0.6, 0) * 0.9 = 0.54;  S(4, 2) = 0
+    # user 2: S(1, 3) = max(cos_t(1,3) = 0.96, cos_v = 0) * 0.5 = 0.48
+    for threshold, expected in [
+        (0.49, [True, True, True, False, True, False]),
+        (0.47, [True, True, True, False, True, True]),
+        (0.52, [True, False, True, False, True, False]),
+        (0.54, [True, False, False, False, True, False]),
+        (-0.01, [True, True, True, True, True, True]),
+    ]:
+        clean = ops.amsc_split(users, items, reliable, modalities, confidence, threshold, n_users=3, element_budget=8)
+        assert clean.tolist() == expected, threshold
+
+
+def test_loss_split_uses_each_users_mean():
+    users = torch.tensor([0, 0, 0, 1, 1])
+    losses = torch.tensor([1.0, 2.0, 6.0, 5.0, 5.0])
+    assert ops.loss_split(users, losses, 2).tolist() == [True, True, False, True, True]
+
+
+def test_cca_hash_agrees_for_consistent_items_more_than_for_shuffled_ones():
+    torch.manual_seed(0)
+    latent = torch.randn(2000, 8)
+    text = latent @ torch.randn(8, 40) + 0.3 * torch.randn(2000, 40)
+    image = latent @ torch.randn(8, 60) + 0.3 * torch.randn(2000, 60)
+    params = ops.fit_cross_modal_hash(text, image, bits=8)
+    matched = ops.hash_confidence(text, image, params).mean()
+    shuffled = ops.hash_confidence(text, image[torch.randperm(2000)], params).mean()
+    assert matched > 0.6 and shuffled.abs() < 0.1
+
+
+def test_dbpr_samples_only_from_each_users_noisy_set():
+    n_items = 10
+    keys = torch.sort(torch.tensor([1 * n_items + 3, 1 * n_items + 7, 4 * n_items + 2])).values
+    users = torch.tensor([1, 1, 1, 4, 2] * 20)
+    items, has_any = ops.sample_from_sets(users, keys, n_items)
+    assert set(items[users == 1].tolist()) == {3, 7}
+    assert set(items[users == 4].tolist()) == {2}
+    assert not has_any[users == 2].any() and has_any[users != 2].all()
+
+
+def test_switches_disable_exactly_what_they_name(run_config):
+    _, loaders, model, trainer = guider_setup(run_config, guider_kd="none")
+    batch = next(iter(loaders[0]))
+    torch.manual_seed(0)
+    assert torch.equal(trainer._student_loss(batch), model.calculate_loss(batch)), "kd none: the model's own loss"
+
+    _, loaders, model, trainer = guider_setup(run_config, guider_kd="kl")
+    trainer.teacher.eval()
+    trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
+    torch.manual_seed(1)
+    kd = trainer.distillation_loss(batch)
+    torch.manual_seed(1)
+    rows = torch.randperm(len(batch))[: trainer.kd_pairs]
+    u, i, j = (batch[f][rows] for f in (model.USER_ID, model.ITEM_ID, model.NEG_ITEM_ID))
+    student = torch.nn.functional.logsigmoid(model.forward()[0][u].mul(model.forward()[1][i]).sum(-1)
+                                             - model.forward()[0][u].mul(model.forward()[1][j]).sum(-1))
+    teacher = ops.pairwise_logits(trainer._teacher_embeddings[0][u], trainer._teacher_embeddings[1][i],
+                                  trainer._teacher_embeddings[1][j])
+    assert torch.allclose(kd, ops.kl_kd(teacher, student), atol=1e-5)
+
+    # amsc off: the clean set is the loss split; on: a superset of it
+    _, loaders, _, plain = guider_setup(run_config, guider_amsc=False)
+    plain_record = plain.calibrate()
+    assert plain_record["false"] == plain_record["spurious"]
+    _, loaders, _, full = guider_setup(run_config, guider_threshold=0.0)
+    record = full.calibrate()
+    assert record["false"] < record["spurious"]
+
+    # dbpr off: the teacher trains with plain BPR even after a calibration
+    _, loaders, _, no_dbpr = guider_setup(run_config, guider_dbpr=False)
+    no_dbpr.calibrate()
+    batch = next(iter(loaders[0]))
+    teacher = no_dbpr.teacher
+    users, pos, neg = batch[teacher.USER_ID], batch[teacher.ITEM_ID], batch[teacher.NEG_ITEM_ID]
+    ue, ie = teacher.forward()
+    plain_bpr = -torch.nn.functional.logsigmoid((ue[users] * ie[pos]).sum(-1) - (ue[users] * ie[neg]).sum(-1)).mean()
+    assert torch.allclose(no_dbpr.teacher_loss(batch), plain_bpr)
+    full_loss = full.teacher_loss(batch)
+    assert not torch.allclose(full_loss, plain_bpr)
+
+
+def test_bad_switch_values_raise(run_config):
+    with pytest.raises(ValueError, match="guider_kd"):
+        guider_setup(run_config, guider_kd="wasserstein")
+
+
+MULTIMODAL_MODELS = [name for name in available_models(plugin=True)]
+
+
+@pytest.mark.parametrize("model_name", MULTIMODAL_MODELS)
+def test_every_plugin_model_trains_as_a_guider_student(tmp_path, model_name):
+    from tests.conftest import REPO_ROOT, SMALL_SYNTHETIC, train_each
+    import os
+
+    config = {"epochs": 1, "synthetic_generator": dict(SMALL_SYNTHETIC)}
+    if model_name == "NFVLM" or model_name == "CLIPMLP":
+        config["modalities"] = ["clip"]
+    run = train_each(tmp_path, [model_name], "synthetic", [os.path.join(REPO_ROOT, "properties", "guider.yaml")],
+                     **config)[model_name]
+    assert 0.0 <= run["test_result"]["recall@20"] <= 1.0
