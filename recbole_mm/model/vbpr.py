@@ -77,6 +77,8 @@ class VBPR(MultiModalRecommender):
 
     def predict(self, interaction):
         users, items = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        if self.training:  # (GUIDER's distillation) project only the asked items, with gradient
+            return self._scores(self.user_embedding[users], self.item_embeddings(items), items)
         user_all, item_all = self.evaluation_representations()
         return self._scores(user_all[users], item_all[items], items)
 

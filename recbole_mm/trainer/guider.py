@@ -29,6 +29,7 @@ Evaluation and checkpoints concern the student only. Every student must be a gen
 with pairwise (u, i⁺, i⁻) training data; the teacher must return (user, item)
 representations from ``forward()`` (LightGCN, NGCF, the plugin's models, ...).
 """
+import time
 from logging import getLogger
 
 import numpy as np
@@ -91,6 +92,7 @@ class GUIDERTrainer(MultiModalTrainer):
         self.false_keys = None  # sorted keys of I_false (None before the first calibration)
         self.calibration_history = []
         self._teacher_embeddings = None
+        self.epoch_seconds = []  # per epoch: seconds of the teacher, calibration and student phases
 
     # ------------------------------------------------------------------ setup
     def _teacher_config(self):
@@ -145,17 +147,29 @@ class GUIDERTrainer(MultiModalTrainer):
         if self.use_amsc and not self.modalities:
             self.logger.warning("GUIDER: the dataset has none of guider_modalities; AMSC keeps the loss split only")
 
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._setup(train_data)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
     # ------------------------------------------------------------------ epoch
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._setup(train_data)
+        clock = time.perf_counter()
         teacher_loss = self._train_teacher(train_data)
+        seconds = {"teacher": time.perf_counter() - clock}
         if epoch_idx % self.calibrate_every == 0:
+            clock = time.perf_counter()
             self.calibrate()
+            seconds["calibration"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         self.teacher.eval()
         with torch.no_grad():
             self._teacher_embeddings = tuple(t.detach() for t in self.teacher.forward())
         student_loss = super()._train_epoch(train_data, epoch_idx, self._student_loss, show_progress)
-        self.logger.debug(f"GUIDER epoch {epoch_idx}: teacher loss {teacher_loss:.4f}")
+        seconds["student"] = time.perf_counter() - clock
+        self.epoch_seconds.append(seconds)
+        self.logger.info(f"GUIDER epoch {epoch_idx}: teacher loss {teacher_loss:.4f}; seconds "
+                         + ", ".join(f"{name} {value:.2f}" for name, value in seconds.items()))
         return student_loss
 
     def _train_teacher(self, train_data):

@@ -115,22 +115,23 @@ def loss_split(users, losses, n_users):
     return losses <= mean[users]
 
 
-def _pairs_with_reliable_items(spurious_users, reliable_counts, reliable_starts):
-    """For each spurious interaction, every reliable interaction of the same user.
+def _extreme_similarities(spurious_items, reliable_lists, modalities):
+    """For rows with k reliable items each: the max and min over the k of
+    max_m cos_m(spurious item, reliable item).
 
     Args:
-        spurious_users: (S,) users of the spurious interactions.
-        reliable_counts, reliable_starts: (U,) per user, the number of reliable interactions
-            and where they start in the user-sorted reliable arrays.
+        spurious_items: (n,) item of each spurious row.
+        reliable_lists: (n, k) the reliable items of the row's user.
+        modalities: list of (I x d) L2-normalised feature matrices.
 
     Returns:
-        (spurious_index (P,), reliable_position (P,)).
+        (highest (n,), lowest (n,)).
     """
-    counts = reliable_counts[spurious_users]
-    spurious_index = torch.repeat_interleave(torch.arange(len(spurious_users), device=counts.device), counts)
-    group_start = torch.cumsum(counts, 0) - counts
-    offset = torch.arange(int(counts.sum()), device=counts.device) - torch.repeat_interleave(group_start, counts)
-    return spurious_index, reliable_starts[spurious_users][spurious_index] + offset
+    similarity = None
+    for features in modalities:
+        sims = torch.bmm(features[reliable_lists], features[spurious_items].unsqueeze(2)).squeeze(2)
+        similarity = sims if similarity is None else torch.maximum(similarity, sims)
+    return similarity.amax(1), similarity.amin(1)
 
 
 def amsc_split(users, items, reliable, modalities, confidence, threshold, n_users, element_budget=1 << 26):
@@ -138,10 +139,14 @@ def amsc_split(users, items, reliable, modalities, confidence, threshold, n_user
     i' of the same user has :math:`S(i, i') = \max(\cos_t(i, i'), \cos_v(i, i')) \cdot
     S_{conf}(i) > S_{thres}`.
 
-    Every (spurious, reliable) pair of a user is scored, in chunks that gather at most ``element_budget``
-    feature values; for each spurious interaction only the largest and smallest :math:`S_{modal}` are
-    kept (the rule's "exists" is a max of the product, and a negative confidence turns the
-    max of the product into the min of the similarity).
+    The rule's "exists" is a max of the product over i', which is
+    :math:`S_{conf}(i) \cdot \max_{i'} S_{modal}` when the confidence is non-negative and
+    :math:`S_{conf}(i) \cdot \min_{i'} S_{modal}` when it is negative. Since
+    :math:`|S_{modal}| \le 1`, a spurious row with :math:`|S_{conf}(i)| \le S_{thres}`
+    (for :math:`S_{thres} \ge 0`) can never move and is not scored. The others are grouped by
+    the number k of reliable items of their user (a loop over distinct k, not over users); each
+    group gathers its (rows x k x d) reliable features in chunks of at most
+    ``element_budget`` values and scores them with one batched matrix product.
 
     Args:
         users, items: (E,) int64 interactions.
@@ -153,32 +158,35 @@ def amsc_split(users, items, reliable, modalities, confidence, threshold, n_user
     Returns:
         (E,) bool, the clean set :math:`I_{true}` (the rest is :math:`I_{false}`).
     """
+    clean = reliable.clone()
     spurious_rows = torch.nonzero(~reliable).squeeze(1)
+    conf = confidence[items[spurious_rows]]
+    if threshold >= 0:
+        spurious_rows, conf = spurious_rows[conf.abs() > threshold], conf[conf.abs() > threshold]
+    if len(spurious_rows) == 0 or not modalities:
+        return clean
     reliable_rows = torch.nonzero(reliable).squeeze(1)
     order = torch.argsort(users[reliable_rows], stable=True)
-    reliable_users, reliable_items = users[reliable_rows][order], items[reliable_rows][order]
-    spurious_users, spurious_items = users[spurious_rows], items[spurious_rows]
-    highest = torch.full((len(spurious_rows),), -float("inf"), device=users.device)
-    lowest = torch.full((len(spurious_rows),), float("inf"), device=users.device)
-    reliable_counts = torch.bincount(reliable_users, minlength=n_users)
+    reliable_items = items[reliable_rows][order]
+    reliable_counts = torch.bincount(users[reliable_rows], minlength=n_users)
     reliable_starts = torch.cumsum(reliable_counts, 0) - reliable_counts
+    spurious_users = users[spurious_rows]
     counts = reliable_counts[spurious_users]
-    pairs_per_chunk = max(1, element_budget // (2 * sum(m.shape[1] for m in modalities)))
-    cumulative = torch.cumsum(counts, 0)
-    total = int(cumulative[-1]) if len(cumulative) else 0
-    cuts = torch.searchsorted(cumulative, torch.arange(pairs_per_chunk, max(total, pairs_per_chunk), pairs_per_chunk, device=counts.device),
-                              right=True).tolist()
-    edges = sorted(set([0, len(spurious_rows)] + cuts))
-    for start, stop in zip(edges[:-1], edges[1:]):
-        local, position = _pairs_with_reliable_items(spurious_users[start:stop], reliable_counts, reliable_starts)
-        spurious_item, reliable_item = spurious_items[start:stop][local], reliable_items[position]
-        similarity = torch.stack([(m[spurious_item] * m[reliable_item]).sum(-1) for m in modalities]).amax(0)
-        index = local + start
-        highest.scatter_reduce_(0, index, similarity, reduce="amax")
-        lowest.scatter_reduce_(0, index, similarity, reduce="amin")
-    conf = confidence[spurious_items]
+    highest = torch.empty(len(spurious_rows), device=users.device)
+    lowest = torch.empty(len(spurious_rows), device=users.device)
+    width = sum(m.shape[1] for m in modalities)
+    for k in torch.unique(counts).tolist():
+        group = torch.nonzero(counts == k).squeeze(1)
+        if k == 0:  # no reliable item: nothing can vouch for it
+            highest[group], lowest[group] = -float("inf"), float("inf")
+            continue
+        rows_per_chunk = max(1, element_budget // (k * width))
+        for start in range(0, len(group), rows_per_chunk):
+            chunk = group[start:start + rows_per_chunk]
+            positions = reliable_starts[spurious_users[chunk]].unsqueeze(1) + torch.arange(k, device=users.device)
+            high, low = _extreme_similarities(items[spurious_rows[chunk]], reliable_items[positions], modalities)
+            highest[chunk], lowest[chunk] = high, low
     best = torch.where(conf >= 0, conf * highest, conf * lowest)
-    clean = reliable.clone()
     clean[spurious_rows] = best > threshold
     return clean
 
