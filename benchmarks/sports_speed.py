@@ -156,7 +156,8 @@ def main():
         print("knn:", bench_knn(args.knn_items, args.knn_dim, 10), flush=True)
     if not args.skip_models:
         root = make_sports_folder(args.inter, args.image_dim)
-        overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+        overrides = {"modality_dims": {"text": 384, "image": args.image_dim}}
+        overrides.update({key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
         for model_name in args.models:
             result = bench_model(root, model_name, args.epochs, args.device, args.max_batches, overrides)
             print("sports:", result, flush=True)

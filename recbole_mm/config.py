@@ -27,6 +27,17 @@ class Config(RecBoleConfig):
             return model, model_class, final_dataset
         return super()._get_model_and_dataset(model, dataset)
 
+    def _set_train_neg_sample_args(self):
+        """RecBole's negative-sampling setup, then ``denoise: wbpr`` (Gantner et al., 2012):
+        negatives drawn with probability proportional to popularity^``wbpr_alpha`` — popular
+        items the user skipped are the reliable negatives."""
+        super()._set_train_neg_sample_args()
+        if self.final_config_dict.get("denoise") == "wbpr":
+            args = self.final_config_dict["train_neg_sample_args"]
+            if not args or args.get("sample_num", 0) in (0, "none"):
+                raise ValueError("denoise: wbpr needs negative sampling (train_neg_sample_args)")
+            args.update(distribution="popularity", alpha=float(self.final_config_dict.get("wbpr_alpha") or 1.0))
+
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         for path in packaged_config_files(model_class, dataset):

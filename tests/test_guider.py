@@ -155,3 +155,29 @@ def test_every_plugin_model_trains_as_a_guider_student(tmp_path, model_name):
     run = train_each(tmp_path, [model_name], "synthetic", [os.path.join(REPO_ROOT, "properties", "guider.yaml")],
                      **config)[model_name]
     assert 0.0 <= run["test_result"]["recall@20"] <= 1.0
+
+
+def test_noisy_set_catches_injected_pairs_at_twice_the_injection_rate(data_root, tmp_path):
+    """The bundled dataset with 10% injected noise: after the teacher has trained, I_false
+    holds injected pairs at least twice as often as the train split does."""
+    from recbole.utils import init_seed
+
+    from recbole_mm.config import Config
+    from recbole_mm.data import create_dataset, data_preparation
+
+    config = Config("VBPR", "synthetic", config_dict={
+        "data_path": data_root, "checkpoint_dir": str(tmp_path), "state": "WARNING", "guider": True,
+        "noise_ratio": 0.1})
+    init_seed(config["seed"], True)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    trainer = GUIDERTrainer(config, get_model("VBPR")(config, train._dataset))
+    trainer._setup(train)
+    for epoch in range(20):
+        trainer._train_teacher(train)
+        if epoch % 5 == 4:
+            trainer.calibrate()
+    record = trainer.calibration_history[-1]
+    rate = record["injected"] / record["interactions"]
+    assert 0.08 < rate < 0.1
+    assert record["precision"] >= 2 * rate, record
+    assert record["recall"] > 0.3, record

@@ -15,6 +15,7 @@ import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType, set_color
 
+from recbole_mm.data.noise import inject_noise
 from recbole_mm.data.modality import (
     FeatureFileError,
     align_rows,
@@ -117,11 +118,18 @@ class MultiModalDataset(Dataset):
 
     # ------------------------------------------------------------------ cold-start split
     def build(self):
-        """RecBole's split, or the item cold-start split when ``cold_start_items`` is set."""
+        """RecBole's split, or the item cold-start split when ``cold_start_items`` is set;
+        then ``noise_ratio`` random pairs added to the train split (:mod:`recbole_mm.data.noise`)."""
         shares = self.config["cold_start_items"]
-        if not shares:
-            return super().build()
-        return self._cold_start_split(*shares)
+        splits = self._cold_start_split(*shares) if shares else super().build()
+        ratio = self.config["noise_ratio"] or 0.0
+        if len(splits) == 3 and (ratio or self.config["noise_ratio"] is not None):
+            cold = getattr(splits[0], "cold_items", None)
+            excluded = np.concatenate(cold) if cold is not None else None
+            injected = inject_noise(splits[0], splits[1:], ratio, self.config["seed"], excluded)
+            if injected:
+                self.logger.info(f"noise_ratio {ratio}: {injected} random user-item pairs added to the train split")
+        return splits
 
     def _cold_start_split(self, valid_share, test_share):
         """Hold out items, not interactions (LIRDRec's cold-start protocol).

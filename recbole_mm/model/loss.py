@@ -5,6 +5,7 @@ not squared, divided by the rows of the last one) are RecBole's and equal MMRec'
 the same names, so they are re-exported rather than rewritten.
 """
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.loss import BPRLoss, EmbLoss
 
@@ -31,4 +32,61 @@ def info_nce(anchor, positive, temperature=0.2, symmetric=False):
     return loss
 
 
-__all__ = ["BPRLoss", "EmbLoss", "info_nce"]
+
+
+class DenoisingBPRLoss(nn.Module):
+    r"""BPR with a denoising rule from Wang et al., "Denoising Implicit Feedback for
+    Recommendation" (WSDM 2021), adapted from their pointwise loss to the pairwise one:
+    per row :math:`\ell = -\log \sigma(s^+ - s^-)`.
+
+    - ``tce`` (truncated loss): drop rate :math:`\epsilon(t) = \min(\epsilon_{max} t / N,
+      \epsilon_{max})` at training iteration t (``iteration``, advanced once per batch by the
+      trainer); the :math:`\lfloor \epsilon(t) B \rfloor` rows with the largest loss are
+      dropped and the rest averaged.
+    - ``rce`` (reweighted loss): :math:`\mathrm{mean}(\sigma(s^+ - s^-)^\beta \ell)`, the
+      weight detached, so hard (likely noisy) rows count less.
+
+    Same call signature as RecBole's ``BPRLoss``: ``forward(pos_score, neg_score)`` -> scalar.
+    """
+
+    MODES = ("tce", "rce")
+
+    def __init__(self, mode, drop_rate=0.2, num_gradual=10000, beta=0.25):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"denoising BPR mode must be one of {self.MODES}, got {mode!r}")
+        self.mode, self.drop_rate, self.num_gradual, self.beta = mode, drop_rate, max(1, num_gradual), beta
+        self.iteration = 0
+
+    def current_drop_rate(self):
+        return min(self.drop_rate * self.iteration / self.num_gradual, self.drop_rate)
+
+    def forward(self, pos_score, neg_score):
+        margin = pos_score - neg_score
+        losses = -F.logsigmoid(margin)
+        if self.mode == "rce":
+            return (torch.sigmoid(margin).detach().pow(self.beta) * losses).mean()
+        n_keep = len(losses) - int(self.current_drop_rate() * len(losses))
+        return torch.topk(losses, max(n_keep, 1), largest=False, sorted=False).values.mean()
+
+
+def install_denoising_loss(model, loss_module):
+    """Replace every RecBole ``BPRLoss`` held by ``model`` (or its submodules) with
+    ``loss_module``, so the model's own ``calculate_loss`` uses it unchanged.
+
+    Returns:
+        the number of replaced attributes; raises ValueError when there is none.
+    """
+    replaced = 0
+    for module in model.modules():
+        for name, child in list(module.named_children()):
+            if isinstance(child, BPRLoss):
+                setattr(module, name, loss_module)
+                replaced += 1
+    if not replaced:
+        raise ValueError(f"{type(model).__name__} computes its loss without a BPRLoss module; "
+                         "denoise: tce / rce cannot be applied to it")
+    return replaced
+
+
+__all__ = ["BPRLoss", "EmbLoss", "info_nce", "DenoisingBPRLoss", "install_denoising_loss"]

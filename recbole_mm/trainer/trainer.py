@@ -5,7 +5,10 @@ import torch
 from recbole.trainer import Trainer
 from torch.optim.lr_scheduler import LambdaLR
 
+from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
 from recbole_mm.trainer.collector import MultiModalCollector
+
+DENOISE_MODES = (None, "tce", "rce", "wbpr")
 
 
 class MultiModalTrainer(Trainer):
@@ -17,6 +20,9 @@ class MultiModalTrainer(Trainer):
       ``learning_rate_scheduler: [a, b]`` (MMRec; ``[1.0, 50]`` keeps the rate constant).
     - An evaluation split that names ``candidate_items`` (the item cold-start split) is ranked
       over those items only: the others are masked like the user's history.
+    - ``denoise: tce | rce`` trains the model with T-CE / R-CE in place of its BPR loss
+      (:class:`~recbole_mm.model.loss.DenoisingBPRLoss`); ``wbpr`` samples negatives by
+      popularity.
     - GAUC's mean ranks are counted instead of sorted (:class:`MultiModalCollector`): the
       same metric values, without an O(I log I) sort of every user's scores.
     """
@@ -27,14 +33,39 @@ class MultiModalTrainer(Trainer):
         self._excluded_items = None  # items masked in the current evaluation (cold-start candidates)
         decay, period = config["learning_rate_scheduler"] or (1.0, 50)
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
+        self.denoising_loss = self._install_denoising(config, model)
+
+    @staticmethod
+    def _install_denoising(config, model):
+        """``denoise: tce | rce``: the model's BPR goes through :class:`DenoisingBPRLoss`;
+        ``wbpr`` works through the negative sampler (see :mod:`recbole_mm.config`)."""
+        mode = config["denoise"]
+        if mode not in DENOISE_MODES:
+            raise ValueError(f"denoise must be one of {[m for m in DENOISE_MODES if m]} or unset, got {mode!r}")
+        if mode not in DenoisingBPRLoss.MODES:
+            return None
+        loss = DenoisingBPRLoss(mode, config["tce_drop_rate"], config["tce_num_gradual"], config["rce_beta"])
+        install_denoising_loss(model, loss)
+        return loss
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         hook = getattr(self.model, "pre_epoch_processing", None)
         if callable(hook):
             hook()
+        loss_func = loss_func or self.model.calculate_loss
+        if self.denoising_loss is not None:
+            loss_func = self._counting_iterations(loss_func)
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.lr_scheduler.step()
         return loss
+
+    def _counting_iterations(self, loss_func):
+        """``loss_func`` that advances T-CE's iteration counter once per batch."""
+        def counted(interaction):
+            result = loss_func(interaction)
+            self.denoising_loss.iteration += 1
+            return result
+        return counted
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         candidates = getattr(eval_data._dataset, "candidate_items", None) if eval_data else None
