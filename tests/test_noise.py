@@ -9,6 +9,7 @@ from recbole_mm.data.noise import injected_mask, pair_keys
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.trainer import MultiModalTrainer
+from recbole_mm.utils import available_models
 from tests.conftest import build_model
 
 
@@ -114,3 +115,17 @@ def test_noise_and_denoising_end_to_end(tmp_path):
     runs = train_each(tmp_path, ["VBPR"], "synthetic", epochs=2, noise_ratio=0.1, denoise="rce",
                       synthetic_generator=dict(SMALL_SYNTHETIC))
     assert 0.0 <= runs["VBPR"]["test_result"]["recall@20"] <= 1.0
+
+
+@pytest.mark.parametrize("model_name", available_models(plugin=True))
+def test_every_plugin_model_accepts_a_denoising_loss(run_config, model_name):
+    from recbole_mm.utils import get_model
+
+    config, _, loaders, model = build_model(run_config(denoise="rce"), get_model(model_name))
+    trainer = MultiModalTrainer(config, model)
+    batch = next(iter(loaders[0]))
+    model.train()
+    loss = model.calculate_loss(batch)
+    loss = sum(loss) if isinstance(loss, tuple) else loss
+    assert torch.isfinite(loss)
+    assert any(m is trainer.denoising_loss for m in model.modules())
