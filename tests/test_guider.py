@@ -5,7 +5,7 @@ import torch
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.trainer import GUIDERTrainer
 from recbole_mm.trainer import guider_ops as ops
-from recbole_mm.utils import get_model, plugin_model_names, available_models
+from recbole_mm.utils import available_models, get_model
 from tests.conftest import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -1,7 +1,6 @@
 """DRAGON and VLIF: the fusion module, its losses and ablation switches, the homogeneous graphs."""
 import pytest
 import torch
-import torch.nn as nn
 
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.vlif import TransformerBlock, VLIF, orthogonal_residual
