@@ -147,3 +147,16 @@ def test_dragon_loss_is_log2_bpr_plus_preference_and_weight_l2(run_config):
                                  + (model.branches["text"].preference[users] ** 2).mean()
                                  + (model.user_modality_weight ** 2).mean())
     assert torch.allclose(model.calculate_loss(batch), expected, atol=1e-5)
+
+
+def test_fusion_checkpointing_gives_the_same_loss_and_gradients(run_config):
+    grads = []
+    for flag in (False, True):
+        _, _, loaders, model = build(run_config, fusion_checkpoint=flag)
+        batch = first_batch(loaders)
+        torch.manual_seed(0)
+        model.calculate_loss(batch).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name

@@ -55,6 +55,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.layers import propagate
@@ -181,6 +182,7 @@ class VLIF(DRAGON):
         self.fusion_weight = config["fusion_weight"]
         self.ssl_temperature = config["ssl_temperature"]
         self.ssl_items = config["ssl_items"]
+        self.fusion_checkpoint = bool(config["fusion_checkpoint"])
         if self.ssl_items not in ("batch", "all"):
             raise ValueError(f"VLIF: ssl_items must be 'batch' or 'all', got {self.ssl_items!r}")
         self._fusion_outputs = {}
@@ -224,17 +226,25 @@ class VLIF(DRAGON):
             self._fusion_outputs = {}
             return {"text": t, "image": v}
         v_f, t_f = self.input_projection["image"](v), self.input_projection["text"](t)
-        h_vt, h_tv = self.synergy_encoder(v_f, t_f)
+        h_vt, h_tv = self.run_encoder(self.synergy_encoder, v_f, t_f)
         outputs = {"h_vt": h_vt, "h_tv": h_tv}
         features = {"text": t, "synergy": 0.5 * (h_vt + h_tv), "image": v}
         if self.fusion == "pid":
-            h, h_v, h_t = self.redundancy_encoder(v_f, t_f)
+            h, h_v, h_t = self.run_encoder(self.redundancy_encoder, v_f, t_f)
             redundancy = (h + h_v + h_t) / 3.0
             unique_visual = F.normalize(orthogonal_residual(v_f, redundancy), dim=1)
             outputs.update(h=h, h_v=h_v, h_t=h_t, redundancy=redundancy, unique_visual=unique_visual)
             features.update(text=t_f, image=unique_visual)
         self._fusion_outputs = outputs
         return features
+
+    def run_encoder(self, encoder, v, t):
+        """A fusion encoder over every item; with ``fusion_checkpoint`` its activations are
+        recomputed during the backward pass instead of kept (the same gradients, far less
+        memory on large catalogues, about a third more compute)."""
+        if self.fusion_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(encoder, v, t, use_reentrant=False)
+        return encoder(v, t)
 
     def fuse(self, outputs):
         if self.fusion == "pooling":
