@@ -36,7 +36,8 @@ class Config(RecBoleConfig):
             args = self.final_config_dict["train_neg_sample_args"]
             if not args or args.get("sample_num", 0) in (0, "none"):
                 raise ValueError("denoise: wbpr needs negative sampling (train_neg_sample_args)")
-            args.update(distribution="popularity", alpha=float(self.final_config_dict.get("wbpr_alpha") or 1.0))
+            alpha = self.final_config_dict.get("wbpr_alpha")
+            args.update(distribution="popularity", alpha=1.0 if alpha is None else float(alpha))
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)

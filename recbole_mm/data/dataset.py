@@ -122,14 +122,21 @@ class MultiModalDataset(Dataset):
         then ``noise_ratio`` random pairs added to the train split (:mod:`recbole_mm.data.noise`)."""
         shares = self.config["cold_start_items"]
         splits = self._cold_start_split(*shares) if shares else super().build()
-        ratio = self.config["noise_ratio"] or 0.0
-        if len(splits) == 3 and (ratio or self.config["noise_ratio"] is not None):
-            cold = getattr(splits[0], "cold_items", None)
-            excluded = np.concatenate(cold) if cold is not None else None
-            injected = inject_noise(splits[0], splits[1:], ratio, self.config["seed"], excluded)
-            if injected:
-                self.logger.info(f"noise_ratio {ratio}: {injected} random user-item pairs added to the train split")
+        if len(splits) == 3:
+            self._inject_noise(*splits)
         return splits
+
+    def _inject_noise(self, train, valid, test):
+        """Add ``noise_ratio`` · |train| random pairs to ``train`` (never a pair of any split, nor
+        a held-out cold-start item) and record them in ``train.injected_pairs`` (None when none)."""
+        ratio = self.config["noise_ratio"] or 0.0
+        cold = getattr(train, "cold_items", None)
+        excluded = np.concatenate(cold) if cold is not None else None
+        injected = inject_noise(train, [valid, test], ratio, self.config["seed"], excluded)
+        if injected:
+            self.logger.info(set_color(
+                f"noise_ratio {ratio}: {injected} random user-item pairs added to the train split "
+                f"({train.inter_num} train interactions now)", "yellow"))
 
     def _cold_start_split(self, valid_share, test_share):
         """Hold out items, not interactions (LIRDRec's cold-start protocol).

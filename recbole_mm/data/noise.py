@@ -4,12 +4,17 @@
 split is made, so validation and test stay untouched. Users are drawn uniformly among the users
 with train interactions, items uniformly among the real items (cold-start items excluded);
 pairs that occur in any split, and repeats, are rejected. The injected pairs are recorded on
-the train split as ``injected_pairs``: the sorted int64 keys ``user * item_num + item``, which
-:func:`injected_mask` queries.
+the train split as ``injected_pairs``: the sorted int64 keys ``user * item_num + item`` (None
+when nothing was injected), which :func:`injected_mask` queries::
+
+    train = train_data.dataset
+    mask = injected_mask(users, items, train.injected_pairs, train.item_num)   # (n,) bool
 """
+import numbers
+
 import numpy as np
 import torch
-from recbole.data.interaction import Interaction, cat_interactions
+from recbole.data.interaction import Interaction
 
 
 def pair_keys(users, items, item_num):
@@ -23,6 +28,9 @@ def injected_mask(users, items, injected_pairs, item_num):
     Args:
         users, items: (n,) internal ids.
         injected_pairs: sorted int64 keys (``train_dataset.injected_pairs``), or None.
+        item_num: the dataset's ``item_num`` (the key stride).
+
+    Membership by binary search of the keys ``user * item_num + item``: O(n log k).
     """
     as_torch = isinstance(users, torch.Tensor)
     u = users.cpu().numpy() if as_torch else np.asarray(users)
@@ -34,6 +42,15 @@ def injected_mask(users, items, injected_pairs, item_num):
         position = np.searchsorted(injected_pairs, keys).clip(max=len(injected_pairs) - 1)
         mask = injected_pairs[position] == keys
     return torch.from_numpy(mask).to(users.device) if as_torch else mask
+
+
+def checked_ratio(ratio):
+    """``noise_ratio`` as a float in [0, 1), or a ValueError saying what was given."""
+    valid = isinstance(ratio, numbers.Real) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0
+    if not valid:
+        raise ValueError(f"noise_ratio must be a number in [0, 1) (the share of train rows to add "
+                         f"as random pairs), got {ratio!r}")
+    return float(ratio)
 
 
 def draw_noise_pairs(train_users, candidate_items, existing_keys, n_pairs, item_num, seed):
@@ -71,12 +88,11 @@ def inject_noise(train, others, ratio, seed, excluded_items=None):
     Returns:
         the number of injected pairs.
     """
-    if not 0.0 <= float(ratio) < 1.0:
-        raise ValueError(f"noise_ratio must lie in [0, 1), got {ratio!r}")
+    ratio = checked_ratio(ratio)
     uid, iid, item_num = train.uid_field, train.iid_field, train.item_num
     feat = train.inter_feat
-    n_pairs = int(round(float(ratio) * len(feat)))
-    train.injected_pairs = np.zeros(0, dtype=np.int64)
+    n_pairs = int(round(ratio * len(feat)))
+    train.injected_pairs = None
     if n_pairs == 0:
         return 0
     existing = np.unique(np.concatenate([
@@ -87,9 +103,12 @@ def inject_noise(train, others, ratio, seed, excluded_items=None):
     if excluded_items is not None and len(excluded_items):
         candidates = np.setdiff1d(candidates, excluded_items)
     users, items = draw_noise_pairs(feat[uid].numpy(), candidates, existing, n_pairs, item_num, seed)
-    template_rows = np.random.default_rng(seed + 1).integers(0, len(feat), n_pairs)
-    columns = {field: feat[field][template_rows] for field in feat.columns}  # other fields: copied
+    # the other fields (x_label, label, rating, timestamp) copy those of random train rows,
+    # so an injected row looks like any train row except for its pair
+    template_rows = torch.from_numpy(np.random.default_rng(seed + 1).integers(0, len(feat), n_pairs))
+    columns = {field: feat[field][template_rows] for field in feat.columns}
     columns[uid], columns[iid] = torch.from_numpy(users), torch.from_numpy(items)
-    train.inter_feat = cat_interactions([feat, Interaction(columns)])
+    # column by column in train's order (RecBole's cat_interactions orders them by a set)
+    train.inter_feat = Interaction({field: torch.cat([feat[field], columns[field]]) for field in feat.columns})
     train.injected_pairs = pair_keys(users, items, item_num)
     return n_pairs

@@ -4,6 +4,8 @@
 not squared, divided by the rows of the last one) are RecBole's and equal MMRec's helpers of
 the same names, so they are re-exported rather than rewritten.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,8 +34,6 @@ def info_nce(anchor, positive, temperature=0.2, symmetric=False):
     return loss
 
 
-
-
 class DenoisingBPRLoss(nn.Module):
     r"""BPR with a denoising rule from Wang et al., "Denoising Implicit Feedback for
     Recommendation" (WSDM 2021), adapted from their pointwise loss to the pairwise one:
@@ -59,15 +59,21 @@ class DenoisingBPRLoss(nn.Module):
         self.iteration = 0
 
     def current_drop_rate(self):
+        r""":math:`\epsilon(t) = \min(\epsilon_{max} t / N, \epsilon_{max})` at t = ``iteration``."""
         return min(self.drop_rate * self.iteration / self.num_gradual, self.drop_rate)
 
+    def n_dropped(self, batch_size):
+        r""":math:`\lfloor \epsilon(t) B \rfloor` (never the whole batch), robust to float round-off."""
+        return min(math.floor(self.current_drop_rate() * batch_size + 1e-9), batch_size - 1)
+
     def forward(self, pos_score, neg_score):
-        margin = pos_score - neg_score
+        """(B,) positive and negative scores (any shape: every entry is a row) -> scalar loss."""
+        margin = (pos_score - neg_score).reshape(-1)
         losses = -F.logsigmoid(margin)
         if self.mode == "rce":
             return (torch.sigmoid(margin).detach().pow(self.beta) * losses).mean()
-        n_keep = len(losses) - int(self.current_drop_rate() * len(losses))
-        return torch.topk(losses, max(n_keep, 1), largest=False, sorted=False).values.mean()
+        n_keep = len(losses) - self.n_dropped(len(losses))
+        return torch.topk(losses, n_keep, largest=False, sorted=False).values.mean()
 
 
 def install_denoising_loss(model, loss_module):
