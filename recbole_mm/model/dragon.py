@@ -92,10 +92,14 @@ class DRAGON(MultiModalRecommender):
         items = torch.cat([outputs[name][1] for name in outputs], dim=1)
         return users, items
 
+    def homogeneous_parts(self, users, items):
+        """(U^L u, G^L i): the user–user and item–item graph aggregations."""
+        return (propagate(self.user_graph, users, self.n_uu_layers, combine="last"),
+                propagate(self.item_graph, items, self.n_mm_layers, combine="last"))
+
     def add_homogeneous(self, users, items):
         """DRAGON: u + UU·u and i + G^L·i."""
-        item_part = propagate(self.item_graph, items, self.n_mm_layers, combine="last")
-        user_part = propagate(self.user_graph, users, self.n_uu_layers, combine="last")
+        user_part, item_part = self.homogeneous_parts(users, items)
         return users + user_part, items + item_part
 
     def forward(self):
@@ -109,8 +113,10 @@ class DRAGON(MultiModalRecommender):
         return self.bpr_loss(pos_scores, neg_scores) / math.log(2.0)
 
     def regularisation(self, users):
+        """λ · (Σ_branches mean(p_u²) + mean(w²)); no w term for a fusion without user weights."""
         preference = sum((branch.preference[users] ** 2).mean() for branch in self.branches.values())
-        return self.reg_weight * (preference + (self.user_modality_weight ** 2).mean())
+        weights = 0.0 if self.user_modality_weight is None else (self.user_modality_weight ** 2).mean()
+        return self.reg_weight * (preference + weights)
 
     def auxiliary_loss(self, interaction):
         """Extra loss terms of a subclass (VLIF's InfoNCE terms); none for DRAGON."""

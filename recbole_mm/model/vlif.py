@@ -58,7 +58,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from recbole_mm.model.dragon import DRAGON
-from recbole_mm.model.layers import propagate
 from recbole_mm.model.loss import info_nce
 
 FUSIONS = ("pid", "synergy", "weighted", "concat", "pooling")
@@ -256,18 +255,12 @@ class VLIF(DRAGON):
 
     def add_homogeneous(self, users, items):
         """:math:`z_i = i_f + G^L i_f`, :math:`z_u = \\tfrac12 (u_f + U^L u_f)`."""
-        item_part = propagate(self.item_graph, items, self.n_mm_layers, combine="last")
-        user_part = propagate(self.user_graph, users, self.n_uu_layers, combine="last")
+        user_part, item_part = self.homogeneous_parts(users, items)
         return 0.5 * (users + user_part), items + item_part
 
     # ------------------------------------------------------------------ loss
     def recommendation_loss(self, pos_scores, neg_scores):
         return self.bpr_loss(pos_scores, neg_scores)
-
-    def regularisation(self, users):
-        preference = sum((branch.preference[users] ** 2).mean() for branch in self.branches.values())
-        weights = 0.0 if self.user_modality_weight is None else (self.user_modality_weight ** 2).mean()
-        return self.reg_weight * (preference + weights)
 
     def fusion_losses(self, items):
         """dict name -> InfoNCE term over the given item ids (Eq. 15–16); empty without fusion."""
