@@ -87,7 +87,7 @@ def test_unknown_model_on_the_command_line(tmp_path):
     assert "Unknown model 'NoSuchModel'" in done.stderr and "VBPR" in done.stderr
 
 
-@pytest.mark.parametrize("model", ["VBPR", "LIRDRec", "FREEDOM"])
+@pytest.mark.parametrize("model", ["VBPR", "LIRDRec", "FREEDOM", "DRAGON", "VLIF"])
 def test_mmrec_folder_runs_end_to_end(tmp_path, model):
     """A baby-like MMRec folder (fake, small) under dataset/baby/ runs with the packaged baby.yaml."""
     import numpy as np
