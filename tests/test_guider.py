@@ -1,4 +1,6 @@
 """GUIDER: Sinkhorn KD, AMSC calibration, the teacher losses, the switches, any model as student."""
+import math
+
 import pytest
 import torch
 
@@ -160,21 +162,40 @@ MULTIMODAL_MODELS = [name for name in available_models(plugin=True)]
 
 
 @pytest.mark.parametrize("model_name", MULTIMODAL_MODELS)
-def test_every_plugin_model_trains_as_a_guider_student(tmp_path, model_name):
+def test_every_plugin_model_trains_as_a_guider_student(tmp_path, monkeypatch, model_name):
+    """properties/guider.yaml, unchanged model code: the teacher is calibrated and the student's
+    distillation term is finite and carries a gradient."""
     from tests.conftest import REPO_ROOT, SMALL_SYNTHETIC, train_each
     import os
 
-    config = {"epochs": 1, "synthetic_generator": dict(SMALL_SYNTHETIC)}
+    seen = {"calibrations": 0, "kd": []}
+    calibrate, distil = GUIDERTrainer.calibrate, GUIDERTrainer.distillation_loss
+
+    def counted_calibrate(self):
+        seen["calibrations"] += 1
+        return calibrate(self)
+
+    def recorded_distil(self, interaction):
+        loss = distil(self, interaction)
+        seen["kd"].append((loss.item(), loss.requires_grad))
+        return loss
+
+    monkeypatch.setattr(GUIDERTrainer, "calibrate", counted_calibrate)
+    monkeypatch.setattr(GUIDERTrainer, "distillation_loss", recorded_distil)
+    config = {"epochs": 1, "guider_warmup_epochs": 0, "synthetic_generator": dict(SMALL_SYNTHETIC)}
     if model_name == "NFVLM" or model_name == "CLIPMLP":
         config["modalities"] = ["clip"]
     run = train_each(tmp_path, [model_name], "synthetic", [os.path.join(REPO_ROOT, "properties", "guider.yaml")],
                      **config)[model_name]
     assert 0.0 <= run["test_result"]["recall@20"] <= 1.0
+    assert seen["calibrations"] == 1
+    assert seen["kd"] and all(math.isfinite(value) and value >= 0 and grad for value, grad in seen["kd"])
 
 
 def test_noisy_set_catches_injected_pairs_at_twice_the_injection_rate(data_root, tmp_path):
-    """The bundled dataset with 10% injected noise: after the teacher has trained, I_false
-    holds injected pairs at least twice as often as the train split does."""
+    """The bundled dataset with 10% injected noise, the packaged GUIDER schedule (warm-up, then a
+    split every epoch, DBPR on the split) for 20 epochs: I_false holds injected pairs at least
+    twice as often as the train split does."""
     from recbole.utils import init_seed
 
     from recbole_mm.config import Config
@@ -188,11 +209,17 @@ def test_noisy_set_catches_injected_pairs_at_twice_the_injection_rate(data_root,
     trainer = GUIDERTrainer(config, get_model("VBPR")(config, train._dataset))
     trainer._setup(train)
     for epoch in range(20):
-        trainer._train_teacher(train)
-        if epoch % 5 == 4:
-            trainer.calibrate()
+        trainer.teacher_phase(train, epoch)  # the student's part of the epoch does not touch the split
+    assert len(trainer.calibration_history) == 20 - config["guider_warmup_epochs"]
     record = trainer.calibration_history[-1]
     rate = record["injected"] / record["interactions"]
     assert 0.08 < rate < 0.1
     assert record["precision"] >= 2 * rate, record
     assert record["recall"] > 0.3, record
+
+
+def test_first_split_waits_for_the_warm_up(run_config):
+    _, _, _, trainer = guider_setup(run_config, guider_warmup_epochs=3, guider_calibrate_every=2)
+    assert [epoch for epoch in range(10) if trainer.calibration_due(epoch)] == [3, 5, 7, 9]
+    _, _, _, trainer = guider_setup(run_config, guider_warmup_epochs=0)
+    assert all(trainer.calibration_due(epoch) for epoch in range(4))
