@@ -9,8 +9,8 @@ GUIDER (Teach Me How to Denoise, WSDM 2025, §4, Algorithm 1), per epoch:
    only ranks clean items above noisy ones, never above unobserved items, hence the BPR
    term on the clean positives. Before the first calibration, and with ``guider_dbpr:
    false`` (GUIDER−DBPR), the teacher is trained with plain BPR on all train interactions.
-2. **AMSC calibration** every ``guider_calibrate_every`` epochs once the teacher has trained
-   ``guider_warmup_epochs`` epochs with plain BPR (Eq. 2–6, see
+2. **AMSC calibration** every ``guider_calibrate_every`` epochs from epoch
+   ``guider_warmup_epochs`` on, the teacher training with plain BPR until then (Eq. 2–6, see
    :mod:`~recbole_mm.trainer.guider_ops`): per-interaction teacher loss, the per-user mean
    split into reliable / spurious, and the modality recalibration with
    :math:`S(i, i') = \max(\cos_t, \cos_v) \cdot S_{conf}(i) > S_{thres}`
@@ -184,7 +184,7 @@ class GUIDERTrainer(MultiModalTrainer):
         return teacher_loss, seconds
 
     def calibration_due(self, epoch_idx):
-        """After ``guider_warmup_epochs`` teacher epochs of plain BPR, every
+        """From epoch ``guider_warmup_epochs`` (counted from 0) on, every
         ``guider_calibrate_every`` epochs: the per-user loss split (Eq. 2) needs a teacher
         that has begun to fit, or the first I_false is close to random and DBPR then trains on
         it (on the bundled dataset with 10% noise, a split after the first teacher epoch

@@ -210,9 +210,10 @@ def sinkhorn_plan(teacher_logits, student_logits, reg, n_iterations=100, stop=1e
     log-potentials, the same plan (Eq. 15) without ever forming a tiny :math:`Kv`. The plain
     scaling iterations are not safe here: a teacher logit far from every student logit makes
     its :math:`u_m` grow without bound, and although the forward pass stays finite, the
-    backward pass through :math:`a / (Kv)` then overflows to NaN in float32 (about one
-    training batch in six on the bundled dataset with injected noise). Autograd follows the
-    iterations, so P is differentiable in the student's logits (the teacher's are detached).
+    backward pass through :math:`a / (Kv)` then overflows to NaN in float32 (about one batch
+    in six of the shape GUIDER meets on the bundled dataset with injected noise). Autograd
+    follows the iterations, so P is differentiable in the student's logits (the teacher's are
+    detached).
 
     Returns:
         (P (B x B) in ``dtype``, D (B x B) float32).
