@@ -6,7 +6,8 @@ noise, on one dataset.
 Students VBPR and FREEDOM, 10% injected noise (``noise_ratio`` 0.1): the plain student;
 GUIDER with its packaged defaults; each switch (w/o DBPR, w/o AMSC, KL instead of OT, no KD
 at all); a lighter KD weight; a larger Sinkhorn lambda; and the teacher (LightGCN with
-GUIDER's teacher learning rate and batch) trained on its own, so that the student can be compared with what it distils from.
+GUIDER's teacher learning rate and batch) trained on its own, so that each student can be
+compared with what it distils from.
 results/guider_ablation_<dataset>.md gets valid and test Recall@20 / NDCG@20.
 """
 from ablation_table import ablation_main
@@ -30,7 +31,8 @@ VARIANTS = [(f"{model} {label}", model, {**NOISE, **switches}) for model in ("VB
 
 
 def main():
-    ablation_main(VARIANTS, "guider_ablation", __doc__, "GUIDER ablations, VBPR and FREEDOM students, 10% injected noise",
+    ablation_main(VARIANTS, "guider_ablation", __doc__,
+                  "GUIDER ablations, VBPR and FREEDOM students, 10% injected noise",
                   "Machine: 2 CPU cores, no GPU, torch 2.13.0+cpu.")
 
 
