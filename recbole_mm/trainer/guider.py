@@ -3,12 +3,13 @@ r"""``GUIDERTrainer``: train any general model as the student of a denoised ID t
 GUIDER (Teach Me How to Denoise, WSDM 2025, §4, Algorithm 1), per epoch:
 
 1. **Teacher update** (``guider_teacher``, LightGCN by default, its own AdamW optimiser): one
-   pass over the train loader, its batches merged to ``guider_teacher_batch_size`` rows. On the current split it minimises
-   ``guider_dbpr_weight`` · DBPR (Eq. 7: u, i ∈ I_true, j ∈ I_false(u), one j drawn per
-   row) + ``guider_bpr_weight`` · BPR (u, i ∈ I_true, j a sampled unobserved item). DBPR alone
-   only ranks clean items above noisy ones, never above unobserved items, hence the BPR
-   term on the clean positives. Before the first calibration, and with ``guider_dbpr:
-   false`` (GUIDER−DBPR), the teacher is trained with plain BPR on all train interactions.
+   pass over the train loader, its batches merged to ``guider_teacher_batch_size`` rows. On
+   the current split it minimises ``guider_dbpr_weight`` · DBPR (Eq. 7: u, i ∈ I_true,
+   j ∈ I_false(u), one j drawn per row) + ``guider_bpr_weight`` · BPR (u, i ∈ I_true, j a
+   sampled unobserved item). DBPR alone only ranks clean items above noisy ones, never above
+   unobserved items, hence the BPR term on the clean positives. Before the first
+   calibration, and with ``guider_dbpr: false`` (GUIDER−DBPR), the teacher is trained with
+   plain BPR on all train interactions.
 2. **AMSC calibration** every ``guider_calibrate_every`` epochs from epoch
    ``guider_warmup_epochs`` on, the teacher training with plain BPR until then (Eq. 2–6, see
    :mod:`~recbole_mm.trainer.guider_ops`): per-interaction teacher loss, the per-user mean
