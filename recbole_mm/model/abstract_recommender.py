@@ -28,7 +28,8 @@ class MultiModalRecommender(GeneralRecommender):
     by the dot product of cached representations: :meth:`forward` runs once per evaluation
     (the first ``full_sort_predict`` after ``model.eval()``), and the cache is dropped as soon
     as the model changes mode, so training never sees stale embeddings. A model with another
-    scoring rule overrides :meth:`score_users`.
+    scoring rule overrides :meth:`score_users`. :meth:`score_rows` gives the same scores with
+    gradient, outside the cache (GUIDER's distillation).
 
     Per-epoch work goes into :meth:`pre_epoch_processing`, which
     :class:`~recbole_mm.trainer.MultiModalTrainer` calls at the start of every epoch.
@@ -134,6 +135,16 @@ class MultiModalRecommender(GeneralRecommender):
     def score_users(self, user_embeddings, item_embeddings):
         """Scores of the given users against the given items: (B x d), (N x d) -> (B x N)."""
         return user_embeddings @ item_embeddings.T
+
+    def score_rows(self, users, items=None):
+        """Scores of ``users`` (B,) against ``items`` (N,) (every item when ``None``), (B x N),
+        from a fresh :meth:`forward`: never the evaluation cache, so they carry gradient in
+        training. A model that can score a subset of items more cheaply than its whole
+        forward pass overrides this (VBPR projects only the asked items)."""
+        user_all, item_all = self.forward()
+        if items is None:
+            return self.score_users(user_all[users], item_all)
+        return self.score_users(user_all[users], item_all[items])
 
     def predict(self, interaction):
         users = interaction[self.USER_ID]

@@ -62,6 +62,15 @@ class CLIPMLP(MultiModalRecommender):
         item_hidden = self.evaluation_representations()[interaction[self.ITEM_ID]]
         return self._score(item_hidden, self._user_offsets(interaction[self.USER_ID]))
 
+    def score_rows(self, users, items=None):
+        """(B x N) scores with gradient (training-time scoring, no evaluation cache)."""
+        features = self.item_features if items is None else self.item_features[items]
+        item_hidden = self.item_layer(features)
+        offsets = self._user_offsets(users)
+        if offsets is None:
+            return self._score(item_hidden, None).expand(len(users), -1)
+        return self._score(item_hidden.unsqueeze(0), offsets.unsqueeze(1))
+
     def full_sort_predict(self, interaction):
         users = interaction[self.USER_ID]
         item_hidden = self.evaluation_representations()

@@ -49,11 +49,14 @@ class VBPR(MultiModalRecommender):
             return torch.cat([self.item_id_embedding, self.content_projection(self.item_raw_features)], dim=1)
         return torch.cat([self.item_id_embedding[items], self.content_projection(self.item_raw_features[items])], dim=1)
 
-    def item_offsets(self):
-        """``β_i + β'ᵀ f_i`` for every item, (n_items,); zeros without ``vbpr_bias``."""
+    def item_offsets(self, items=None):
+        """``β_i + β'ᵀ f_i`` for the given items (all when ``None``), (n,); ``None`` without
+        ``vbpr_bias``."""
         if not self.use_bias:
             return None
-        return self.item_bias + self.content_bias(self.item_raw_features).squeeze(-1)
+        if items is None:
+            return self.item_bias + self.content_bias(self.item_raw_features).squeeze(-1)
+        return self.item_bias[items] + self.content_bias(self.item_raw_features[items]).squeeze(-1)
 
     def forward(self):
         return self.user_embedding, self.item_embeddings()
@@ -81,6 +84,12 @@ class VBPR(MultiModalRecommender):
             return self._scores(self.user_embedding[users], self.item_embeddings(items), items)
         user_all, item_all = self.evaluation_representations()
         return self._scores(user_all[users], item_all[items], items)
+
+    def score_rows(self, users, items=None):
+        """(B x N) scores with gradient, projecting only the asked items."""
+        scores = self.user_embedding[users] @ self.item_embeddings(items).T
+        offsets = self.item_offsets(items)
+        return scores if offsets is None else scores + offsets
 
     def score_users(self, user_embeddings, item_embeddings):
         scores = user_embeddings @ item_embeddings.T

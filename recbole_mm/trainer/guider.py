@@ -42,7 +42,7 @@ from recbole.utils import InputType, set_color
 from recbole_mm.trainer import guider_ops as ops
 from recbole_mm.trainer.trainer import MultiModalTrainer
 
-KD_MODES = ("ot", "kl", "none")
+KD_MODES = ("ot", "ot_pairs", "kl", "none")
 
 
 class _MemoisedForward:
@@ -83,11 +83,23 @@ class GUIDERTrainer(MultiModalTrainer):
             raise ValueError(f"guider_kd must be one of {KD_MODES}, got {self.kd_mode!r}")
         self.kd_weight = config["guider_kd_weight"]
         self.kd_pairs = config["guider_kd_pairs"]
+        self.kd_users = int(config["guider_kd_users"] or 0)
+        self.kd_items = int(config["guider_kd_items"] or 0)
+        self.kd_transform = config["guider_kd_transform"] or "center"
+        if self.kd_transform not in ops.ROW_TRANSFORMS:
+            raise ValueError(f"guider_kd_transform must be one of {ops.ROW_TRANSFORMS}, got {self.kd_transform!r}")
         self.sinkhorn_reg = config["guider_sinkhorn_reg"]
         self.sinkhorn_iterations = config["guider_sinkhorn_iterations"]
         self.use_dbpr = bool(config["guider_dbpr"])
         self.use_amsc = bool(config["guider_amsc"])
         self.threshold = config["guider_threshold"]
+        self.threshold_mode = config["guider_threshold_mode"] or "absolute"
+        if self.threshold_mode not in ops.THRESHOLD_MODES:
+            raise ValueError(f"guider_threshold_mode must be one of {ops.THRESHOLD_MODES}, "
+                             f"got {self.threshold_mode!r}")
+        self.split_score = config["guider_split_score"] or "logsigmoid"
+        if self.split_score not in ops.SPLIT_SCORES:
+            raise ValueError(f"guider_split_score must be one of {ops.SPLIT_SCORES}, got {self.split_score!r}")
         self.calibrate_every = max(1, int(config["guider_calibrate_every"]))
         self.warmup_epochs = max(0, int(config["guider_warmup_epochs"] or 0))
         self.logger = getLogger()
@@ -96,6 +108,17 @@ class GUIDERTrainer(MultiModalTrainer):
         self.calibration_history = []
         self._teacher_embeddings = None
         self.epoch_seconds = []  # per epoch: seconds of the teacher, calibration and student phases
+        self.kd_history = []  # per epoch: mean KD value and plan diagonal mass
+        self._kd_epoch = []
+
+    def _build_optimizer(self, **kwargs):
+        """The student's optimiser: ``guider_student_learner`` / ``guider_student_weight_decay``
+        when set (the paper trains with AdamW), else the model's ``learner`` / ``weight_decay``."""
+        if self.config["guider_student_learner"]:
+            kwargs.setdefault("learner", self.config["guider_student_learner"])
+        if self.config["guider_student_weight_decay"] is not None:
+            kwargs.setdefault("weight_decay", self.config["guider_student_weight_decay"])
+        return super()._build_optimizer(**kwargs)
 
     # ------------------------------------------------------------------ setup
     def _teacher_config(self):
@@ -135,9 +158,26 @@ class GUIDERTrainer(MultiModalTrainer):
                          f"AMSC {self.use_amsc}, {len(self.train_users)} train interactions")
 
     def _setup_modalities(self, dataset):
-        """L2-normalised text/vision features for S_modal and the hash confidence S_conf."""
+        """L2-normalised text/vision features for S_modal and the hash confidence S_conf.
+
+        Under ``guider_amsc`` every modality named in ``guider_modalities`` must be in the
+        dataset (a clear error otherwise). With one modality, S_modal is its cosine alone and
+        S_conf = 1 (there is no second modality to hash against): a documented fallback that
+        logs a warning."""
         features = getattr(dataset, "modality_features", {}) or {}
-        names = [name for name in (self.config["guider_modalities"] or []) if name in features]
+        wanted = list(self.config["guider_modalities"] or [])
+        if self.use_amsc:
+            missing = [name for name in wanted if name not in features]
+            if missing or not wanted:
+                raise ValueError(
+                    f"GUIDER's AMSC needs the modalities in guider_modalities {wanted}; dataset "
+                    f"'{self.config['dataset']}' " + (f"lacks {missing} " if missing else "")
+                    + f"(it has {sorted(features)}). Set guider_modalities to the dataset's modalities, "
+                    "or guider_amsc: false to keep the loss split alone.")
+            if len(wanted) == 1:
+                self.logger.warning(f"GUIDER: one modality in guider_modalities ({wanted[0]}): S_modal is its "
+                                    "cosine alone and S_conf = 1 (no cross-modal hash)")
+        names = [name for name in wanted if name in features]
         self.modalities = [torch.nn.functional.normalize(features[name].float(), dim=1).to(self.device)
                            for name in names]
         if len(names) >= 2:
@@ -147,8 +187,6 @@ class GUIDERTrainer(MultiModalTrainer):
             self.confidence = ops.hash_confidence(text, image, params).to(self.device)
         else:
             self.confidence = torch.ones(dataset.item_num, device=self.device)
-        if self.use_amsc and not self.modalities:
-            self.logger.warning("GUIDER: the dataset has none of guider_modalities; AMSC keeps the loss split only")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._setup(train_data)
@@ -164,6 +202,7 @@ class GUIDERTrainer(MultiModalTrainer):
             self._teacher_embeddings = tuple(t.detach() for t in self.teacher.forward())
         student_loss = super()._train_epoch(train_data, epoch_idx, self._student_loss, show_progress)
         seconds["student"] = time.perf_counter() - clock
+        self._log_distillation(epoch_idx)
         self.epoch_seconds.append(seconds)
         self.logger.info(f"GUIDER epoch {epoch_idx}: teacher loss {teacher_loss:.4f}; seconds "
                          + ", ".join(f"{name} {value:.2f}" for name, value in seconds.items()))
@@ -250,13 +289,13 @@ class GUIDERTrainer(MultiModalTrainer):
         """Recompute I_true / I_false from the teacher (Eq. 2–6) and log the diagnostics."""
         self.teacher.eval()
         user_all, item_all = self.teacher.forward()
-        losses = ops.per_interaction_loss(user_all, item_all, self.train_users, self.train_items,
+        losses = ops.per_interaction_loss(user_all, item_all, self.train_users, self.train_items, self.split_score,
                                           self.config["guider_loss_negatives"])
         reliable = ops.loss_split(self.train_users, losses, self.n_users)
         clean = reliable
         if self.use_amsc and self.modalities:
             clean = ops.amsc_split(self.train_users, self.train_items, reliable, self.modalities, self.confidence,
-                                   self.threshold, self.n_users)
+                                   self.threshold, self.n_users, self.threshold_mode)
         noisy = ~clean
         keys = self.train_users[noisy] * self.n_items + self.train_items[noisy]
         self.false_keys = torch.sort(keys).values
@@ -287,7 +326,53 @@ class GUIDERTrainer(MultiModalTrainer):
             return loss + self.kd_weight * self.distillation_loss(interaction)
 
     def distillation_loss(self, interaction):
-        """L_KD on ``guider_kd_pairs`` rows of the batch: OT (Eq. 9) or KL."""
+        """L_KD on the batch (Eq. 8–15): between the teacher's and the student's score rows of
+        the batch users (``ot``, ``kl``), or between the pair logits of ``guider_kd_pairs``
+        rows (``ot_pairs``)."""
+        if self.kd_mode == "ot_pairs":
+            return self._pair_logit_transport(interaction)
+        users, items = self.distillation_rows(interaction)
+        student = self.student_score_rows(users, items)
+        user_all, item_all = self._teacher_embeddings
+        teacher = user_all[users] @ item_all[items].T
+        if self.kd_mode == "kl":
+            loss = ops.row_kl_kd(teacher, student)
+            self._kd_epoch.append((loss.item(), float("nan")))
+            return loss
+        loss, diagonal = ops.row_transport_kd(teacher, student, self.sinkhorn_reg, self.sinkhorn_iterations,
+                                              self.kd_transform)
+        self._kd_epoch.append((loss.item(), diagonal))
+        return loss
+
+    def distillation_rows(self, interaction):
+        """The batch's distinct users (at most ``guider_kd_users``, drawn without replacement)
+        and the items their rows cover: every item, or ``guider_kd_items`` drawn uniformly
+        per batch when the catalogue is larger (the padding item 0 never).
+
+        Returns:
+            (users (B,), items (N,)) int64 on the device.
+        """
+        users = torch.unique(interaction[self.model.USER_ID])
+        if self.kd_users and len(users) > self.kd_users:
+            users = users[torch.randperm(len(users), device=users.device)[: self.kd_users]]
+        n_real = self.n_items - 1
+        if self.kd_items and n_real > self.kd_items:
+            items = torch.randperm(n_real, device=users.device)[: self.kd_items] + 1
+        else:
+            items = torch.arange(1, self.n_items, device=users.device)
+        return users, items
+
+    def student_score_rows(self, users, items):
+        """The student's (B x N) scores with gradient: ``score_rows`` of the plugin's models,
+        ``full_sort_predict`` in training mode for RecBole's own (they recompute it there)."""
+        model = self.model
+        if hasattr(model, "score_rows"):
+            return model.score_rows(users, items)
+        scores = model.full_sort_predict(Interaction({model.USER_ID: users}))
+        return scores.view(len(users), -1)[:, items]
+
+    def _pair_logit_transport(self, interaction):
+        """``ot_pairs``: OT between the scalar pair logits of ``guider_kd_pairs`` rows."""
         model = self.model
         rows = torch.randperm(len(interaction), device=self.device)[: self.kd_pairs]
         users = interaction[model.USER_ID][rows]
@@ -298,9 +383,23 @@ class GUIDERTrainer(MultiModalTrainer):
         )
         user_all, item_all = self._teacher_embeddings
         teacher = ops.pairwise_logits(user_all[users], item_all[positives], item_all[negatives])
-        if self.kd_mode == "kl":
-            return ops.kl_kd(teacher, student)
-        return ops.sinkhorn_kd(teacher, student, self.sinkhorn_reg, self.sinkhorn_iterations)
+        loss = ops.sinkhorn_kd(teacher, student, self.sinkhorn_reg, self.sinkhorn_iterations)
+        self._kd_epoch.append((loss.item(), float("nan")))
+        return loss
+
+    def _log_distillation(self, epoch_idx):
+        """Mean KD value and plan diagonal mass of the epoch (kept in :attr:`kd_history`)."""
+        if not self._kd_epoch:
+            return
+        values = np.array(self._kd_epoch, dtype=np.float64)
+        record = {"epoch": epoch_idx, "kd": float(values[:, 0].mean()), "diagonal": float(np.nanmean(values[:, 1]))
+                  if np.isfinite(values[:, 1]).any() else None}
+        self.kd_history.append(record)
+        self._kd_epoch = []
+        message = f"GUIDER epoch {epoch_idx}: KD ({self.kd_mode}) {record['kd']:.5f}"
+        if record["diagonal"] is not None:
+            message += f", plan diagonal mass {record['diagonal']:.3f}"
+        self.logger.info(message)
 
 
 __all__ = ["GUIDERTrainer"]
