@@ -1,24 +1,107 @@
-"""GUIDER against the plain student and the denoising baselines under injected noise.
+"""GUIDER against the plain student and the denoising baselines, over seeds.
 
-    python benchmarks/guider_noise.py --dataset synthetic --epochs 40 --models VBPR FREEDOM
+    python benchmarks/guider_noise.py --dataset synthetic --epochs 40 --models VBPR FREEDOM \
+        --noise 0 0.1 0.2 --methods plain GUIDER --seeds 2020 2021 2022
 
-For each student model and noise ratio (0, 0.1, 0.2 of the train split added as random
-user-item pairs; valid and test untouched): the plain model, GUIDER (properties/guider.yaml
-defaults), T-CE, R-CE and WBPR. results/guider_noise_<dataset>.md gets valid and test
-Recall@20 / NDCG@20 (test at the best valid epoch).
+For each student, noise ratio (that share of the train split added as random user-item
+pairs; valid and test untouched; 0 = the paper's Table 2 protocol, natural noise only),
+method and seed, one run with the packaged defaults. Every run is appended to
+``<out>/guider_noise_<dataset>.jsonl`` as it finishes (a rerun skips the runs already
+there), and ``<out>/guider_noise_<dataset>.md`` gets, per (student, noise, method), the mean ±
+std over the seeds of valid / test Recall and NDCG @5 and @20; for the GUIDER variants also
+the share of train interactions in I_false at the last calibration with its precision and
+recall on the injected pairs, and the teacher's test Recall@20 at the end of training; and
+the recovery (R_method - R_noisy) / (R_clean - R_noisy) of test Recall@20 at each noise
+level, R_clean being the plain student without injected noise.
 """
 import argparse
+import json
 import os
+import sys
+import time
 
-from ablation_table import REPO, run_variants, write_table
+import numpy as np
+from ablation_table import REPO
 
-METHODS = [
-    ("plain", {}),
-    ("GUIDER", {"guider": True}),
-    ("T-CE", {"denoise": "tce"}),
-    ("R-CE", {"denoise": "rce"}),
-    ("WBPR", {"denoise": "wbpr"}),
-]
+METHODS = {
+    "plain": {},
+    "T-CE": {"denoise": "tce"},
+    "R-CE": {"denoise": "rce"},
+    "WBPR": {"denoise": "wbpr"},
+    "BOD": {"denoise": "bod"},
+    "GUIDER-DBPR": {"guider": True, "guider_dbpr": False, "guider_eval_teacher": True},
+    "GUIDER": {"guider": True, "guider_eval_teacher": True},
+}
+METRICS = ("recall@5", "ndcg@5", "recall@20", "ndcg@20")
+
+
+def run_one(model, dataset, noise, method, seed, args):
+    from recbole_mm.quick_start import run_recbole_mm
+
+    start = time.perf_counter()
+    result = run_recbole_mm(model, dataset, None, config_dict={
+        "state": "WARNING", "epochs": args.epochs, "data_path": args.data_path, "seed": seed,
+        "checkpoint_dir": os.path.join(args.out, f"saved_{os.getpid()}"), "noise_ratio": noise,
+        **METHODS[method]})
+    os.remove(result["saved_model_file"])
+    trainer = result["trainer"]
+    record = {"model": model, "noise": noise, "method": method, "seed": seed,
+              "valid": {m: result["best_valid_result"][m] for m in METRICS},
+              "test": {m: result["test_result"][m] for m in METRICS},
+              "seconds": time.perf_counter() - start}
+    calibrations = getattr(trainer, "calibration_history", None)
+    if calibrations:
+        last = calibrations[-1]
+        record["false_share"] = last["false"] / last["interactions"]
+        record["precision"], record["recall"] = last.get("precision"), last.get("recall")
+        record["injection_rate"] = last["injected"] / last["interactions"] if "injected" in last else None
+    if getattr(trainer, "teacher_results", None):
+        record["teacher_test_recall@20"] = trainer.teacher_results[-1]["recall@20"]
+    return record
+
+
+def load_runs(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def summarise(runs, title, command):
+    groups = {}
+    for run in runs:
+        groups.setdefault((run["model"], run["noise"], run["method"]), []).append(run)
+    lines = [f"# {title}\n", "| student | noise | method | seeds | valid R@20 | valid N@20 | test R@5 | test N@5 | "
+             "test R@20 | test N@20 | I_false share | precision | recall | teacher test R@20 | s / run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (model, noise, method), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                 list(METHODS).index(kv[0][2]))):
+        cell = lambda split, metric: mean_std([r[split][metric] for r in group])  # noqa: E731
+        extra = lambda key: mean_std([r.get(key) for r in group])  # noqa: E731
+        lines.append(f"| {model} | {noise:g} | {method} | {len(group)} | {cell('valid', 'recall@20')} | "
+                     f"{cell('valid', 'ndcg@20')} | {cell('test', 'recall@5')} | {cell('test', 'ndcg@5')} | "
+                     f"{cell('test', 'recall@20')} | {cell('test', 'ndcg@20')} | {extra('false_share')} | "
+                     f"{extra('precision')} | {extra('recall')} | {extra('teacher_test_recall@20')} | "
+                     f"{np.mean([r['seconds'] for r in group]):.0f} |")
+    lines += ["", "Recovery of test Recall@20, (R_method - R_noisy) / (R_clean - R_noisy), means over seeds:", "",
+              "| student | noise | method | recovery |", "|---|---|---|---|"]
+    mean_recall = {key: np.mean([r["test"]["recall@20"] for r in group]) for key, group in groups.items()}
+    for (model, noise, method), value in sorted(mean_recall.items()):
+        clean, noisy = mean_recall.get((model, 0.0, "plain")), mean_recall.get((model, noise, "plain"))
+        if noise and method != "plain" and clean is not None and noisy is not None and clean != noisy:
+            lines.append(f"| {model} | {noise:g} | {method} | {(value - noisy) / (clean - noisy):.2f} |")
+    lines += ["", f"Command: `{command}`", "",
+              "Machine: 2 CPU cores, no GPU, torch 2.13.0+cpu, one run per core (OMP_NUM_THREADS=1). "
+              "Test at the best valid epoch; std over seeds (population). The teacher's Recall@20 is "
+              "at the end of training. I_false at the last calibration."]
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -28,18 +111,29 @@ def main():
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--models", nargs="+", default=["VBPR", "FREEDOM"])
     parser.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.1, 0.2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[2020, 2021, 2022])
     parser.add_argument("--out", default=os.path.join(REPO, "results"))
+    parser.add_argument("--summarise-only", action="store_true", help="rewrite the table from the jsonl")
     args = parser.parse_args()
-    variants = [(f"{model}, noise {noise:g}, {label}", model, {"noise_ratio": noise, **switches})
-                for model in args.models for noise in args.noise for label, switches in METHODS]
-    rows = run_variants(variants, args.dataset, args.epochs, args.data_path, args.out)
-    write_table(os.path.join(args.out, f"guider_noise_{args.dataset}.md"),
-                f"GUIDER and denoising baselines under injected noise on {args.dataset} "
-                f"(at most {args.epochs} epochs, packaged defaults)", rows,
-                f"python benchmarks/guider_noise.py --dataset {args.dataset} --epochs {args.epochs} "
-                f"--models {' '.join(args.models)}",
-                "Machine: 2 CPU cores, no GPU, torch 2.13.0+cpu. Noise: that share of the train split "
-                "added as random user-item pairs, valid and test untouched.")
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
+    jsonl = os.path.join(args.out, f"guider_noise_{args.dataset}.jsonl")
+    done = {(r["model"], r["noise"], r["method"], r["seed"]) for r in load_runs(jsonl)}
+    for model in args.models:
+        for noise in args.noise:
+            for method in args.methods:
+                for seed in args.seeds:
+                    if args.summarise_only or (model, noise, method, seed) in done:
+                        continue
+                    record = run_one(model, args.dataset, noise, method, seed, args)
+                    with open(jsonl, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    print(json.dumps(record), flush=True)
+    command = (f"python benchmarks/guider_noise.py --dataset {args.dataset} --epochs {args.epochs} "
+               "(runs accumulated from several invocations, see the jsonl)")
+    with open(os.path.join(args.out, f"guider_noise_{args.dataset}.md"), "w") as handle:
+        handle.write(summarise(load_runs(jsonl), f"GUIDER and the denoising baselines on {args.dataset} "
+                               f"(at most {args.epochs} epochs, packaged defaults)", command))
 
 
 if __name__ == "__main__":

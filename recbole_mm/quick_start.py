@@ -44,7 +44,8 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
 
     Returns:
         dict with ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result`` and
-        ``test_result``, as ``recbole.quick_start.run_recbole`` returns.
+        ``test_result``, as ``recbole.quick_start.run_recbole`` returns, plus
+        ``saved_model_file`` and ``trainer`` (its histories, e.g. GUIDER's calibrations).
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -71,6 +72,7 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": trainer.saved_model_file if saved else None,
+        "trainer": trainer,
     }
 
 
@@ -128,6 +130,7 @@ def run_grid(model, dataset, config_file_list=None, config_dict=None, hyper_para
         result = run_recbole_mm(
             model, dataset, config_file_list, {**(config_dict or {}), **params}, saved=True
         )
+        result.pop("trainer")  # keep the trials light: a grid would otherwise hold every model
         trials.append({"params": params, **result})
     sign = 1 if trials and trials[0]["valid_score_bigger"] else -1
     best = max(trials, key=lambda trial: sign * trial["best_valid_score"]) if trials else None

@@ -121,24 +121,22 @@ def test_switches_disable_exactly_what_they_name(run_config):
     _, loaders, model, trainer = guider_setup(run_config, guider_kd="kl")
     trainer.teacher.eval()
     trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
+    model.train()
     torch.manual_seed(1)
     kd = trainer.distillation_loss(batch)
     torch.manual_seed(1)
-    rows = torch.randperm(len(batch))[: trainer.kd_pairs]
-    u, i, j = (batch[f][rows] for f in (model.USER_ID, model.ITEM_ID, model.NEG_ITEM_ID))
-    student = torch.nn.functional.logsigmoid(model.forward()[0][u].mul(model.forward()[1][i]).sum(-1)
-                                             - model.forward()[0][u].mul(model.forward()[1][j]).sum(-1))
-    teacher = ops.pairwise_logits(trainer._teacher_embeddings[0][u], trainer._teacher_embeddings[1][i],
-                                  trainer._teacher_embeddings[1][j])
-    assert torch.allclose(kd, ops.kl_kd(teacher, student), atol=1e-5)
+    users, items = trainer.distillation_rows(batch)
+    teacher = trainer._teacher_embeddings[0][users] @ trainer._teacher_embeddings[1][items].T
+    student = model.score_rows(users, items)
+    assert torch.allclose(kd, ops.row_kl_kd(teacher, student), atol=1e-6), "kl: per-row softmax KL over items"
 
     # amsc off: the clean set is the loss split; on: a superset of it
     _, loaders, _, plain = guider_setup(run_config, guider_amsc=False)
     plain_record = plain.calibrate()
     assert plain_record["false"] == plain_record["spurious"]
-    _, loaders, _, full = guider_setup(run_config, guider_threshold=0.0)
+    _, loaders, _, full = guider_setup(run_config)
     record = full.calibrate()
-    assert record["false"] < record["spurious"]
+    assert record["false"] == round(0.5 * record["spurious"]), "quantile 0.5: half the suspects stay noisy"
 
     # dbpr off: the teacher trains with plain BPR even after a calibration
     _, loaders, _, no_dbpr = guider_setup(run_config, guider_dbpr=False)
@@ -192,7 +190,7 @@ def test_every_plugin_model_trains_as_a_guider_student(tmp_path, monkeypatch, mo
     assert seen["kd"] and all(math.isfinite(value) and value >= 0 and grad for value, grad in seen["kd"])
 
 
-def test_noisy_set_catches_injected_pairs_at_twice_the_injection_rate(data_root, tmp_path):
+def test_noisy_set_catches_injected_pairs_at_three_times_the_injection_rate(data_root, tmp_path):
     """The bundled dataset with 10% injected noise, the packaged GUIDER schedule (warm-up, then a
     split every epoch, DBPR on the split) for 20 epochs: I_false holds injected pairs at least
     twice as often as the train split does."""
@@ -209,12 +207,12 @@ def test_noisy_set_catches_injected_pairs_at_twice_the_injection_rate(data_root,
     trainer = GUIDERTrainer(config, get_model("VBPR")(config, train._dataset))
     trainer._setup(train)
     for epoch in range(20):
-        trainer.teacher_phase(train, epoch)  # the student's part of the epoch does not touch the split
+        trainer.teacher_phase(train)  # the student's part of the epoch does not touch the split
     assert len(trainer.calibration_history) == 20 - config["guider_warmup_epochs"]
     record = trainer.calibration_history[-1]
     rate = record["injected"] / record["interactions"]
     assert 0.08 < rate < 0.1
-    assert record["precision"] >= 2 * rate, record
+    assert record["precision"] >= 3 * rate, record
     assert record["recall"] > 0.3, record
 
 
@@ -223,3 +221,134 @@ def test_first_split_waits_for_the_warm_up(run_config):
     assert [epoch for epoch in range(10) if trainer.calibration_due(epoch)] == [3, 5, 7, 9]
     _, _, _, trainer = guider_setup(run_config, guider_warmup_epochs=0)
     assert all(trainer.calibration_due(epoch) for epoch in range(4))
+
+
+# --------------------------------------------------------------------------- the row transport
+def random_rows(seed=0, users=64, items=300):
+    generator = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(users, 16, generator=generator) @ torch.randn(16, items, generator=generator)
+    student = teacher + 0.3 * torch.randn(users, items, generator=generator)
+    return teacher, student
+
+
+def test_row_transport_is_zero_for_identical_rows_and_follows_user_and_item_identity():
+    teacher, student = random_rows()
+    same, _ = ops.row_transport_kd(teacher, teacher.clone(), reg=0.01)
+    assert abs(same.item()) < 1e-4
+    matched, diagonal = ops.row_transport_kd(teacher, student, reg=0.01)
+    assert matched.item() > 0 and diagonal > 0.9
+    # the same scores attached to other items, or to other users, are a different student
+    shuffled_items, _ = ops.row_transport_kd(teacher, student[:, torch.randperm(student.shape[1])], reg=0.01)
+    others = random_rows(seed=1)[1]
+    other_users, _ = ops.row_transport_kd(teacher, others, reg=0.01)
+    assert shuffled_items.item() > 5 * matched.item() and other_users.item() > 5 * matched.item()
+    # the pair-logit reading cannot tell: it sees a histogram of pair logits
+    logits_t, logits_s = teacher[:, 0], student[:, 0]
+    assert torch.allclose(ops.sinkhorn_kd(logits_t, logits_s, 0.1),
+                          ops.sinkhorn_kd(logits_t, logits_s[torch.randperm(len(logits_s))], 0.1), rtol=1e-3)
+
+
+def test_row_transport_gradient_pulls_each_student_row_towards_its_own_teacher_row():
+    teacher, student = random_rows(seed=2, users=32)
+    student.requires_grad_(True)
+    loss, _ = ops.row_transport_kd(teacher, student, reg=0.01, transform="raw")
+    (gradient,) = torch.autograd.grad(loss, student)
+    # with the identity plan, d/ds_n of <P, C>/N = (s_n - t_n) / (B N)
+    expected = (student - teacher).detach() / (teacher.shape[0] * teacher.shape[1])
+    assert torch.nn.functional.cosine_similarity(gradient.flatten(), expected.flatten(), dim=0) > 0.95
+
+
+def test_row_transport_diagonal_mass_needs_a_small_epsilon():
+    teacher, student = random_rows(seed=3)
+    _, sharp = ops.row_transport_kd(teacher, student, reg=0.01)
+    _, blurred = ops.row_transport_kd(teacher, student, reg=10.0)
+    assert sharp > 0.9 and blurred < 0.5
+
+
+def test_kd_loss_changes_when_the_students_users_are_permuted(run_config):
+    """A VBPR student that scores exactly like the teacher distils ~0; the same student with
+    its user vectors permuted among the users does not."""
+    _, loaders, model, trainer = guider_setup(run_config)
+    batch = next(iter(loaders[0]))
+    trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
+    teacher_users, teacher_items = trainer._teacher_embeddings
+    d = teacher_users.shape[1]
+    with torch.no_grad():
+        model.user_embedding.zero_()
+        model.user_embedding[:, :d] = teacher_users
+        model.item_id_embedding.copy_(teacher_items)
+    model.train()
+    torch.manual_seed(0)
+    matched = trainer.distillation_loss(batch).item()
+    with torch.no_grad():
+        model.user_embedding.copy_(model.user_embedding[torch.randperm(len(model.user_embedding))])
+    torch.manual_seed(0)
+    permuted = trainer.distillation_loss(batch).item()
+    assert abs(matched) < 1e-4 * permuted and permuted > 0
+
+
+@pytest.mark.parametrize("model_name", MULTIMODAL_MODELS)
+def test_kd_gradient_reaches_every_plugin_students_parameters(run_config, model_name):
+    """score_rows gives gradient-carrying scores in training, never the evaluation cache."""
+    overrides = {"modalities": ["clip"]} if model_name in ("NFVLM", "CLIPMLP") else {}
+    _, loaders, model, trainer = guider_setup(run_config, get_model(model_name), **overrides)
+    batch = next(iter(loaders[0]))
+    trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
+    model.eval()
+    model.full_sort_predict(batch)  # fills the evaluation cache, which training must not use
+    model.train()
+    model.pre_epoch_processing()
+    model.zero_grad()
+    loss = trainer.distillation_loss(batch)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_split_scores_are_deterministic_and_rank_counts_items_above():
+    generator = torch.Generator().manual_seed(0)
+    user_all, item_all = torch.randn(5, 4, generator=generator), torch.randn(9, 4, generator=generator)
+    users, items = torch.tensor([0, 1, 1, 4]), torch.tensor([3, 1, 8, 2])
+    first = ops.per_interaction_loss(user_all, item_all, users, items, "logsigmoid")
+    assert torch.equal(first, ops.per_interaction_loss(user_all, item_all, users, items, "logsigmoid"))
+    assert torch.allclose(first, -torch.nn.functional.logsigmoid((user_all[users] * item_all[items]).sum(1)))
+    rank = ops.per_interaction_loss(user_all, item_all, users, items, "rank", chunk=3)
+    scores = user_all @ item_all[1:].T
+    expected = [(scores[u] > scores[u, i - 1]).float().mean().item() for u, i in zip(users.tolist(), items.tolist())]
+    assert torch.allclose(rank, torch.tensor(expected))
+    with pytest.raises(ValueError, match="guider_split_score"):
+        ops.per_interaction_loss(user_all, item_all, users, items, "random")
+
+
+def test_quantile_threshold_keeps_the_least_similar_share_of_the_suspects():
+    text = torch.nn.functional.normalize(torch.tensor(
+        [[0.0, 1.0], [1.0, 0.0], [0.9, 0.1], [0.5, 0.5], [0.1, 0.9], [0.0, 1.0]]), dim=1)
+    confidence = torch.ones(6)
+    users = torch.zeros(5, dtype=torch.long)
+    items = torch.tensor([1, 2, 3, 4, 5])  # item 1 reliable; similarity to it falls from item 2 to item 5
+    reliable = torch.tensor([True, False, False, False, False])
+    for quantile, noisy in [(0.5, [4, 5]), (0.25, [5]), (1.0, [2, 3, 4, 5]), (0.0, [])]:
+        clean = ops.amsc_split(users, items, reliable, [text], confidence, quantile, 1, mode="quantile")
+        assert items[~clean].tolist() == noisy, quantile
+    with pytest.raises(ValueError, match="quantile"):
+        ops.amsc_split(users, items, reliable, [text], confidence, 1.5, 1, mode="quantile")
+
+
+def test_a_missing_guider_modality_is_a_clear_error(run_config):
+    with pytest.raises(ValueError, match=r"guider_modalities.*lacks \['audio'\]"):
+        guider_setup(run_config, guider_modalities=["text", "audio"])
+    _, _, _, trainer = guider_setup(run_config, guider_modalities=["text", "audio"], guider_amsc=False)
+    assert trainer.calibrate()["false"] == trainer.calibrate()["spurious"]
+
+
+def test_student_optimiser_and_teacher_evaluation_switches(run_config):
+    _, loaders, _, trainer = guider_setup(run_config, guider_student_learner="adamw",
+                                          guider_student_weight_decay=0.01, guider_eval_teacher=True)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.01
+    first = trainer.evaluate(loaders[1], load_best_model=False)
+    trainer._train_teacher(loaders[0])
+    trainer.evaluate(loaders[1], load_best_model=False)
+    assert len(trainer.teacher_results) == 2
+    assert trainer.teacher_results[0] != trainer.teacher_results[1], "the teacher is re-scored, not cached"
+    assert trainer.teacher_results[0] != first

@@ -45,6 +45,7 @@ class MultiModalRecommender(GeneralRecommender):
         self.interaction_matrix = dataset.inter_matrix(form="coo").astype(np.float32)
         self.cache_dir = os.path.join(config["data_path"], "recbole_mm_cache")
         self._eval_cache = None
+        self.scoring_graph = False  # True: the full graph even in training (score_rows)
         self.bpr_loss = BPRLoss()
 
     def _select_modalities(self, config, dataset):
@@ -99,8 +100,8 @@ class MultiModalRecommender(GeneralRecommender):
             self.train_adjacency = self.edge_sampler.sample()
 
     def user_item_adjacency(self):
-        """The pruned graph while training, the full graph otherwise."""
-        return self.train_adjacency if self.training else self.full_adjacency
+        """The pruned graph while training (outside :meth:`score_rows`), the full graph otherwise."""
+        return self.train_adjacency if self.training and not self.scoring_graph else self.full_adjacency
 
     # ------------------------------------------------------------------ training hooks
     def pre_epoch_processing(self):
@@ -138,10 +139,15 @@ class MultiModalRecommender(GeneralRecommender):
 
     def score_rows(self, users, items=None):
         """Scores of ``users`` (B,) against ``items`` (N,) (every item when ``None``), (B x N),
-        from a fresh :meth:`forward`: never the evaluation cache, so they carry gradient in
-        training. A model that can score a subset of items more cheaply than its whole
-        forward pass overrides this (VBPR projects only the asked items)."""
-        user_all, item_all = self.forward()
+        as evaluation scores them (on the full user–item graph, not the training-time pruned
+        one) but from a fresh :meth:`forward`: never the evaluation cache, so they carry
+        gradient in training. A model that can score a subset of items more cheaply than its
+        whole forward pass overrides this (VBPR projects only the asked items)."""
+        self.scoring_graph = True
+        try:
+            user_all, item_all = self.forward()
+        finally:
+            self.scoring_graph = False
         if items is None:
             return self.score_users(user_all[users], item_all)
         return self.score_users(user_all[users], item_all[items])

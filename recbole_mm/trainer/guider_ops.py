@@ -303,7 +303,7 @@ def kl_kd(teacher_logits, student_logits):
                     log_target=True, reduction="sum")
 
 
-ROW_TRANSFORMS = ("center", "softmax", "raw")
+ROW_TRANSFORMS = ("center", "zscore", "softmax", "raw")
 
 
 def transform_rows(scores, transform="center"):
@@ -312,11 +312,16 @@ def transform_rows(scores, transform="center"):
     - ``center``: :math:`s_u - \mathrm{mean}_i s_{ui}`; the squared distance between two
       centred rows is a sum over item pairs of the differences of :math:`s_{ui} - s_{uj}`
       (the ranking information), blind to a per-user offset;
+    - ``zscore``: centred and divided by the row's standard deviation, blind to the scale of
+      each model's scores too (the cost is then N (1 - Pearson correlation) per pair of rows);
     - ``softmax``: the per-user distribution over the items;
     - ``raw``: the scores as they are (the authors' compiled trainer).
     """
     if transform == "center":
         return scores - scores.mean(1, keepdim=True)
+    if transform == "zscore":
+        centred = scores - scores.mean(1, keepdim=True)
+        return centred / centred.std(1, keepdim=True).clamp_min(1e-8)
     if transform == "softmax":
         return torch.softmax(scores, 1)
     if transform == "raw":
