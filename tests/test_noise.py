@@ -151,7 +151,7 @@ def test_model_without_bpr_loss_cannot_be_denoised(run_config):
 def test_unknown_denoise_value_raises(run_config):
     config, _, _, model = build_model(run_config(), VBPR)
     config["denoise"] = "coteaching"
-    with pytest.raises(ValueError, match=r"denoise must be one of \['tce', 'rce', 'wbpr'\]"):
+    with pytest.raises(ValueError, match=r"denoise must be one of \['tce', 'rce', 'wbpr', 'bod'\]"):
         MultiModalTrainer(config, model)
 
 
@@ -217,6 +217,25 @@ def test_every_plugin_model_accepts_a_denoising_loss(run_config, model_name):
     loss = sum(loss) if isinstance(loss, tuple) else loss
     assert torch.isfinite(loss)
     assert any(m is trainer.denoising_loss for m in model.modules())
+
+
+@pytest.mark.parametrize("model_name", available_models(plugin=True))
+def test_every_plugin_model_accepts_bod_or_says_why_not(run_config, model_name):
+    """BOD weighs a pair by its user and item vectors: every plugin model with both trains one
+    batch under it; CLIPMLP (item vectors only by default) raises a clear error."""
+    from recbole_mm.utils import get_model
+
+    config, _, loaders, model = build_model(run_config(denoise="bod"), get_model(model_name))
+    if model_name == "CLIPMLP":
+        with pytest.raises(ValueError, match="CLIPMLP cannot be trained with denoise: bod"):
+            MultiModalTrainer(config, model)
+        return
+    trainer = MultiModalTrainer(config, model)
+    model.train()
+    loss = trainer.bod.inner_loss(model.calculate_loss)(next(iter(loaders[0])))
+    loss = sum(loss) if isinstance(loss, tuple) else loss
+    assert torch.isfinite(loss)
+    assert any(m is trainer.bod.loss for m in model.modules())
 
 
 def test_wbpr_popularity_counts_the_train_split_only(run_config):

@@ -91,7 +91,7 @@ def install_denoising_loss(model, loss_module):
                 replaced += 1
     if not replaced:
         raise ValueError(f"{type(model).__name__} computes its loss without a BPRLoss module; "
-                         "denoise: tce / rce cannot be applied to it")
+                         "denoise: tce / rce / bod cannot be applied to it")
     return replaced
 
 

@@ -6,9 +6,10 @@ from recbole.trainer import Trainer
 from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
+from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
 
-DENOISE_MODES = (None, "tce", "rce", "wbpr")
+DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod")
 
 
 class MultiModalTrainer(Trainer):
@@ -22,7 +23,9 @@ class MultiModalTrainer(Trainer):
       over those items only: the others are masked like the user's history.
     - ``denoise: tce | rce`` trains the model with T-CE / R-CE in place of its BPR loss
       (:class:`~recbole_mm.model.loss.DenoisingBPRLoss`); ``wbpr`` samples negatives by
-      popularity.
+      popularity; ``bod`` weights the model's BPR rows by BOD's weight generator and steps
+      the generator by gradient matching after every ``bod_outer_every`` epochs
+      (:class:`~recbole_mm.trainer.bod.BOD`, kept in ``self.bod``).
     - GAUC's mean ranks are counted instead of sorted (:class:`MultiModalCollector`): the
       same metric values, without an O(I log I) sort of every user's scores.
     """
@@ -33,12 +36,14 @@ class MultiModalTrainer(Trainer):
         self._excluded_items = None  # items masked in the current evaluation (cold-start candidates)
         decay, period = config["learning_rate_scheduler"] or (1.0, 50)
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
+        self.bod = BOD(config, model) if config["denoise"] == "bod" else None
         self.denoising_loss = self._install_denoising(config, model)
 
     @staticmethod
     def _install_denoising(config, model):
         """``denoise: tce | rce``: the model's BPR goes through :class:`DenoisingBPRLoss`;
-        ``wbpr`` works through the negative sampler (see :mod:`recbole_mm.config`)."""
+        ``wbpr`` works through the negative sampler (see :mod:`recbole_mm.config`), ``bod``
+        through :class:`~recbole_mm.trainer.bod.BOD` (set up before this runs)."""
         mode = config["denoise"]
         if mode not in DENOISE_MODES:
             raise ValueError(f"denoise must be one of {[m for m in DENOISE_MODES if m]} or unset, got {mode!r}")
@@ -55,7 +60,11 @@ class MultiModalTrainer(Trainer):
         loss_func = loss_func or self.model.calculate_loss
         if self.denoising_loss is not None:
             loss_func = self._counting_iterations(loss_func)
+        if self.bod is not None:
+            loss_func = self.bod.inner_loss(loss_func)
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        if self.bod is not None and self.bod.outer_due(epoch_idx):
+            self.bod.outer_round(train_data)
         self.lr_scheduler.step()
         return loss
 
