@@ -35,14 +35,15 @@ METHODS = {
 METRICS = ("recall@5", "ndcg@5", "recall@20", "ndcg@20")
 
 
-def run_one(model, dataset, noise, method, seed, args):
+def run_one(model, dataset, noise, method, seed, args, switches=None):
+    """One run of ``model`` with the switches of ``method`` (or ``switches``); returns its record."""
     from recbole_mm.quick_start import run_recbole_mm
 
     start = time.perf_counter()
     result = run_recbole_mm(model, dataset, None, config_dict={
         "state": "WARNING", "epochs": args.epochs, "data_path": args.data_path, "seed": seed,
         "checkpoint_dir": os.path.join(args.out, f"saved_{os.getpid()}"), "noise_ratio": noise,
-        **METHODS[method]})
+        **(METHODS[method] if switches is None else switches)})
     os.remove(result["saved_model_file"])
     trainer = result["trainer"]
     record = {"model": model, "noise": noise, "method": method, "seed": seed,
