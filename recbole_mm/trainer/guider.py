@@ -1,35 +1,41 @@
 r"""``GUIDERTrainer``: train any general model as the student of a denoised ID teacher.
 
-GUIDER (Teach Me How to Denoise, WSDM 2025, §4, Algorithm 1), per epoch:
+GUIDER (Teach Me How to Denoise, WSDM 2025, §4, Algorithm 1). Before the student's first
+epoch the teacher trains alone for ``guider_teacher_pretrain_epochs`` epochs (steps 1–2 below);
+then, per epoch:
 
 1. **Teacher update** (``guider_teacher``, LightGCN by default, its own AdamW optimiser): one
    pass over the train loader, its batches merged to ``guider_teacher_batch_size`` rows. On
-   the current split it minimises ``guider_dbpr_weight`` · DBPR (Eq. 7: u, i ∈ I_true,
-   j ∈ I_false(u), one j drawn per row) + ``guider_bpr_weight`` · BPR (u, i ∈ I_true, j a
-   sampled unobserved item). DBPR alone only ranks clean items above noisy ones, never above
-   unobserved items, hence the BPR term on the clean positives. Before the first
-   calibration, and with ``guider_dbpr: false`` (GUIDER−DBPR), the teacher is trained with
-   plain BPR on all train interactions.
-2. **AMSC calibration** every ``guider_calibrate_every`` epochs from epoch
-   ``guider_warmup_epochs`` on, the teacher training with plain BPR until then (Eq. 2–6, see
-   :mod:`~recbole_mm.trainer.guider_ops`): per-interaction teacher loss, the per-user mean
-   split into reliable / spurious, and the modality recalibration with
-   :math:`S(i, i') = \max(\cos_t, \cos_v) \cdot S_{conf}(i) > S_{thres}`
-   (``guider_threshold``); :math:`S_{conf}` uses cross-modal hash codes fitted by CCA.
-   ``guider_amsc: false`` keeps the loss split alone. With ``noise_ratio`` > 0 each
-   calibration logs the precision and recall with which I_false catches the injected pairs
-   (kept in :attr:`GUIDERTrainer.calibration_history`).
-3. **Student update**: the model's own loss plus ``guider_kd_weight`` · L_KD (Eq. 8) on the
-   batch's (u, i⁺, i⁻) rows (``guider_kd_pairs`` of them drawn per batch):
-   ``guider_kd: ot`` — :math:`\langle P_\lambda, D\rangle` with POT's Sinkhorn
-   (``guider_sinkhorn_reg`` λ, Eq. 9–15); ``kl`` — KL between the same two distributions;
-   ``none`` — no distillation. The student's pair scores come from the same forward pass as
-   its loss (the forward is memoised within a batch), the teacher's from its
-   representations computed once per epoch, without gradient.
+   the current split it minimises ``guider_bpr_weight`` · BPR (u, i ∈ I_true, j a sampled
+   unobserved item) + ``guider_dbpr_weight`` · DBPR (Eq. 7: u, i ∈ I_true, j ∈ I_false(u),
+   one j drawn per row); the interactions of I_false leave the BPR term. Before the first
+   calibration, and with ``guider_dbpr: false`` (GUIDER−DBPR), plain BPR on all train
+   interactions.
+2. **AMSC calibration** every ``guider_calibrate_every`` teacher epochs from teacher epoch
+   ``guider_warmup_epochs`` on (Eq. 2–6, see :mod:`~recbole_mm.trainer.guider_ops`): the
+   per-interaction teacher loss (``guider_split_score``, deterministic), the per-user mean
+   split into reliable / spurious, and the modality recalibration on
+   :math:`S(i, i') = \max(\cos_t, \cos_v) \cdot S_{conf}(i)` against
+   :math:`S_{thres}` (``guider_threshold``, a quantile of the suspects' S by default so that
+   one value transfers across datasets). ``guider_amsc: false`` keeps the loss split alone.
+   With ``noise_ratio`` > 0 each calibration logs the precision and recall with which
+   I_false catches the injected pairs (kept in :attr:`GUIDERTrainer.calibration_history`).
+3. **Student update**: the model's own loss plus ``guider_kd_weight`` · L_KD (Eq. 8) between
+   the teacher's and the student's score rows of the batch's users (at most
+   ``guider_kd_users``, over every item or ``guider_kd_items`` drawn ones):
+   ``guider_kd: ot`` — the debiased entropic OT between the two sets of rows (Eq. 9–15, POT's
+   log-domain Sinkhorn, :func:`~recbole_mm.trainer.guider_ops.row_transport_kd`), as the
+   authors' compiled trainer does; ``kl`` — per-row softmax KL over the items (the authors'
+   HEAD); ``ot_pairs`` — OT between scalar pair logits (the literal reading of the equations,
+   an ablation); ``none``. The student's rows come from ``score_rows`` (gradient-carrying, on
+   the evaluation graph; forward passes are memoised within a batch), the teacher's from
+   its representations computed once per epoch, without gradient. Each epoch logs the mean
+   KD value and the plan's diagonal mass (:attr:`GUIDERTrainer.kd_history`).
 
-Evaluation and checkpoints concern the student only. Every student must be a general model
-with pairwise (u, i⁺, i⁻) training data; the teacher must return (user, item)
-representations from ``forward()`` (LightGCN, NGCF, the plugin's models, ...).
+Evaluation and checkpoints concern the student only (``guider_eval_teacher`` also scores the
+teacher at each evaluation). Every student must be a general model with pairwise
+(u, i⁺, i⁻) training data; the teacher must return (user, item) representations from
+``forward()`` (LightGCN, NGCF, the plugin's models, ...).
 """
 import time
 from logging import getLogger
