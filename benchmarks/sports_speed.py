@@ -11,6 +11,11 @@
     python benchmarks/sports_speed.py --models VBPR LIRDRec FREEDOM --skip-knn
     python benchmarks/sports_speed.py --models DRAGON VLIF --image-dim 384 --max-batches 10 --skip-knn
     python benchmarks/sports_speed.py --models VBPR --skip-knn --set guider=true
+    python benchmarks/sports_speed.py --models VBPR --skip-knn --epochs 1 --set guider=true noise_ratio=0.1
+
+Under ``guider=true`` the teacher's pre-training (``guider_teacher_pretrain_epochs``) is timed
+apart from the epochs, and the last AMSC calibration (I_false's size, and its precision and
+recall on the injected pairs under ``noise_ratio``) is printed.
 
 ``--image-dim 384`` gives the image modality the width of VLIF's VLM-enriched features
 (MiniLM-encoded descriptions). ``--max-batches N`` times the first N training batches of
@@ -97,6 +102,10 @@ def bench_model(root, model_name, epochs, device, max_batches=None, overrides=No
     if setup:
         setup(train)
     trainer_setup_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    if hasattr(trainer, "pretrain_teacher"):  # GUIDER: guider_teacher_pretrain_epochs, once per run
+        trainer.pretrain_teacher(train)
+    pretrain_seconds = time.perf_counter() - start
     epoch_seconds, eval_seconds = [], []
     for epoch in range(epochs):
         model.train()
@@ -119,6 +128,10 @@ def bench_model(root, model_name, epochs, device, max_batches=None, overrides=No
         "epoch_timing": f"extrapolated from {max_batches} batches" if max_batches else "full epoch",
         "trainer": type(trainer).__name__,
         "phase_seconds": getattr(trainer, "epoch_seconds", None),
+        "teacher_pretrain_s": round(pretrain_seconds, 2) if hasattr(trainer, "pretrain_teacher") else None,
+        "last_calibration": (trainer.calibration_history or [None])[-1] if hasattr(trainer, "calibration_history")
+        else None,
+        "kd_history": getattr(trainer, "kd_history", None),
     }
 
 
