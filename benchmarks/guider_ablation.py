@@ -23,17 +23,16 @@ VBPR_VARIANTS = [
     ("DBPR weight 1", {"guider_dbpr_weight": 1.0}),
     ("w/o AMSC (loss split alone)", {"guider_amsc": False}),
     ("S_conf from the CCA hash (Eq. 6)", {"guider_hash_confidence": True}),
-    ("split score: rank", {"guider_split_score": "rank"}),
     ("no warm-up", {"guider_warmup_epochs": 0}),
     ("no teacher pre-training (Algorithm 1 from scratch)", {"guider_teacher_pretrain_epochs": 0}),
-    ("KD: center rows", {"guider_kd_transform": "center"}),
     ("KD: per-row KL (authors' HEAD)", {"guider_kd": "kl"}),
     ("KD: pair-logit OT (literal reading)", {"guider_kd": "ot_pairs", "guider_sinkhorn_reg": 0.1}),
     ("KD: none (teacher unused)", {"guider_kd": "none"}),
     ("student AdamW, weight decay 1e-4 (paper)", {"guider_student_learner": "adamw",
                                                    "guider_student_weight_decay": 1e-4}),
 ]
-FREEDOM_VARIANTS = [VBPR_VARIANTS[i] for i in (6, 7, 8, 10)]
+FREEDOM_VARIANTS = [VBPR_VARIANTS[5], ("KD: center rows (no scaling)", {"guider_kd_transform": "center"}),
+                    VBPR_VARIANTS[6], VBPR_VARIANTS[8]]
 VARIANTS = ([("VBPR", label, switches) for label, switches in VBPR_VARIANTS]
             + [("FREEDOM", label, switches) for label, switches in FREEDOM_VARIANTS]
             + [("LightGCN", "teacher alone: LightGCN, lr 0.005, batch 8192, 80 epochs",
