@@ -180,7 +180,8 @@ def test_every_plugin_model_trains_as_a_guider_student(tmp_path, monkeypatch, mo
 
     monkeypatch.setattr(GUIDERTrainer, "calibrate", counted_calibrate)
     monkeypatch.setattr(GUIDERTrainer, "distillation_loss", recorded_distil)
-    config = {"epochs": 1, "guider_warmup_epochs": 0, "synthetic_generator": dict(SMALL_SYNTHETIC)}
+    config = {"epochs": 1, "guider_warmup_epochs": 0, "guider_teacher_pretrain_epochs": 0,
+              "synthetic_generator": dict(SMALL_SYNTHETIC)}
     if model_name == "NFVLM" or model_name == "CLIPMLP":
         config["modalities"] = ["clip"]
     run = train_each(tmp_path, [model_name], "synthetic", [os.path.join(REPO_ROOT, "properties", "guider.yaml")],
@@ -354,6 +355,7 @@ def test_student_optimiser_and_teacher_evaluation_switches(run_config):
     assert trainer.teacher_results[0] != first
 
 
+@pytest.mark.slow
 def test_guider_student_beats_the_plain_student_under_injected_noise(data_root, tmp_path):
     """The bundled dataset with 10% injected noise, one seed, a short budget: VBPR trained
     under GUIDER (packaged defaults, a shorter teacher pre-training) beats plain VBPR on valid
