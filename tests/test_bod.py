@@ -244,3 +244,14 @@ def test_bad_bod_value_through_the_trainer(run_config):
     with pytest.raises(ValueError, match="bod_outer_every must be an integer >= 1"):
         MultiModalTrainer(config, model)
     checked_bod_config(bod_defaults())  # the packaged defaults pass
+
+
+def test_properties_file_selects_bod_and_its_grid(run_config):
+    from recbole_mm.config import Config
+    from recbole_mm.quick_start import grid_configs
+    from tests.conftest import REPO_ROOT
+
+    config = Config("VBPR", "synthetic", [os.path.join(REPO_ROOT, "properties", "denoise_bod.yaml")], run_config())
+    assert config["denoise"] == "bod"
+    grid = list(grid_configs(config["hyper_parameters"]))
+    assert len(grid) == 6 and {g["bod_generator_lr"] for g in grid} == {0.0001, 0.001, 0.01}
