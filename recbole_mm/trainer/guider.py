@@ -86,28 +86,19 @@ class GUIDERTrainer(MultiModalTrainer):
         if model.input_type != InputType.PAIRWISE:
             raise ValueError(f"GUIDER needs a pairwise (u, i+, i-) student; {type(model).__name__} is "
                              f"{model.input_type.name.lower()}")
-        self.kd_mode = config["guider_kd"] or "none"
-        if self.kd_mode not in KD_MODES:
-            raise ValueError(f"guider_kd must be one of {KD_MODES}, got {self.kd_mode!r}")
+        self.kd_mode = self._choice("guider_kd", KD_MODES, "none")
         self.kd_weight = config["guider_kd_weight"]
         self.kd_pairs = config["guider_kd_pairs"]
         self.kd_users = int(config["guider_kd_users"] or 0)
         self.kd_items = int(config["guider_kd_items"] or 0)
-        self.kd_transform = config["guider_kd_transform"] or "center"
-        if self.kd_transform not in ops.ROW_TRANSFORMS:
-            raise ValueError(f"guider_kd_transform must be one of {ops.ROW_TRANSFORMS}, got {self.kd_transform!r}")
+        self.kd_transform = self._choice("guider_kd_transform", ops.ROW_TRANSFORMS, "zscore")
         self.sinkhorn_reg = config["guider_sinkhorn_reg"]
         self.sinkhorn_iterations = config["guider_sinkhorn_iterations"]
         self.use_dbpr = bool(config["guider_dbpr"])
         self.use_amsc = bool(config["guider_amsc"])
         self.threshold = config["guider_threshold"]
-        self.threshold_mode = config["guider_threshold_mode"] or "absolute"
-        if self.threshold_mode not in ops.THRESHOLD_MODES:
-            raise ValueError(f"guider_threshold_mode must be one of {ops.THRESHOLD_MODES}, "
-                             f"got {self.threshold_mode!r}")
-        self.split_score = config["guider_split_score"] or "logsigmoid"
-        if self.split_score not in ops.SPLIT_SCORES:
-            raise ValueError(f"guider_split_score must be one of {ops.SPLIT_SCORES}, got {self.split_score!r}")
+        self.threshold_mode = self._choice("guider_threshold_mode", ops.THRESHOLD_MODES, "quantile")
+        self.split_score = self._choice("guider_split_score", ops.SPLIT_SCORES, "logsigmoid")
         self.calibrate_every = max(1, int(config["guider_calibrate_every"]))
         self.warmup_epochs = max(0, int(config["guider_warmup_epochs"] or 0))
         self.logger = getLogger()
@@ -120,6 +111,13 @@ class GUIDERTrainer(MultiModalTrainer):
         self.kd_history = []  # per epoch: mean KD value and plan diagonal mass
         self.teacher_results = []  # with guider_eval_teacher: the teacher's result at each evaluation
         self._kd_epoch = []
+
+    def _choice(self, key, choices, default):
+        """``config[key]`` (``default`` when unset), which must be one of ``choices``."""
+        value = self.config[key] or default
+        if value not in choices:
+            raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+        return value
 
     def _build_optimizer(self, **kwargs):
         """The student's optimiser: ``guider_student_learner`` / ``guider_student_weight_decay``
