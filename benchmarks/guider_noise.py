@@ -42,7 +42,7 @@ def run_one(model, dataset, noise, method, seed, args, switches=None):
     start = time.perf_counter()
     result = run_recbole_mm(model, dataset, None, config_dict={
         "state": "WARNING", "epochs": args.epochs, "data_path": args.data_path, "seed": seed,
-        "checkpoint_dir": os.path.join(args.out, f"saved_{os.getpid()}"), "noise_ratio": noise,
+        "checkpoint_dir": os.path.join(args.out, "saved", str(os.getpid())), "noise_ratio": noise,
         **(METHODS[method] if switches is None else switches)})
     os.remove(result["saved_model_file"])
     trainer = result["trainer"]
