@@ -371,3 +371,23 @@ def test_guider_student_beats_the_plain_student_under_injected_noise(data_root, 
     assert trainer.teacher_epochs == 20 + 12 and trainer.kd_history[-1]["diagonal"] > 0.5
     assert guided["best_valid_result"]["recall@20"] > plain["best_valid_result"]["recall@20"] + 0.02, (
         guided["best_valid_result"], plain["best_valid_result"])
+
+
+def test_precomputed_user_pairs_give_the_same_amsc_split_as_the_direct_scoring():
+    generator = torch.Generator().manual_seed(0)
+    n_users, n_items = 40, 60
+    users = torch.randint(1, n_users, (500,), generator=generator)
+    items = torch.randint(1, n_items, (500,), generator=generator)
+    modalities = [torch.nn.functional.normalize(torch.randn(n_items, d, generator=generator), dim=1) for d in (5, 7)]
+    confidence = torch.rand(n_items, generator=generator) * 2 - 1
+    reliable = torch.rand(500, generator=generator) < 0.6
+    pairs = ops.UserPairSimilarity.build(users, modalities, items, element_budget=64)
+    assert len(pairs.similarity) == int((torch.bincount(users) ** 2).sum() - len(users))
+    assert ops.UserPairSimilarity.build(users, modalities, items, pair_budget=100) is None
+    direct = ops.amsc_similarity(users, items, reliable, modalities, confidence, n_users, element_budget=64)
+    cached = ops.amsc_similarity(users, items, reliable, modalities, confidence, n_users, pairs=pairs)
+    assert torch.equal(direct[0], cached[0]) and torch.allclose(direct[1], cached[1], atol=1e-6)
+    for mode, threshold in [("quantile", 0.5), ("absolute", 0.1), ("absolute", -0.2)]:
+        assert torch.equal(
+            ops.amsc_split(users, items, reliable, modalities, confidence, threshold, n_users, mode),
+            ops.amsc_split(users, items, reliable, modalities, confidence, threshold, n_users, mode, pairs=pairs))

@@ -86,10 +86,16 @@ class VBPR(MultiModalRecommender):
         return self._scores(user_all[users], item_all[items], items)
 
     def score_rows(self, users, items=None):
-        """(B x N) scores with gradient, projecting only the asked items."""
-        scores = self.user_embedding[users] @ self.item_embeddings(items).T
-        offsets = self.item_offsets(items)
-        return scores if offsets is None else scores + offsets
+        """(B x N) scores with gradient, projecting only the asked items (their features
+        gathered once for the projection and the content bias)."""
+        if items is None:
+            items = torch.arange(self.n_items, device=self.user_embedding.device)
+        raw = self.item_raw_features[items]
+        item_e = torch.cat([self.item_id_embedding[items], self.content_projection(raw)], dim=1)
+        scores = self.user_embedding[users] @ item_e.T
+        if not self.use_bias:
+            return scores
+        return scores + self.item_bias[items] + self.content_bias(raw).squeeze(-1)
 
     def score_users(self, user_embeddings, item_embeddings):
         scores = user_embeddings @ item_embeddings.T

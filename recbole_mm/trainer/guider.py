@@ -198,6 +198,9 @@ class GUIDERTrainer(MultiModalTrainer):
             self.confidence = ops.hash_confidence(text, image, params).to(self.device)
         else:
             self.confidence = torch.ones(dataset.item_num, device=self.device)
+        self.pair_similarity = None
+        if self.use_amsc and self.modalities:
+            self.pair_similarity = ops.UserPairSimilarity.build(self.train_users, self.modalities, self.train_items)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._setup(train_data)
@@ -342,7 +345,7 @@ class GUIDERTrainer(MultiModalTrainer):
         clean = reliable
         if self.use_amsc and self.modalities:
             clean = ops.amsc_split(self.train_users, self.train_items, reliable, self.modalities, self.confidence,
-                                   self.threshold, self.n_users, self.threshold_mode)
+                                   self.threshold, self.n_users, self.threshold_mode, pairs=self.pair_similarity)
         noisy = ~clean
         keys = self.train_users[noisy] * self.n_items + self.train_items[noisy]
         self.false_keys = torch.sort(keys).values
