@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import train_each
 
+pytestmark = pytest.mark.slow  # eight models trained for up to 40 epochs: ~3 minutes on 2 cores
+
 MODELS = ("VBPR", "LIRDRec", "FREEDOM", "DRAGON", "VLIF", "LightGCN", "BPR", "Pop")
 
 
