@@ -49,14 +49,11 @@ class VBPR(MultiModalRecommender):
             return torch.cat([self.item_id_embedding, self.content_projection(self.item_raw_features)], dim=1)
         return torch.cat([self.item_id_embedding[items], self.content_projection(self.item_raw_features[items])], dim=1)
 
-    def item_offsets(self, items=None):
-        """``β_i + β'ᵀ f_i`` for the given items (all when ``None``), (n,); ``None`` without
-        ``vbpr_bias``."""
+    def item_offsets(self):
+        """``β_i + β'ᵀ f_i`` for every item, (n_items,); ``None`` without ``vbpr_bias``."""
         if not self.use_bias:
             return None
-        if items is None:
-            return self.item_bias + self.content_bias(self.item_raw_features).squeeze(-1)
-        return self.item_bias[items] + self.content_bias(self.item_raw_features[items]).squeeze(-1)
+        return self.item_bias + self.content_bias(self.item_raw_features).squeeze(-1)
 
     def forward(self):
         return self.user_embedding, self.item_embeddings()
