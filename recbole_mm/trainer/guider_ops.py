@@ -6,8 +6,8 @@ wires them into training.
 - :func:`per_interaction_loss`, :func:`loss_split`, :func:`amsc_split`: AMSC (Eq. 2–5).
 - :func:`row_transport_kd` (the default), :func:`row_kl_kd`: the KD losses (Eq. 8–15) between
   the teacher's and the student's score rows of the batch users;
-  :func:`pairwise_logits`, :func:`sinkhorn_kd`, :func:`kl_kd`: the literal pair-logit reading,
-  kept as the ``ot_pairs`` ablation.
+  :func:`pairwise_logits`, :func:`sinkhorn_kd`: the literal pair-logit reading, kept as the
+  ``ot_pairs`` ablation.
 
 Interactions are identified by the key ``user * n_items + item`` (int64), sorted where a
 function says so; every function is vectorised over users and interactions.
@@ -370,16 +370,10 @@ def sinkhorn_kd(teacher_logits, student_logits, reg, n_iterations=100):
     return (plan.float() * cost).sum()
 
 
-def kl_kd(teacher_logits, student_logits):
-    r"""KL(softmax(z^t) ‖ softmax(z^s)) over the batch's pairs (the KL ablation)."""
-    return F.kl_div(F.log_softmax(student_logits, 0), F.log_softmax(teacher_logits.detach(), 0),
-                    log_target=True, reduction="sum")
-
-
 ROW_TRANSFORMS = ("center", "zscore", "softmax", "raw")
 
 
-def transform_rows(scores, transform="center"):
+def transform_rows(scores, transform="zscore"):
     r"""What the score rows of teacher and student are compared as, (B x N) -> (B x N).
 
     - ``center``: :math:`s_u - \mathrm{mean}_i s_{ui}`; the squared distance between two
@@ -418,7 +412,7 @@ def _entropic_plan(cost, reg, n_iterations):
                        warn=False)
 
 
-def row_transport_kd(teacher_rows, student_rows, reg=0.05, n_iterations=100, transform="center"):
+def row_transport_kd(teacher_rows, student_rows, reg=0.01, n_iterations=100, transform="zscore"):
     r"""GUIDER's distillation (Eq. 9–15, from SinKD) between the B teacher and the B student
     score rows of the batch users, each row one point of :math:`\mathbb R^N` with mass 1/B
     (the authors' compiled trainer: a debiased Sinkhorn divergence between the student's and
