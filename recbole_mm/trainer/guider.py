@@ -379,18 +379,19 @@ class GUIDERTrainer(MultiModalTrainer):
         """L_KD on the batch (Eq. 8–15): between the teacher's and the student's score rows of
         the batch users (``ot``, ``kl``), or between the pair logits of ``guider_kd_pairs``
         rows (``ot_pairs``)."""
+        diagonal = float("nan")
         if self.kd_mode == "ot_pairs":
-            return self._pair_logit_transport(interaction)
-        users, items = self.distillation_rows(interaction)
-        student = self.student_score_rows(users, items)
-        user_all, item_all = self._teacher_embeddings
-        teacher = user_all[users] @ item_all[items].T
-        if self.kd_mode == "kl":
-            loss = ops.row_kl_kd(teacher, student)
-            self._kd_epoch.append((loss.item(), float("nan")))
-            return loss
-        loss, diagonal = ops.row_transport_kd(teacher, student, self.sinkhorn_reg, self.sinkhorn_iterations,
-                                              self.kd_transform)
+            loss = self._pair_logit_transport(interaction)
+        else:
+            users, items = self.distillation_rows(interaction)
+            student = self.student_score_rows(users, items)
+            user_all, item_all = self._teacher_embeddings
+            teacher = user_all[users] @ item_all[items].T
+            if self.kd_mode == "kl":
+                loss = ops.row_kl_kd(teacher, student)
+            else:
+                loss, diagonal = ops.row_transport_kd(teacher, student, self.sinkhorn_reg, self.sinkhorn_iterations,
+                                                      self.kd_transform)
         self._kd_epoch.append((loss.item(), diagonal))
         return loss
 
@@ -433,9 +434,7 @@ class GUIDERTrainer(MultiModalTrainer):
         )
         user_all, item_all = self._teacher_embeddings
         teacher = ops.pairwise_logits(user_all[users], item_all[positives], item_all[negatives])
-        loss = ops.sinkhorn_kd(teacher, student, self.sinkhorn_reg, self.sinkhorn_iterations)
-        self._kd_epoch.append((loss.item(), float("nan")))
-        return loss
+        return ops.sinkhorn_kd(teacher, student, self.sinkhorn_reg, self.sinkhorn_iterations)
 
     def _log_distillation(self, epoch_idx):
         """Mean KD value and plan diagonal mass of the epoch (kept in :attr:`kd_history`)."""

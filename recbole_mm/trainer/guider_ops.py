@@ -253,7 +253,7 @@ def amsc_similarity(users, items, reliable, modalities, confidence, n_users, spu
     if pairs is not None:
         wanted = torch.zeros_like(reliable)
         wanted[spurious_rows] = True
-        highest, lowest = pairs.extremes(wanted & ~reliable, reliable)
+        highest, lowest = pairs.extremes(wanted, reliable)
         score = torch.where(conf >= 0, conf * highest[spurious_rows], conf * lowest[spurious_rows])
         return spurious_rows, torch.nan_to_num(score, nan=-float("inf"))
     reliable_rows = torch.nonzero(reliable).squeeze(1)
