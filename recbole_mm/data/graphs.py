@@ -53,6 +53,33 @@ def normalized_adjacency(inter_matrix, n_users, n_items, device="cpu"):
     return bipartite_adjacency(users.to(device), items.to(device), n_users, n_items)
 
 
+def bipartite_edges(users, items, n_users):
+    """Directed edges of the bidirectional user–item graph, for message passing on edges.
+
+    Args:
+        users, items: int64 tensors (E,) of train edges (item ids not offset).
+
+    Returns:
+        (sources, targets): int64 tensors (2E,) of node ids (items offset by ``n_users``): the
+        E user -> item edges first, then the same edges item -> user, in the same order.
+    """
+    item_nodes = items + n_users
+    return torch.cat([users, item_nodes]), torch.cat([item_nodes, users])
+
+
+def mean_adjacency(sources, targets, n_nodes):
+    r"""Row-normalised adjacency :math:`D^{-1} A` with :math:`A_{ts} = 1` for every edge s -> t,
+    so that :math:`(D^{-1} A X)_t` is the mean of :math:`x_s` over t's in-neighbours (PyG's
+    ``aggr='mean'``); a node without in-edges gets a zero row.
+
+    Returns:
+        sparse float32 tensor, n_nodes x n_nodes, on the edges' device.
+    """
+    in_degree = torch.bincount(targets, minlength=n_nodes).float().clamp_min(1.0)
+    values = in_degree.reciprocal()[targets]
+    return torch.sparse_coo_tensor(torch.stack([targets, sources]), values, (n_nodes, n_nodes)).coalesce()
+
+
 class DegreeSensitiveEdgeSampler:
     r"""FREEDOM's degree-sensitive edge pruning (Zhou & Shen, 2023; MMRec ``FREEDOM``).
 

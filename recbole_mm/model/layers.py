@@ -73,6 +73,33 @@ def scatter_mean(src, index, dim_size):
     return total / count.view(-1, *([1] * (src.dim() - 1)))
 
 
+def scatter_max(src, index, dim_size):
+    """Maximum of the rows of ``src`` (E x ...) per bucket of ``index`` (E,), (dim_size x ...);
+    empty buckets give zeros (torch-scatter's convention).
+
+    Uses torch-scatter when installed, ``scatter_reduce(amax)`` otherwise.
+    """
+    if torch_scatter is not None:
+        return torch_scatter.scatter(src, index, dim=0, dim_size=dim_size, reduce="max")
+    out = torch.zeros((dim_size,) + tuple(src.shape[1:]), dtype=src.dtype, device=src.device)
+    expanded = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+    return out.scatter_reduce(0, expanded, src, reduce="amax", include_self=False)
+
+
+def scatter_softmax(src, index, dim_size):
+    r"""Softmax of ``src`` (E,) or (E x h) over the entries that share a bucket of ``index``
+    (E,): :math:`\alpha_e = \exp(s_e) / \sum_{e': index_{e'} = index_e} \exp(s_{e'})`, the
+    per-edge attention normalisation of GAT-style convolutions (PyG's ``softmax``: the bucket
+    maximum, detached, is subtracted for stability; 1e-16 guards the denominator).
+
+    Returns:
+        tensor shaped like ``src``.
+    """
+    shifted = src - scatter_max(src.detach(), index, dim_size)[index]
+    exp = shifted.exp()
+    return exp / (scatter_sum(exp, index, dim_size)[index] + 1e-16)
+
+
 class ModalityGCN(nn.Module):
     r"""One modality branch of DRAGON (and VLIF): a GCN over the user–item graph whose item
     nodes start from the modality's features.

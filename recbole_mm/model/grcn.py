@@ -1,0 +1,185 @@
+r"""GRCN: graph-refined convolutional network for multimedia recommendation with implicit feedback.
+
+Yang et al., ACM MM 2020, as MMRec implements it (``src/models/grcn.py``; ``reference-models.md``,
+GRCN). Nodes: users 0..U-1, then items; the train graph's directed edges s -> t run
+user -> item and item -> user (:func:`~recbole_mm.data.graphs.bipartite_edges`).
+
+**Content branch** (one per modality m, width d_c = ``content_embedding_size``): item features
+:math:`f_i = \mathrm{rownorm}(\mathrm{LeakyReLU}(\mathrm{Lin}(x_i)))`, user preferences
+:math:`p_u = \mathrm{rownorm}(P_{m,u})` from a free U x d_c table. The attention convolution on
+a set of directed edges,
+
+.. math:: \alpha_{s \to t} = \mathrm{softmax}_{s' \to t}\big(z_t^\top z_s\big), \qquad
+          \mathrm{conv}(z)_t = \sum_{s \to t} \alpha_{s \to t}\, z_s,
+
+first routes ``n_routing`` rounds of :math:`p_u \leftarrow \mathrm{rownorm}(p_u +
+\mathrm{conv}([p; f])_u)` over the item -> user edges (each user's preference is pulled towards
+its items, weighted by agreement), then runs once over both directions: the branch gives
+:math:`c_m = z + \mathrm{conv}(z)`, :math:`z = [p; f]`, and the attention :math:`\alpha_m` of
+every directed edge.
+
+**Graph refinement.** The weight of edge s -> t is
+:math:`w_{s \to t} = \mathrm{ReLU}\big(\max_m \alpha_{m, s \to t}\, \kappa_{s, m}\big)` with
+:math:`\kappa` a free (U + I) x M confidence table read at the sending node (MMRec: its
+``[κ[users]; κ[items]]`` lines up with the user -> item edges, then the item -> user ones);
+the ReLU is MMRec's ``pruning`` (``pruning: False`` keeps negative weights).
+
+**ID branch.** :math:`e = \mathrm{rownorm}(E)` from a free (U + I) x d table,
+:math:`h^{(l+1)}_t = \sum_{s \to t} w_{s \to t}\, h^{(l)}_s` for ``n_id_layers`` layers,
+output :math:`e + h^{(1)} + h^{(2)}`.
+
+**Score and loss.** Representation :math:`[\mathrm{id} \| c_{image} \| c_{text}]` (in
+``modalities`` order), score the dot product. Loss (MMRec): BPR + λ [mean(E_u²) + mean(E_{i±}²)
++ mean(P_image²) + Σ_m mean(P_{m,u}²)], λ = ``reg_weight``: raw (unnormalised) ID rows of the
+batch's users and positive/negative items, the image preference table over all users (MMRec
+adds that term on top of the per-batch ones), and every modality's preferences of the batch
+users. MMRec computes a confidence L2 but never adds it; so do we.
+
+``grcn_routing_quirk`` (default ``False``): MMRec passes the routing convolution only the
+user -> item edges and PyG's default ``source_to_target`` flow sends messages to the edges'
+targets, so during routing only items receive, the users' update is zero and the routing
+rounds change nothing. ``True`` reproduces that (the rounds run on the user -> item edges).
+
+Message passing uses gathers and :func:`~recbole_mm.model.layers.scatter_sum` /
+:func:`~recbole_mm.model.layers.scatter_softmax` (torch-scatter when installed), not PyG.
+MMRec's edge dropout is 0 and its ``has_act`` False: neither is offered. MMRec scores
+evaluation from the last training batch's output; we run a fresh forward pass per evaluation.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recbole_mm.data.graphs import bipartite_edges, interaction_edges
+from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.layers import scatter_softmax, scatter_sum
+
+
+def attention_conv(nodes, sources, targets):
+    r"""Dot-product attention convolution over directed edges (MMRec's ``GATConv``).
+
+    Args:
+        nodes: (N x d) node vectors z.
+        sources, targets: int64 (E,) edge endpoints s -> t.
+
+    Returns:
+        (N x d) :math:`\sum_{s \to t} \alpha_{s \to t} z_s` (zero for nodes without in-edges),
+        and the attention :math:`\alpha` (E,), a softmax over each target's in-edges.
+    """
+    n_nodes = nodes.shape[0]
+    alpha = scatter_softmax((nodes[targets] * nodes[sources]).sum(dim=-1), targets, n_nodes)
+    return scatter_sum(nodes[sources] * alpha.unsqueeze(-1), targets, n_nodes), alpha
+
+
+def weighted_conv(nodes, sources, targets, weights):
+    r""":math:`h_t = \sum_{s \to t} w_{s \to t} z_s`: (N x d) nodes, (E,) edges and weights -> (N x d)."""
+    return scatter_sum(nodes[sources] * weights.unsqueeze(-1), targets, nodes.shape[0])
+
+
+class GRCNContentBranch(nn.Module):
+    """One modality's content graph of GRCN (MMRec's ``CGCN``).
+
+    Args:
+        n_users: U.
+        feature_dim: width of the modality's item features.
+        embedding_dim: d_c.
+        n_routing: routing rounds.
+    """
+
+    def __init__(self, n_users, feature_dim, embedding_dim, n_routing):
+        super().__init__()
+        self.n_users = n_users
+        self.n_routing = n_routing
+        self.preference = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, embedding_dim)))
+        self.projection = nn.Linear(feature_dim, embedding_dim)
+        nn.init.xavier_normal_(self.projection.weight)
+
+    def item_vectors(self, item_features):
+        """rownorm(LeakyReLU(Lin(x))), (I x d_c)."""
+        return F.normalize(F.leaky_relu(self.projection(item_features)), dim=1)
+
+    def route(self, item_vectors, routing_sources, routing_targets):
+        """User preferences after the routing rounds over the given edges, (U x d_c)."""
+        preference = F.normalize(self.preference, dim=1)
+        for _ in range(self.n_routing):
+            nodes = torch.cat([preference, item_vectors], dim=0)
+            received, _ = attention_conv(nodes, routing_sources, routing_targets)
+            preference = F.normalize(preference + received[:self.n_users], dim=1)
+        return preference
+
+    def forward(self, item_features, sources, targets, routing_sources, routing_targets):
+        """((U + I) x d_c) content representations and the (E,) attention of the edges s -> t."""
+        items = self.item_vectors(item_features)
+        nodes = torch.cat([self.route(items, routing_sources, routing_targets), items], dim=0)
+        received, alpha = attention_conv(nodes, sources, targets)
+        return nodes + received, alpha
+
+
+class GRCN(MultiModalRecommender):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.require_features()
+        for key in ("n_routing", "n_id_layers"):
+            if not isinstance(config[key], int) or config[key] < 0:
+                raise ValueError(f"{key} must be a non-negative integer, got {config[key]!r}")
+        self.n_id_layers = config["n_id_layers"]
+        self.reg_weight = config["reg_weight"]
+        self.pruning = bool(config["pruning"])
+        self.routing_quirk = bool(config["grcn_routing_quirk"])
+
+        users, items = interaction_edges(self.interaction_matrix)
+        self.sources, self.targets = bipartite_edges(users.to(self.device), items.to(self.device), self.n_users)
+        n_edges = len(users)
+        # routing: item -> user edges (the users receive); MMRec's quirk: user -> item edges
+        half = slice(0, n_edges) if self.routing_quirk else slice(n_edges, 2 * n_edges)
+        self.routing_sources, self.routing_targets = self.sources[half], self.targets[half]
+
+        content_dim = config["content_embedding_size"]
+        self.branches = nn.ModuleDict({
+            name: GRCNContentBranch(self.n_users, features.shape[1], content_dim, config["n_routing"])
+            for name, features in self.modality_features.items()
+        })
+        n_nodes = self.n_users + self.n_items
+        self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, self.embedding_size)))
+        self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, len(self.branches))))
+
+    def content_outputs(self):
+        """dict modality -> ((U + I) x d_c representations, (2E,) edge attention)."""
+        return {name: branch(self.modality_features[name], self.sources, self.targets,
+                             self.routing_sources, self.routing_targets)
+                for name, branch in self.branches.items()}
+
+    def edge_weights(self, attentions):
+        r""":math:`\mathrm{ReLU}(\max_m \alpha_m \kappa_{s,m})` per directed edge s -> t: (2E,) from the
+        list of the modalities' (2E,) attentions (no ReLU with ``pruning: False``)."""
+        scored = torch.stack(attentions, dim=1) * self.confidence[self.sources]
+        weights = scored.max(dim=1).values
+        return torch.relu(weights) if self.pruning else weights
+
+    def id_representations(self, weights):
+        """e + h¹ + ... + h^L on the refined graph, ((U + I) x d)."""
+        layers = [F.normalize(self.id_embedding, dim=1)]
+        for _ in range(self.n_id_layers):
+            layers.append(weighted_conv(layers[-1], self.sources, self.targets, weights))
+        return torch.stack(layers).sum(dim=0)
+
+    def forward(self):
+        outputs = self.content_outputs()
+        weights = self.edge_weights([alpha for _, alpha in outputs.values()])
+        nodes = torch.cat([self.id_representations(weights)] + [rep for rep, _ in outputs.values()], dim=1)
+        return torch.split(nodes, [self.n_users, self.n_items])
+
+    def regularisation(self, interaction):
+        """λ [mean(E_u²) + mean(E_i±²) + mean(P_image²) + Σ_m mean(P_m,u²)] (MMRec's terms)."""
+        users = interaction[self.USER_ID]
+        items = torch.cat([interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]]) + self.n_users
+        reg = (self.id_embedding[users] ** 2).mean() + (self.id_embedding[items] ** 2).mean()
+        if "image" in self.branches:
+            reg = reg + (self.branches["image"].preference ** 2).mean()
+        for branch in self.branches.values():
+            reg = reg + (branch.preference[users] ** 2).mean()
+        return self.reg_weight * reg
+
+    def calculate_loss(self, interaction):
+        user_all, item_all = self.forward()
+        loss, _ = self.bpr_on_batch(interaction, user_all, item_all)
+        return loss + self.regularisation(interaction)
