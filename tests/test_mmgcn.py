@@ -132,6 +132,6 @@ def test_frozen_quirk_keeps_id_embeddings_and_preferences_at_init(run_config, qu
 
 
 def test_mmgcn_beats_popularity(tmp_path):
-    runs = train_each(tmp_path, ["MMGCN", "Pop"], "synthetic", epochs=4)
+    runs = train_each(tmp_path, ["MMGCN", "Pop"], "synthetic", epochs=3)
     valid = {name: run["best_valid_result"]["recall@20"] for name, run in runs.items()}
     assert valid["MMGCN"] > valid["Pop"] + 0.01, valid
