@@ -66,13 +66,15 @@ def attention_conv(nodes, sources, targets):
         and the attention :math:`\alpha` (E,), a softmax over each target's in-edges.
     """
     n_nodes = nodes.shape[0]
-    alpha = scatter_softmax((nodes[targets] * nodes[sources]).sum(dim=-1), targets, n_nodes)
-    return scatter_sum(nodes[sources] * alpha.unsqueeze(-1), targets, n_nodes), alpha
+    # index_select, not nodes[...]: its backward is an index_add, much faster than index_put
+    senders = nodes.index_select(0, sources)
+    alpha = scatter_softmax((nodes.index_select(0, targets) * senders).sum(dim=-1), targets, n_nodes)
+    return scatter_sum(senders * alpha.unsqueeze(-1), targets, n_nodes), alpha
 
 
 def weighted_conv(nodes, sources, targets, weights):
     r""":math:`h_t = \sum_{s \to t} w_{s \to t} z_s`: (N x d) nodes, (E,) edges and weights -> (N x d)."""
-    return scatter_sum(nodes[sources] * weights.unsqueeze(-1), targets, nodes.shape[0])
+    return scatter_sum(nodes.index_select(0, sources) * weights.unsqueeze(-1), targets, nodes.shape[0])
 
 
 class GRCNContentBranch(nn.Module):
@@ -151,7 +153,7 @@ class GRCN(MultiModalRecommender):
     def edge_weights(self, attentions):
         r""":math:`\mathrm{ReLU}(\max_m \alpha_m \kappa_{s,m})` per directed edge s -> t: (2E,) from the
         list of the modalities' (2E,) attentions (no ReLU with ``pruning: False``)."""
-        scored = torch.stack(attentions, dim=1) * self.confidence[self.sources]
+        scored = torch.stack(attentions, dim=1) * self.confidence.index_select(0, self.sources)
         weights = scored.max(dim=1).values
         return torch.relu(weights) if self.pruning else weights
 
