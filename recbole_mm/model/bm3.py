@@ -84,6 +84,9 @@ class BM3(MultiModalRecommender):
             self.projections[name] = nn.Linear(features.shape[1], d)
             nn.init.xavier_normal_(self.projections[name].weight)
         self.reg_loss = EmbLoss()
+        # no BPR anywhere: without the base class's BPRLoss module, denoise: tce | rce | bod
+        # (which replace that module) raise a clear error instead of silently doing nothing
+        del self.bpr_loss
         self.adjacency = self.normalized_adjacency()
 
     def online_embeddings(self):
