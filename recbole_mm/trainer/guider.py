@@ -37,8 +37,8 @@ teacher at each evaluation). Every student must be a general model with pairwise
 (u, i⁺, i⁻) training data, or with positive-only (u, i) batches (``train_neg_sample_args`` off,
 as BM3 trains): the teacher and ``ot_pairs`` then draw one negative per row themselves, as
 MMRec's sampler does (uniform over the items seen in training, redrawn while the user has
-interacted with it; :meth:`GUIDERTrainer.negatives`); the teacher must return (user, item) representations from
-``forward()`` (LightGCN, NGCF, the plugin's models, ...).
+interacted with it; :meth:`GUIDERTrainer.negatives`). The teacher must return (user, item)
+representations from ``forward()`` (LightGCN, NGCF, the plugin's models, ...).
 """
 import time
 from logging import getLogger
