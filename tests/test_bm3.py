@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from recbole.data.interaction import Interaction
 
 from recbole_mm.model.bm3 import BM3
 from recbole_mm.model.layers import propagate
@@ -70,7 +71,6 @@ def test_scores_are_products_of_predicted_online_embeddings(run_config):
         assert torch.allclose(model.online_embeddings()[1], items)
         training_forward = model.forward()
     model.eval()
-    from recbole.data.interaction import Interaction
     scores = model.full_sort_predict(Interaction({model.USER_ID: torch.arange(model.n_users)}))
     assert torch.allclose(scores.view(model.n_users, -1), expected, atol=1e-5)
     assert torch.allclose(model.score_rows(torch.tensor([1, 2]), torch.tensor([3, 4])), expected[1:3, 3:5], atol=1e-5)
@@ -117,7 +117,6 @@ def test_targets_carry_no_gradient(run_config):
         model.predictor.bias.zero_()
     model.train()
     users, items = torch.tensor([1]), torch.tensor([2])
-    from recbole.data.interaction import Interaction
     loss = model.calculate_loss(Interaction({model.USER_ID: users, model.ITEM_ID: items}))
     loss.backward()
     h_u, h_i = model.user_embedding[1].detach(), 2 * model.item_id_embedding[2].detach()

@@ -42,7 +42,8 @@ def test_representations_follow_mmrecs_two_modality_formulas(run_config):
 
         def modal(name):
             projected = model.projections[name](model.features[name])
-            gate = torch.sigmoid(projected @ model.purifier_gates[name][0].weight.T + model.purifier_gates[name][0].bias)
+            linear = model.purifier_gates[name][0]
+            gate = torch.sigmoid(projected @ linear.weight.T + linear.bias)
             item = torch.sparse.mm(model.item_graphs[name], model.item_id_embedding * gate)
             return torch.cat([torch.sparse.mm(model.user_item_block, item), item])
 
