@@ -162,6 +162,8 @@ def test_sample_unobserved_avoids_observed_pairs_and_stays_in_the_candidates():
     items = ops.sample_unobserved(users, candidates, keys, n_items, torch.Generator().manual_seed(0))
     assert set(items[users == 1].tolist()) == {4, 5}
     assert set(items[users == 2].tolist()) == {1, 2, 3, 4}
+    counts = torch.bincount(items[users == 2], minlength=5)[1:]
+    assert counts.min() > 90 and counts.max() < 160, f"uniform over the unobserved candidates: {counts}"
     with pytest.raises(ValueError, match="no unobserved negative"):
         ops.sample_unobserved(torch.tensor([1]), torch.tensor([1, 2, 3]), keys, n_items, max_rounds=5)
 
