@@ -1,5 +1,6 @@
 """``Config``: RecBole's configurator that knows the plugin's models and packaged defaults."""
 import os
+from logging import getLogger
 
 from recbole.config import Config as RecBoleConfig
 
@@ -30,7 +31,22 @@ class Config(RecBoleConfig):
     def _set_train_neg_sample_args(self):
         """RecBole's negative-sampling setup, then ``denoise: wbpr`` (Gantner et al., 2012):
         negatives drawn with probability proportional to popularity^``wbpr_alpha`` — popular
-        items the user skipped are the reliable negatives."""
+        items the user skipped are the reliable negatives.
+
+        A model class with ``use_neg_sampling = False`` (BM3) trains on positive pairs only:
+        its yaml sets ``train_neg_sample_args: ~``, and a user file or dict that sets it again
+        is overridden here with a warning (MMRec's model yaml wins in the same way), so the
+        model never receives rows it would take for positives."""
+        args = self.final_config_dict.get("train_neg_sample_args")
+        if not getattr(self.model_class, "use_neg_sampling", True):
+            if self.final_config_dict.get("denoise") == "wbpr":
+                raise ValueError(f"denoise: wbpr draws popularity negatives, but {self.model} trains without "
+                                 "negative sampling")
+            if args not in (None, "None") and (not isinstance(args, dict) or args.get("distribution") not in
+                                               (None, "None", "none")):
+                getLogger().warning(f"{self.model} trains without negative sampling: "
+                                    f"train_neg_sample_args={args} is ignored")
+            self.final_config_dict["train_neg_sample_args"] = None
         super()._set_train_neg_sample_args()
         if self.final_config_dict.get("denoise") == "wbpr":
             args = self.final_config_dict["train_neg_sample_args"]

@@ -34,8 +34,11 @@ then, per epoch:
 
 Evaluation and checkpoints concern the student only (``guider_eval_teacher`` also scores the
 teacher at each evaluation). Every student must be a general model with pairwise
-(u, i⁺, i⁻) training data; the teacher must return (user, item) representations from
-``forward()`` (LightGCN, NGCF, the plugin's models, ...).
+(u, i⁺, i⁻) training data, or with positive-only (u, i) batches (``train_neg_sample_args`` off,
+as BM3 trains): the teacher and ``ot_pairs`` then draw one negative per row themselves, as
+MMRec's sampler does (uniform over the items seen in training, redrawn while the user has
+interacted with it; :meth:`GUIDERTrainer.negatives`). The teacher must return (user, item)
+representations from ``forward()`` (LightGCN, NGCF, the plugin's models, ...).
 """
 import time
 from logging import getLogger
@@ -83,9 +86,11 @@ class _MemoisedForward:
 class GUIDERTrainer(MultiModalTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
-        if model.input_type != InputType.PAIRWISE:
-            raise ValueError(f"GUIDER needs a pairwise (u, i+, i-) student; {type(model).__name__} is "
-                             f"{model.input_type.name.lower()}")
+        # positive-only batches (BM3): the teacher draws its own negatives (see negatives())
+        self.draws_negatives = config["train_neg_sample_args"]["distribution"] == "none"
+        if model.input_type != InputType.PAIRWISE and not self.draws_negatives:
+            raise ValueError(f"GUIDER needs a pairwise (u, i+, i-) student or positive-only batches; "
+                             f"{type(model).__name__} is {model.input_type.name.lower()} with negative sampling")
         self.kd_mode = self._choice("guider_kd", KD_MODES, "none")
         self.kd_weight = config["guider_kd_weight"]
         self.kd_pairs = config["guider_kd_pairs"]
@@ -161,6 +166,9 @@ class GUIDERTrainer(MultiModalTrainer):
         self.train_items = feat[dataset.iid_field].to(self.device)
         injected = getattr(dataset, "injected_pairs", None)
         self.injected_keys = None if injected is None else torch.as_tensor(np.asarray(injected), device=self.device)
+        if self.draws_negatives:
+            self.negative_candidates = torch.unique(self.train_items)
+            self.train_keys = torch.sort(self.train_users * self.n_items + self.train_items).values
         self._setup_modalities(dataset)
         self.logger.info(f"GUIDER: teacher {type(self.teacher).__name__}, KD {self.kd_mode}, DBPR {self.use_dbpr}, "
                          f"AMSC {self.use_amsc}, {len(self.train_users)} train interactions")
@@ -299,7 +307,7 @@ class GUIDERTrainer(MultiModalTrainer):
         on every row before the first calibration or without DBPR."""
         model = self.teacher
         users = interaction[model.USER_ID]
-        positives, negatives = interaction[model.ITEM_ID], interaction[model.NEG_ITEM_ID]
+        positives, negatives = interaction[model.ITEM_ID], self.negatives(interaction)
         user_all, item_all = model.forward()
         user_e = user_all[users]
         pos = (user_e * item_all[positives]).sum(-1)
@@ -313,6 +321,16 @@ class GUIDERTrainer(MultiModalTrainer):
         noisy = (user_e * item_all[noisy_items]).sum(-1)
         dbpr = -(torch.nn.functional.logsigmoid(pos - noisy) * rows).sum() / rows.sum().clamp_min(1)
         return self.config["guider_bpr_weight"] * bpr + self.config["guider_dbpr_weight"] * dbpr
+
+    def negatives(self, interaction):
+        """The batch's negative items (B,): its own, or, for positive-only batches (BM3), one
+        per row drawn uniformly from the items seen in training and redrawn while the user has
+        interacted with it in training (MMRec's sampler; the held-out items of a cold-start
+        split are never drawn) — :func:`~recbole_mm.trainer.guider_ops.sample_unobserved`."""
+        if self.model.NEG_ITEM_ID in interaction:
+            return interaction[self.model.NEG_ITEM_ID]
+        return ops.sample_unobserved(interaction[self.model.USER_ID], self.negative_candidates, self.train_keys,
+                                     self.n_items)
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         """The student's evaluation; with ``guider_eval_teacher`` the teacher (as it is now) is
@@ -427,7 +445,7 @@ class GUIDERTrainer(MultiModalTrainer):
         model = self.model
         rows = torch.randperm(len(interaction), device=self.device)[: self.kd_pairs]
         users = interaction[model.USER_ID][rows]
-        positives, negatives = interaction[model.ITEM_ID][rows], interaction[model.NEG_ITEM_ID][rows]
+        positives, negatives = interaction[model.ITEM_ID][rows], self.negatives(interaction)[rows]
         student = torch.nn.functional.logsigmoid(
             model.predict(Interaction({model.USER_ID: users, model.ITEM_ID: positives}))
             - model.predict(Interaction({model.USER_ID: users, model.ITEM_ID: negatives}))

@@ -492,3 +492,31 @@ def key_membership(users, items, sorted_keys, n_items):
     keys = users * n_items + items
     position = torch.searchsorted(sorted_keys, keys).clamp_max(len(sorted_keys) - 1)
     return sorted_keys[position] == keys
+
+
+def sample_unobserved(users, candidates, observed_keys, n_items, generator=None, max_rounds=1000):
+    r"""One negative item per row, drawn uniformly from ``candidates`` and redrawn while
+    (user, item) is an observed pair (MMRec's training sampler, vectorised: only the rows that
+    hit an observed pair are redrawn, each round).
+
+    Args:
+        users: (B,) int64.
+        candidates: (C,) int64 items to draw from (MMRec: the items seen in training).
+        observed_keys: sorted (K,) int64 keys ``user * n_items + item`` never to return.
+
+    Returns:
+        (B,) int64 items; a ValueError when a row finds no unobserved candidate in
+        ``max_rounds`` rounds (a user who has seen every candidate).
+    """
+    def draw(count):
+        return candidates[torch.randint(len(candidates), (count,), device=users.device, generator=generator)]
+
+    items = draw(len(users))
+    pending = torch.nonzero(key_membership(users, items, observed_keys, n_items)).squeeze(1)
+    for _ in range(max_rounds):
+        if len(pending) == 0:
+            return items
+        items[pending] = draw(len(pending))
+        pending = pending[key_membership(users[pending], items[pending], observed_keys, n_items)]
+    raise ValueError(f"no unobserved negative found for users {users[pending][:10].tolist()} in {max_rounds} "
+                     "draws: they have interacted with (nearly) every candidate item")
