@@ -401,13 +401,14 @@ def run(args):
             command = [ref_python, os.path.join(HERE, "reference_runner.py"), src, args.model, name, json.dumps(config)]
         else:
             write_micro_data(data_root, name, src, os.path.join(data_root, name, f"{name}.inter"))
-            command = [ref_python, "main.py", "--dataset", name, "--seed", str(args.seed), "--gpu_id", "0",
-                       "--verbose", "1", "--early_stopping_patience", "20", "--Ks", "[10, 20]"]
+            command = [ref_python, os.path.join(HERE, "reference_runner.py"), "--micro", src, "--dataset", name,
+                       "--seed", str(args.seed), "--gpu_id", "0", "--verbose", "1", "--early_stopping_patience", "20",
+                       "--Ks", "[10, 20]", "--debug"]
             if args.epochs:
                 command += ["--epoch", str(args.epochs)]
             for key, value in ref_values.items():
                 command += [f"--{key}", str(value)]
-            config = {"argv": command[2:]}
+            config = {"argv": command[4:]}
         meta["reference_command"] = command[:2] + command[2:4] + ["..."]
         meta["reference_config"] = config
         processes["reference"] = start(command, src, os.path.join(workdir, "reference.log"))

@@ -1,16 +1,23 @@
-"""Run one MMRec model (enoche/MMRec's ``quick_start``) under today's numpy / torch, on one
-CPU thread; started by ``benchmarks/compare_reference.py`` in a separate interpreter.
+"""Run one reference model under today's numpy / torch, on one CPU thread; started by
+``benchmarks/compare_reference.py`` in a separate interpreter.
 
-    python benchmarks/reference_runner.py SRC_DIR MODEL DATASET CONFIG_JSON
+    python benchmarks/reference_runner.py SRC_DIR MODEL DATASET CONFIG_JSON   # enoche/MMRec
+    python benchmarks/reference_runner.py --micro CODES_DIR ARG...            # CRIPAC-DIG/MICRO
 
 ``SRC_DIR`` is MMRec's ``src/`` (a temporary copy: the runner changes into it, since MMRec
-reads ``configs/`` from the working directory). ``CONFIG_JSON`` is MMRec's ``config_dict``.
+reads ``configs/`` from the working directory); ``CONFIG_JSON`` is MMRec's ``config_dict``.
+``CODES_DIR`` is MICRO's ``codes/`` (a temporary copy), whose ``main.py`` runs with ``ARG...``.
 
 Compatibility shims, applied here at run time (MMRec's files are never edited):
-- numpy 2 removed ``np.float`` / ``np.int`` / ``np.bool`` / ``np.object``: put back as the
-  builtins they aliased;
+- names numpy 2 removed (``np.float`` / ``np.int`` / ``np.bool`` / ``np.object``, ``np.float_``,
+  ``np.asfarray``, ``np.NaN``, ...) are put back as what they aliased;
 - modules MMRec imports but never uses with pre-extracted features (``lmdb``,
   ``matplotlib.pyplot``, ``PIL``, ``torchvision``) are stubbed when absent;
+- ``torch_scatter`` (no wheel for this torch), when absent, is a module of ours with the two
+  functions MMRec / MICRO call, ``scatter_add`` and ``scatter`` (sum / mean), on
+  ``Tensor.scatter_add_``;
+- MICRO only: ``multiprocessing.cpu_count()`` reads 5, so its ranking Pool
+  (``cpu_count() // 5`` workers) has one worker on small machines instead of failing;
 - without CUDA, ``Tensor.cuda()`` / ``Module.cuda()`` (hard-coded in LATTICE, MGCN, GRCN)
   return the object on the CPU.
 """
@@ -29,9 +36,12 @@ def install_shims():
     import numpy as np
     import torch
 
-    for name in ("float", "int", "bool", "object"):
+    removed = {"float": builtins.float, "int": builtins.int, "bool": builtins.bool, "object": builtins.object,
+               "float_": np.float64, "NaN": np.nan, "Inf": np.inf, "product": np.prod, "alltrue": np.all,
+               "sometrue": np.any, "asfarray": lambda a, dtype=np.float64: np.asarray(a, dtype=dtype)}
+    for name, value in removed.items():
         if name not in np.__dict__:
-            setattr(np, name, getattr(builtins, name))
+            setattr(np, name, value)
     for name in STUBBED:
         try:
             __import__(name)
@@ -43,10 +53,50 @@ def install_shims():
             parent, _, child = name.rpartition(".")
             if parent:
                 setattr(sys.modules[parent], child, stub)
+    try:
+        import torch_scatter  # noqa: F401
+    except ImportError:
+        sys.modules["torch_scatter"] = scatter_module()
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
         torch.nn.Module.cuda = lambda self, *args, **kwargs: self
     torch.set_num_threads(1)
+
+
+def scatter_module():
+    """``torch_scatter``'s ``scatter_add`` / ``scatter(reduce='sum'|'mean')``: rows of ``src``
+    summed (averaged) into ``out[index]`` along ``dim``; a 1-D ``index`` broadcasts over the
+    other dimensions, as in torch_scatter."""
+    import torch
+
+    def _expand(src, index, dim):
+        if index.dim() == 1 and src.dim() > 1:
+            shape = [1] * src.dim()
+            shape[dim] = -1
+            index = index.view(shape).expand_as(src)
+        return index
+
+    def scatter_add(src, index, dim=-1, out=None, dim_size=None):
+        dim = dim % src.dim()
+        index = _expand(src, index, dim)
+        if out is None:
+            size = list(src.shape)
+            size[dim] = dim_size if dim_size is not None else (int(index.max()) + 1 if index.numel() else 0)
+            out = src.new_zeros(size)
+        return out.scatter_add_(dim, index, src)
+
+    def scatter(src, index, dim=-1, out=None, dim_size=None, reduce="sum"):
+        total = scatter_add(src, index, dim, out, dim_size)
+        if reduce in ("sum", "add"):
+            return total
+        if reduce == "mean":
+            counts = scatter_add(torch.ones_like(src), index, dim, None, total.shape[dim % src.dim()])
+            return total / counts.clamp(min=1)
+        raise NotImplementedError(f"torch_scatter shim: reduce={reduce!r}")
+
+    module = types.ModuleType("torch_scatter")
+    module.scatter_add, module.scatter = scatter_add, scatter
+    return module
 
 
 def _missing(name, attr):
@@ -68,5 +118,22 @@ def main(src_dir, model, dataset, config_json):
     quick_start(model=model, dataset=dataset, config_dict=config_dict, save_model=False)
 
 
+def main_micro(codes_dir, *argv):
+    import runpy
+
+    import multiprocessing
+
+    install_shims()
+    # MICRO ranks with a Pool of cpu_count() // 5 workers: zero below five cores; one worker
+    multiprocessing.cpu_count = lambda: 5
+    os.chdir(codes_dir)
+    sys.path.insert(0, codes_dir)
+    sys.argv = ["main.py", *argv]
+    runpy.run_path("main.py", run_name="__main__")
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    if sys.argv[1] == "--micro":
+        main_micro(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:5])
