@@ -13,6 +13,8 @@ Compatibility shims, applied here at run time (MMRec's files are never edited):
   ``np.asfarray``, ``np.NaN``, ...) are put back as what they aliased;
 - modules MMRec imports but never uses with pre-extracted features (``lmdb``,
   ``matplotlib.pyplot``, ``PIL``, ``torchvision``) are stubbed when absent;
+- ``scipy.sparse.dok_matrix._update`` (removed in scipy 1.13; FREEDOM / BM3 / LayerGCN build
+  their adjacency with it) is put back as a bulk update of the matrix's entries;
 - ``torch_scatter`` (no wheel for this torch), when absent, is a module of ours with the two
   functions MMRec / MICRO call, ``scatter_add`` and ``scatter`` (sum / mean), on
   ``Tensor.scatter_add_``;
@@ -53,6 +55,10 @@ def install_shims():
             parent, _, child = name.rpartition(".")
             if parent:
                 setattr(sys.modules[parent], child, stub)
+    import scipy.sparse as sp
+
+    if not hasattr(sp.dok_matrix, "_update"):  # bulk insert without checks, gone in scipy 1.13
+        sp.dok_matrix._update = lambda self, entries: self._dict.update(entries)
     try:
         import torch_scatter  # noqa: F401
     except ImportError:
