@@ -20,6 +20,8 @@ Compatibility shims, applied here at run time (MMRec's files are never edited):
   ``Tensor.scatter_add_``;
 - MICRO only: ``multiprocessing.cpu_count()`` reads 5, so its ranking Pool
   (``cpu_count() // 5`` workers) has one worker on small machines instead of failing;
+- without CUDA, DRAGON's / DualGNN's ``result_embed`` is a plain tensor as on CUDA (see
+  :data:`GPU_PLAIN_TENSORS`);
 - without CUDA, ``Tensor.cuda()`` / ``Module.cuda()`` (hard-coded in LATTICE, MGCN, GRCN)
   return the object on the CPU.
 """
@@ -114,14 +116,44 @@ def _missing(name, attr):
     return type(name.rsplit(".", 1)[-1], (), {"__init__": fail, "__call__": fail})
 
 
+# Parameters MMRec creates as ``nn.Parameter(...).to(device)``: on CUDA ``.to`` returns a plain
+# tensor (unregistered, untrained, later overwritten in forward); on the CPU it returns the
+# registered Parameter itself, and the overwrite fails. Made plain tensors, as on CUDA.
+GPU_PLAIN_TENSORS = {"DRAGON": ("result_embed",), "DualGNN": ("result_embed",)}
+
+
+def cuda_parity(get_model):
+    """``get_model`` whose classes in :data:`GPU_PLAIN_TENSORS` hold those attributes as plain
+    tensors after ``__init__`` when running on the CPU."""
+    import torch
+
+    def patched(name):
+        model_class = get_model(name)
+        names = GPU_PLAIN_TENSORS.get(name)
+        if not names or torch.cuda.is_available():
+            return model_class
+
+        def __init__(self, *args, **kwargs):
+            model_class.__init__(self, *args, **kwargs)
+            for attr in names:
+                value = self._parameters.pop(attr, None)
+                if value is not None:
+                    self.__dict__[attr] = value.detach()
+
+        return type(model_class.__name__, (model_class,), {"__init__": __init__})
+
+    return patched
+
+
 def main(src_dir, model, dataset, config_json):
     install_shims()
     config_dict = json.loads(config_json)
     os.chdir(src_dir)
     sys.path.insert(0, src_dir)
-    from utils.quick_start import quick_start
+    import utils.quick_start
 
-    quick_start(model=model, dataset=dataset, config_dict=config_dict, save_model=False)
+    utils.quick_start.get_model = cuda_parity(utils.quick_start.get_model)
+    utils.quick_start.quick_start(model=model, dataset=dataset, config_dict=config_dict, save_model=False)
 
 
 def main_micro(codes_dir, *argv):
