@@ -19,7 +19,8 @@ Their code never enters this repository.
 Both sides get the same values: ``--set key=value`` (MMRec's key names; :data:`KEY_MAP` renames
 the few that differ on our side), and for every other key of MMRec's grid
 (``hyper_parameters``) our packaged default, so neither side runs a grid. Ours runs with
-``eval_protocol: mmrec`` and MMRec's early stopping (patience 20 on valid Recall@20).
+``eval_protocol: mmrec``, MMRec's early stopping (patience 20 on valid Recall@20) and MMRec's
+metrics (Recall, NDCG, Precision, MAP: the evaluation times compare the same work).
 
 The table: best valid and its test Recall@20 / NDCG@20, epochs to the best valid, mean
 seconds per training epoch and per valid evaluation (from each side's per-epoch log lines),
@@ -416,7 +417,7 @@ def run(args):
         config = {"data_path": data_root, "checkpoint_dir": os.path.join(workdir, "saved"), "seed": args.seed,
                   "eval_protocol": "mmrec", "stopping_step": 20, "valid_metric": "Recall@20", "eval_step": 1,
                   "synthetic_generator": None, "modality_files": {"image": "image_feat.npy", "text": "text_feat.npy"},
-                  "modality_dims": None, "state": "INFO", "show_progress": False, "epochs": args.epochs or 1000,
+                  "modality_dims": None, "metrics": ["Recall", "NDCG", "Precision", "MAP"], "state": "INFO", "show_progress": False, "epochs": args.epochs or 1000,
                   **our_values}
         meta["our_config"] = config
         command = [sys.executable, os.path.join(HERE, "ours_runner.py"), args.model, name, json.dumps(config)]
