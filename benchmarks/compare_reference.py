@@ -107,7 +107,7 @@ def split_configs(model, fixed, grid_keys, our_defaults):
             continue
         our_key = rename.get(key, key)
         if key not in ref_only and our_defaults.get(our_key) is not None:
-            reference[key] = our_defaults[our_key]
+            reference[key] = ours[our_key] = our_defaults[our_key]
         else:
             unresolved.append(key)
     return reference, ours, unresolved
@@ -456,7 +456,8 @@ def report(args, rows, meta, argv):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    notes = [f"- reference values: `{json.dumps(meta['reference_values'])}`; ours: `{json.dumps(meta['our_values'])}`"]
+    notes = [f"- hyper-parameters, MMRec's names: `{json.dumps(meta['reference_values'])}`; "
+             f"ours: `{json.dumps(meta['our_values'])}`"]
     if meta.get("grid_left"):
         notes.append(f"- MMRec grid keys left at MMRec's first value (no counterpart of ours): {meta['grid_left']}")
     with open(args.out, "a") as handle:

@@ -72,7 +72,7 @@ def test_config_split():
     grid = ["aggr_mode", "reg_weight", "learning_rate", "knn_k", "seed"]
     reference, ours, left = compare.split_configs("DRAGON", fixed, grid, {"reg_weight": 0.01, "n_ui_layers": 2})
     assert reference == {"n_layers": 3, "aggr_mode": "mean", "learning_rate": 0.001, "reg_weight": 0.01}
-    assert ours == {"n_ui_layers": 3, "learning_rate": 0.001}  # renamed; aggr_mode is MMRec's only
+    assert ours == {"n_ui_layers": 3, "learning_rate": 0.001, "reg_weight": 0.01}  # renamed; aggr_mode is MMRec's only
     assert left == ["knn_k"]  # neither fixed nor ours: MMRec's first grid value
     with pytest.raises(ValueError, match="key=value"):
         compare.parse_sets(["reg_weight"])
