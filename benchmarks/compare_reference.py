@@ -143,8 +143,8 @@ def parse_mmrec_result(text):
 
 def parse_micro_log(text):
     """MICRO's per-epoch lines: ``Epoch N [train s + eval s]: ..., recall=[r@10, r@20], ...,
-    ndcg=[n@10, n@20]`` (its validation) and the ``Test_Recall@20`` line after each
-    improvement. Returns the epoch-log dict plus best valid / test results."""
+    ndcg=[n@10, n@20]`` (its validation), the ``Test_Recall@20`` line after each improvement
+    and the final test-result dict (at K = [10, 20]). Returns the epoch-log dict plus best valid / test results."""
     text = ANSI.sub("", text)
     rows = MICRO_LINE.findall(text)
     train = [float(r[1]) for r in rows] + [float(t) for _, t in MICRO_TRAIN_ONLY.findall(text)]
@@ -156,6 +156,10 @@ def parse_micro_log(text):
     valid = {"recall@20": float(rows[best][4]), "ndcg@20": float(rows[best][6])}
     tests = re.findall(r"Test_Recall@20: ([\d.]+)", text)
     test = {"recall@20": float(tests[-1])} if tests else None
+    final = re.findall(r"'recall': array\(\[[^,\]]+,\s*([\d.eE+-]+)\s*\]\), 'ndcg': array\(\[[^,\]]+,\s*([\d.eE+-]+)\s*\]\)",
+                       text)
+    if final:  # the run's last line: the whole test result at the best valid epoch
+        test = {"recall@20": float(final[-1][0]), "ndcg@20": float(final[-1][1])}
     return log, valid, test
 
 

@@ -31,7 +31,9 @@ MICRO_LOG = """\
 Epoch 0 [3.1s + 1.2s]: train==[0.69000=0.68000 + 0.01000 + 0.00000], recall=[0.01000, 0.02000], precision=[0.001, 0.001], hit=[0.02, 0.03], ndcg=[0.00500, 0.00800]
 Test_Recall@20: 0.01900
 Epoch 1 [2.9s + 1.0s]: train==[0.60000=0.59000 + 0.01000 + 0.00000], recall=[0.01100, 0.01500], precision=[0.001, 0.001], hit=[0.02, 0.03], ndcg=[0.00600, 0.00700]
+Epoch 2 [2.8s]: train==[0.59000=0.58000 + 0.01000 + 0.00000]
 """
+MICRO_END = "{'precision': array([0.0013  , 0.001525]), 'recall': array([0.01275, 0.0285 ]), 'ndcg': array([0.00609164, 0.01061166]), 'auc': 0.0}\n"
 
 
 def test_parse_mmrec_log():
@@ -52,8 +54,9 @@ def test_parse_recbole_log_ignores_colours():
 
 def test_parse_micro_log():
     log, valid, test = compare.parse_micro_log(MICRO_LOG)
-    assert log["train_seconds"] == [3.1, 2.9] and log["eval_seconds"] == [1.2, 1.0]
+    assert log["train_seconds"] == [3.1, 2.9, 2.8] and log["eval_seconds"] == [1.2, 1.0]
     assert valid == {"recall@20": 0.02, "ndcg@20": 0.008} and test == {"recall@20": 0.019}
+    assert compare.parse_micro_log(MICRO_LOG + MICRO_END)[2] == {"recall@20": 0.0285, "ndcg@20": 0.01061166}
 
 
 def test_table_rows_and_missing_values():
