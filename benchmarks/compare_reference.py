@@ -29,6 +29,7 @@ and each process's peak RSS (``ru_maxrss``).
 import argparse
 import ast
 import datetime
+import io
 import json
 import os
 import platform
@@ -37,7 +38,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import io
 import tempfile
 
 import numpy as np
@@ -52,6 +52,8 @@ DEFAULT_REF_PYTHON = "/work/refvenv/bin/python"
 KEY_MAP = {
     "DRAGON": {"n_layers": "n_ui_layers"},
 }
+# models whose MMRec version reads user_graph_dict.npy (built offline there; here by user_graph_dict)
+USER_GRAPH_MODELS = ("DRAGON", "DualGNN")
 # MMRec grid keys with no counterpart on our side (passed to MMRec only).
 REFERENCE_ONLY = {"DRAGON": {"aggr_mode"}, "MMGCN": {"aggr_mode", "concat"}, "GRCN": {"aggr_mode"}}
 METRICS = ("recall@20", "ndcg@20")
@@ -156,8 +158,8 @@ def parse_micro_log(text):
     valid = {"recall@20": float(rows[best][4]), "ndcg@20": float(rows[best][6])}
     tests = re.findall(r"Test_Recall@20: ([\d.]+)", text)
     test = {"recall@20": float(tests[-1])} if tests else None
-    final = re.findall(r"'recall': array\(\[[^,\]]+,\s*([\d.eE+-]+)\s*\]\), 'ndcg': array\(\[[^,\]]+,\s*([\d.eE+-]+)\s*\]\)",
-                       text)
+    at_20 = r"array\(\[[^,\]]+,\s*([\d.eE+-]+)\s*\]\)"  # the second of K = [10, 20]
+    final = re.findall(rf"'recall': {at_20}, 'ndcg': {at_20}", text)
     if final:  # the run's last line: the whole test result at the best valid epoch
         test = {"recall@20": float(final[-1][0]), "ndcg@20": float(final[-1][1])}
     return log, valid, test
@@ -231,7 +233,8 @@ def user_graph_dict(users, items, n_users, max_neighbours=200):
     keep = rank < max_neighbours
     rows, cols, counts = rows[keep], cols[keep], counts[keep]
     bounds = np.searchsorted(rows, np.arange(n_users + 1))
-    return {user: [cols[bounds[user]:bounds[user + 1]].tolist(), counts[bounds[user]:bounds[user + 1]].astype(float).tolist()]
+    counts = counts.astype(float)
+    return {user: [cols[bounds[user]:bounds[user + 1]].tolist(), counts[bounds[user]:bounds[user + 1]].tolist()]
             for user in range(n_users)}
 
 
@@ -376,78 +379,86 @@ def wait_all(processes, timeout):
     return results
 
 
+def reference_command(args, kind, src, data, grid, values, unresolved):
+    """The command that runs the reference side, and the config it gets (for the record)."""
+    data_root, name, train_users, train_items, n_users = data
+    python = args.ref_python or (DEFAULT_REF_PYTHON if os.path.exists(DEFAULT_REF_PYTHON) else sys.executable)
+    runner = os.path.join(HERE, "reference_runner.py")
+    if kind == "micro":
+        write_micro_data(data_root, name, src, os.path.join(data_root, name, f"{name}.inter"))
+        argv = ["--dataset", name, "--seed", str(args.seed), "--gpu_id", "0", "--verbose", "1",
+                "--early_stopping_patience", "20", "--Ks", "[10, 20]", "--debug"]
+        argv += ["--epoch", str(args.epochs)] if args.epochs else []
+        for key, value in values.items():
+            argv += [f"--{key}", str(value)]
+        return [python, runner, "--micro", src, *argv], {"argv": argv}
+    write_mmrec_dataset_yaml(src, name)
+    graph_file = os.path.join(data_root, name, "user_graph_dict.npy")
+    if args.model in USER_GRAPH_MODELS and not os.path.exists(graph_file):
+        np.save(graph_file, user_graph_dict(train_users, train_items, n_users), allow_pickle=True)
+    config = {"gpu_id": 0, "use_gpu": False, "data_path": data_root, "seed": [args.seed],
+              "save_recommended_topk": False, "stopping_step": 20, "valid_metric": "Recall@20"}
+    # one value per grid key, as one-element lists (MMRec iterates over them): no grid search
+    config.update({key: [value] if key in grid else value for key, value in values.items()})
+    config.update({key: grid[key][:1] for key in unresolved})
+    if args.epochs:
+        config["epochs"] = args.epochs
+    return [python, runner, src, args.model, name, json.dumps(config)], config
+
+
+def our_command(args, data, values):
+    data_root, name = data[:2]
+    workdir = os.path.dirname(data_root.rstrip(os.sep))
+    config = {"data_path": data_root, "checkpoint_dir": os.path.join(workdir, "saved"),
+              "seed": args.seed, "eval_protocol": "mmrec", "stopping_step": 20, "valid_metric": "Recall@20",
+              "eval_step": 1, "epochs": args.epochs or 1000, "metrics": ["Recall", "NDCG", "Precision", "MAP"],
+              "synthetic_generator": None, "modality_files": {"image": "image_feat.npy", "text": "text_feat.npy"},
+              "modality_dims": None, "state": "INFO", "show_progress": False, **values}
+    return [sys.executable, os.path.join(HERE, "ours_runner.py"), args.model, name, json.dumps(config)], config
+
+
+def read_side(side, kind, log_path):
+    """(epoch log, best valid result, its test result) from one side's output."""
+    with open(log_path, errors="replace") as handle:
+        text = handle.read()
+    if side == "reference" and kind == "micro":
+        return (*parse_micro_log(text), text)
+    if side == "reference":
+        return (parse_epoch_log(text), *parse_mmrec_result(text), text)
+    found = re.findall(r"^RESULT (.*)$", text, re.M)
+    result = json.loads(found[-1]) if found else {}
+    return parse_epoch_log(text), result.get("best_valid_result"), result.get("test_result"), text
+
+
 def run(args):
+    """Run the requested sides at once; returns (table rows, metadata for the record)."""
     fixed = parse_sets(args.set)
     workdir = tempfile.mkdtemp(prefix="compare_reference_")
-    sides = {"reference", "ours"} if args.only == "both" else {args.only}
-    data_root, name, train_users, train_items, n_users = link_data(args.data, workdir, args.fake_features, args.seed)
-    defaults = our_defaults(args.model, name)
-    processes, meta = {}, {"workdir": workdir}
-    kind = src = None
-    if "reference" in sides or args.reference:
-        kind, src = export_reference(args.reference, workdir)
+    sides = ("reference", "ours") if args.only == "both" else (args.only,)
+    data = link_data(args.data, workdir, args.fake_features, args.seed)
+    kind, src = export_reference(args.reference, workdir) if args.reference else (None, None)
     grid = mmrec_grid(src, args.model) if kind == "mmrec" else {}
-    grid_keys = list(grid)
-    ref_values, our_values, unresolved = split_configs(args.model, fixed, grid_keys, defaults)
-    meta.update(reference_kind=kind, reference_values=ref_values, our_values=our_values, grid_left=unresolved)
-    if "reference" in sides:
-        ref_python = args.ref_python or (DEFAULT_REF_PYTHON if os.path.exists(DEFAULT_REF_PYTHON) else sys.executable)
-        if kind == "mmrec":
-            write_mmrec_dataset_yaml(src, name)
-            if args.model.upper() in ("DRAGON", "DUALGNN") and not os.path.exists(os.path.join(data_root, name, "user_graph_dict.npy")):
-                np.save(os.path.join(data_root, name, "user_graph_dict.npy"),
-                        user_graph_dict(train_users, train_items, n_users), allow_pickle=True)
-            config = {"gpu_id": 0, "use_gpu": False, "data_path": data_root, "seed": [args.seed],
-                      "save_recommended_topk": False, "stopping_step": 20, "valid_metric": "Recall@20"}
-            config.update({key: [value] if key in grid_keys else value for key, value in ref_values.items()})
-            config.update({key: grid[key][:1] for key in unresolved})  # MMRec's first value (noted in the report)
-            if args.epochs:
-                config["epochs"] = args.epochs
-            command = [ref_python, os.path.join(HERE, "reference_runner.py"), src, args.model, name, json.dumps(config)]
+    ref_values, our_values, unresolved = split_configs(args.model, fixed, list(grid), our_defaults(args.model, data[1]))
+    meta = {"workdir": workdir, "reference_kind": kind, "reference_values": ref_values, "our_values": our_values,
+            "grid_left": {key: grid[key][:1] for key in unresolved}}
+    processes = {}
+    for side in sides:
+        if side == "reference":
+            command, meta["reference_config"] = reference_command(args, kind, src, data, grid, ref_values, unresolved)
         else:
-            write_micro_data(data_root, name, src, os.path.join(data_root, name, f"{name}.inter"))
-            command = [ref_python, os.path.join(HERE, "reference_runner.py"), "--micro", src, "--dataset", name,
-                       "--seed", str(args.seed), "--gpu_id", "0", "--verbose", "1", "--early_stopping_patience", "20",
-                       "--Ks", "[10, 20]", "--debug"]
-            if args.epochs:
-                command += ["--epoch", str(args.epochs)]
-            for key, value in ref_values.items():
-                command += [f"--{key}", str(value)]
-            config = {"argv": command[4:]}
-        meta["reference_command"] = command[:2] + command[2:4] + ["..."]
-        meta["reference_config"] = config
-        processes["reference"] = start(command, src, os.path.join(workdir, "reference.log"))
-    if "ours" in sides:
-        config = {"data_path": data_root, "checkpoint_dir": os.path.join(workdir, "saved"), "seed": args.seed,
-                  "eval_protocol": "mmrec", "stopping_step": 20, "valid_metric": "Recall@20", "eval_step": 1,
-                  "synthetic_generator": None, "modality_files": {"image": "image_feat.npy", "text": "text_feat.npy"},
-                  "modality_dims": None, "metrics": ["Recall", "NDCG", "Precision", "MAP"], "state": "INFO", "show_progress": False, "epochs": args.epochs or 1000,
-                  **our_values}
-        meta["our_config"] = config
-        command = [sys.executable, os.path.join(HERE, "ours_runner.py"), args.model, name, json.dumps(config)]
-        processes["ours"] = start(command, workdir, os.path.join(workdir, "ours.log"))
+            command, meta["our_config"] = our_command(args, data, our_values)
+        processes[side] = start(command, src if side == "reference" else workdir, os.path.join(workdir, f"{side}.log"))
     outcome = wait_all(processes, args.timeout)
     rows = []
-    for side in ("reference", "ours"):
-        if side not in outcome:
-            continue
+    for side in sides:
         code, rss = outcome[side]
-        with open(os.path.join(workdir, f"{side}.log"), errors="replace") as handle:
-            text = handle.read()
-        if side == "reference" and kind == "micro":
-            log, valid, test = parse_micro_log(text)
-        elif side == "reference":
-            log, (valid, test) = parse_epoch_log(text), parse_mmrec_result(text)
-        else:
-            log = parse_epoch_log(text)
-            found = re.findall(r"^RESULT (.*)$", text, re.M)
-            result = json.loads(found[-1]) if found else {}
-            valid, test = result.get("best_valid_result"), result.get("test_result")
-        status = "ok" if code == 0 else f"exit {code}: see {workdir}/{side}.log"
+        log, valid, test, text = read_side(side, kind, os.path.join(workdir, f"{side}.log"))
         if code != 0:
-            print(f"--- {side} failed ({code}); last lines of its log:\n" + "\n".join(text.splitlines()[-25:]),
-                  file=sys.stderr)
-        label = f"{'MMRec' if kind == 'mmrec' else 'MICRO'} {args.model}" if side == "reference" else f"recbole_mm {args.model}"
+            tail = "\n".join(text.splitlines()[-25:])
+            print(f"--- {side} failed ({code}); the end of its log:\n{tail}", file=sys.stderr)
+        owner = {"mmrec": "MMRec", "micro": "MICRO"}.get(kind) if side == "reference" else "recbole_mm"
+        label = f"{owner} {args.model}"
+        status = "ok" if code == 0 else f"exit {code}: see {workdir}/{side}.log"
         rows.append(summarise(label, log, valid, test, rss, status))
     return rows, meta
 
@@ -459,14 +470,18 @@ def report(args, rows, meta, argv):
         return
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    machine = (f"{platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+               f"Python {platform.python_version()}")
     notes = [f"- hyper-parameters, MMRec's names: `{json.dumps(meta['reference_values'])}`; "
              f"ours: `{json.dumps(meta['our_values'])}`"]
     if meta.get("grid_left"):
-        notes.append(f"- MMRec grid keys left at MMRec's first value (no counterpart of ours): {meta['grid_left']}")
+        notes.append(f"- MMRec grid keys at MMRec's first value (no counterpart of ours): "
+                     f"`{json.dumps(meta['grid_left'])}`")
     with open(args.out, "a") as handle:
-        handle.write(f"\n## {args.model} ({stamp})\n\n```\npython benchmarks/compare_reference.py {' '.join(argv)}\n```\n\n"
-                     f"Machine: {machine}; one thread per side, both sides at once.\n\n" + "\n".join(notes) + "\n\n" + table + "\n")
+        command = "python benchmarks/compare_reference.py " + " ".join(argv)
+        handle.write(f"\n## {args.model} ({stamp})\n\n```\n{command}\n```\n\n"
+                     f"Machine: {machine}; one thread per side, both sides at once.\n\n")
+        handle.write("\n".join(notes) + "\n\n" + table + "\n")
     with open(os.path.splitext(args.out)[0] + ".jsonl", "a") as handle:
         handle.write(json.dumps({"time": stamp, "command": argv, "machine": machine, "rows": rows,
                                  **{k: v for k, v in meta.items() if k != "workdir"}}, default=str) + "\n")
@@ -474,7 +489,8 @@ def report(args, rows, meta, argv):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", help="MMRec or MICRO checkout, its src/ or codes/, or a bare git dir")
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True, help="folder in MMRec layout: <name>.inter + image/text_feat.npy")
@@ -482,8 +498,10 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=None, help="epoch cap, both sides")
     parser.add_argument("--seed", type=int, default=999)
     parser.add_argument("--only", choices=("reference", "ours", "both"), default="both")
-    parser.add_argument("--ref-python", default=None, help=f"interpreter for the reference (default {DEFAULT_REF_PYTHON} if present)")
-    parser.add_argument("--fake-features", action="store_true", help="random 4096/384-d features where the folder has none")
+    parser.add_argument("--ref-python", default=None,
+                        help=f"interpreter for the reference (default {DEFAULT_REF_PYTHON} if present)")
+    parser.add_argument("--fake-features", action="store_true",
+                        help="random 4096/384-d features where the folder has none")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before both runs are killed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--out", default=None, help="append a section to this markdown file (and a .jsonl beside it)")
