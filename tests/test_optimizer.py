@@ -50,3 +50,18 @@ def test_fallback_and_errors():
     assert build_optimizer("adam", params, "fused", sparse_grads=True, lr=0.1).defaults["foreach"] is True
     with pytest.raises(ValueError, match="optimizer_impl"):
         build_optimizer("adam", params, "fast", lr=0.1)
+
+
+@pytest.mark.parametrize("impl", ["fused", "single"])
+def test_guider_optimisers_follow_the_switch(run_config, impl):
+    """GUIDER's student (AdamW here) and teacher (AdamW) optimisers use ``optimizer_impl`` too."""
+    from recbole_mm.model.vbpr import VBPR
+    from recbole_mm.trainer import GUIDERTrainer
+
+    config, _, loaders, model = build_model(run_config(guider=True, optimizer_impl=impl,
+                                                       guider_student_learner="adamw"), VBPR)
+    trainer = GUIDERTrainer(config, model)
+    trainer._setup(loaders[0])
+    for optimizer in (trainer.optimizer, trainer.teacher_optimizer):
+        assert isinstance(optimizer, torch.optim.AdamW)
+        assert bool(optimizer.defaults["fused"]) == (impl == "fused")
