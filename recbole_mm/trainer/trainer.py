@@ -22,8 +22,10 @@ TORCH_OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, 
 def fusable(params):
     """True when torch has a fused optimiser kernel for every tensor of ``params``: dense
     floating-point tensors on a device with fused kernels (CPU included since torch 2.4)."""
-    from torch.optim.optimizer import _device_dtype_check_for_fused
-
+    try:
+        from torch.optim.optimizer import _device_dtype_check_for_fused  # torch's own check (private)
+    except ImportError:
+        return False
     try:
         for param in params:
             if param.is_sparse:
@@ -107,6 +109,7 @@ class MultiModalTrainer(Trainer):
                                weight_decay=weight_decay)
 
     def _sparse_grads(self):
+        """True when a module of the model makes sparse gradients (``nn.Embedding(sparse=True)``)."""
         return any(getattr(module, "sparse", False) is True for module in self.model.modules())
 
     @staticmethod
