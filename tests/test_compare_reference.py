@@ -93,3 +93,27 @@ def test_user_graph_dict_matches_pair_counts():
         expected = sorted(counts, key=lambda v: (-counts[v], v))[:cap]
         assert graph[user][0] == expected
         assert graph[user][1] == [float(counts[v]) for v in expected]
+
+
+def test_reference_layouts_and_data_folder(tmp_path):
+    checkout = tmp_path / "MMRec"
+    (checkout / "src" / "utils").mkdir(parents=True)
+    (checkout / "src" / "utils" / "quick_start.py").write_text("")
+    for path in (checkout, checkout / "src"):  # the checkout or its src/
+        work = tmp_path / f"work_{path.name}"
+        work.mkdir()
+        kind, root = compare.export_reference(str(path), str(work))
+        assert kind == "mmrec" and os.path.isfile(os.path.join(root, "utils", "quick_start.py"))
+        assert root.startswith(str(work))  # a copy: their tree is never written to
+    with pytest.raises(ValueError, match="--reference"):
+        compare.export_reference(str(tmp_path / "work_src"), str(tmp_path / "elsewhere"))
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "tiny.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n0\t2\t1\n1\t1\t0\n1\t0\t2\n")
+    with pytest.raises(ValueError, match="fake-features"):
+        compare.link_data(str(folder), str(tmp_path / "w1"), fake_features=False, seed=0)
+    root, name, users, items, n_users = compare.link_data(str(folder), str(tmp_path / "w2"), True, seed=0)
+    assert name == "tiny" and n_users == 2 and users.tolist() == [0, 1] and items.tolist() == [0, 1]
+    assert np.load(os.path.join(root, name, "image_feat.npy")).shape == (3, 4096)
+    assert not (folder / "image_feat.npy").exists()
