@@ -1,5 +1,6 @@
 """Datasets, format import, synthetic data and graph builders."""
 import numpy as np
+import torch
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation as recbole_data_preparation
 from recbole.utils import ModelType
@@ -19,25 +20,62 @@ def create_dataset(config):
     return recbole_create_dataset(config)
 
 
+EVAL_PROTOCOLS = ("recbole", "mmrec")
+
+
 def data_preparation(config, dataset):
-    """RecBole's ``data_preparation``, with two changes to the training negatives.
+    """RecBole's ``data_preparation``, with these changes.
 
     - Popularity sampling (``denoise: wbpr``) counts the train split only: RecBole's sampler
       counts every split, which would let valid/test interactions shape training.
     - Under the item cold-start split the held-out items are kept out of the negatives, so
       they never appear in training at all.
+    - ``eval_protocol: mmrec`` reproduces MMRec's two departures from RecBole: the test split
+      masks only the user's train items (RecBole: train and valid items), and training
+      negatives are drawn among the items that occur in the train split (RecBole: all
+      items), still redrawn while in the user's train history.
     """
+    protocol = config["eval_protocol"] or "recbole"
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"eval_protocol must be one of {list(EVAL_PROTOCOLS)}, got {protocol!r}")
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
+    train_dataset = train_data._dataset
+    train_users = train_dataset.inter_feat[train_dataset.uid_field].numpy()
+    train_items = train_dataset.inter_feat[train_dataset.iid_field].numpy()
     sampler = train_data._sampler
     if sampler is not None and sampler.distribution == "popularity":
-        train_items = train_data._dataset.inter_feat[train_data._dataset.iid_field].numpy()
         sampler._get_candidates_list = lambda: train_items
         sampler._pop_sampling = popularity_draw(np.arange(sampler.item_num), np.bincount(
             train_items, minlength=sampler.item_num), sampler.alpha)
-    cold_items = getattr(train_data._dataset, "cold_items", None)
-    if cold_items is not None and sampler is not None:
-        exclude_from_negatives(sampler, np.concatenate(cold_items))
+    excluded = []
+    cold_items = getattr(train_dataset, "cold_items", None)
+    if cold_items is not None:
+        excluded.append(np.concatenate(cold_items))
+    if protocol == "mmrec":
+        excluded.append(np.setdiff1d(np.arange(1, train_dataset.item_num), train_items))
+        mask_train_history_only(test_data, train_users, train_items, train_dataset.user_num)
+    if excluded and sampler is not None:
+        exclude_from_negatives(sampler, np.unique(np.concatenate(excluded)))
     return train_data, valid_data, test_data
+
+
+def mask_train_history_only(eval_data, train_users, train_items, n_users):
+    """Make a full-sort evaluation loader mask each user's train items only (MMRec's test
+    ranking), in place of RecBole's history (every earlier split of the user).
+
+    ``eval_data.uid2history_item[u]`` is what RecBole's ``FullSortEvalDataLoader`` masks for
+    user ``u``; it becomes the train items of ``u`` (``train_users``/``train_items``: (E,)
+    arrays of the train split), grouped by user with one stable sort.
+    """
+    if getattr(eval_data, "uid2history_item", None) is None:
+        raise ValueError("eval_protocol: mmrec needs full-sort evaluation (eval_args mode: full)")
+    order = np.argsort(train_users, kind="stable")
+    bounds = np.cumsum(np.bincount(train_users, minlength=n_users))[:-1]
+    per_user = np.split(train_items[order].astype(np.int64), bounds)
+    users = eval_data.uid_list.numpy() if torch.is_tensor(eval_data.uid_list) else np.asarray(eval_data.uid_list)
+    history = np.empty(len(users), dtype=object)
+    history[:] = [torch.from_numpy(per_user[u]) for u in users]
+    eval_data.uid2history_item[users] = history
 
 
 def exclude_from_negatives(sampler, items):

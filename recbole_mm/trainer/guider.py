@@ -49,7 +49,7 @@ from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import InputType, set_color
 
 from recbole_mm.trainer import guider_ops as ops
-from recbole_mm.trainer.trainer import MultiModalTrainer
+from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
 
 KD_MODES = ("ot", "ot_pairs", "kl", "none")
 
@@ -126,7 +126,8 @@ class GUIDERTrainer(MultiModalTrainer):
 
     def _build_optimizer(self, **kwargs):
         """The student's optimiser: ``guider_student_learner`` / ``guider_student_weight_decay``
-        when set (the paper trains with AdamW), else the model's ``learner`` / ``weight_decay``."""
+        when set (the paper trains with AdamW), else the model's ``learner`` / ``weight_decay``;
+        built with ``optimizer_impl`` (fused by default) by the parent's ``_build_optimizer``."""
         if self.config["guider_student_learner"]:
             kwargs.setdefault("learner", self.config["guider_student_learner"])
         if self.config["guider_student_weight_decay"] is not None:
@@ -157,8 +158,9 @@ class GUIDERTrainer(MultiModalTrainer):
         teacher_config["device"] = self.device
         self.teacher = get_model(self.config["guider_teacher"])(teacher_config, dataset).to(self.device)
         lr = self.config["guider_teacher_learning_rate"] or self.config["learning_rate"]
-        self.teacher_optimizer = torch.optim.AdamW(self.teacher.parameters(), lr=lr,
-                                                   weight_decay=self.config["guider_teacher_weight_decay"])
+        self.teacher_optimizer = build_optimizer("adamw", self.teacher.parameters(),
+                                                 self.config["optimizer_impl"] or "fused", lr=lr,
+                                                 weight_decay=self.config["guider_teacher_weight_decay"])
         self.n_items = dataset.item_num
         self.n_users = dataset.user_num
         feat = dataset.inter_feat

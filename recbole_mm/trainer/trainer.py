@@ -1,8 +1,12 @@
 """``MultiModalTrainer``: RecBole's ``Trainer`` plus the per-epoch model hook and MMRec's
 learning-rate schedule."""
+import inspect
+import logging
+
 import numpy as np
 import torch
 from recbole.trainer import Trainer
+from torch import optim
 from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
@@ -10,6 +14,53 @@ from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
 
 DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod")
+OPTIMIZER_IMPLS = ("fused", "foreach", "single")
+TORCH_OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adagrad": optim.Adagrad,
+                    "rmsprop": optim.RMSprop}
+
+
+def fusable(params):
+    """True when torch has a fused optimiser kernel for every tensor of ``params``: dense
+    floating-point tensors on a device with fused kernels (CPU included since torch 2.4)."""
+    try:
+        from torch.optim.optimizer import _device_dtype_check_for_fused  # torch's own check (private)
+    except ImportError:
+        return False
+    try:
+        for param in params:
+            if param.is_sparse:
+                return False
+            _device_dtype_check_for_fused(param)
+    except RuntimeError:
+        return False
+    return True
+
+
+def build_optimizer(learner, params, impl="fused", sparse_grads=False, **hyper):
+    """``learner`` (adam | adamw | sgd | adagrad | rmsprop) over ``params`` with torch's
+    ``impl`` implementation.
+
+    Args:
+        impl: ``fused`` (one kernel per step over all tensors; falls back to ``foreach``, with
+            a debug log, where the optimiser has no fused kernel or the tensors do not fit one),
+            ``foreach`` (tensors batched per operation) or ``single`` (a loop over tensors,
+            RecBole's default). All three compute the same update, up to float rounding.
+        sparse_grads: the model produces sparse gradients (``nn.Embedding(sparse=True)``),
+            which fused kernels do not take.
+        **hyper: the optimiser's keyword arguments (``lr``, ``weight_decay``, ...).
+    """
+    if impl not in OPTIMIZER_IMPLS:
+        raise ValueError(f"optimizer_impl must be one of {list(OPTIMIZER_IMPLS)}, got {impl!r}")
+    optimizer_class = TORCH_OPTIMIZERS[learner.lower()]
+    params = list(params)
+    accepted = inspect.signature(optimizer_class).parameters
+    if impl == "fused":
+        tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+        if "fused" in accepted and not sparse_grads and fusable(tensors):
+            return optimizer_class(params, fused=True, **hyper)
+        logging.getLogger().debug(f"optimizer_impl: {optimizer_class.__name__} cannot be fused for these "
+                                  f"parameters; using foreach")
+    return optimizer_class(params, foreach=impl != "single", **hyper)
 
 
 class MultiModalTrainer(Trainer):
@@ -26,6 +77,9 @@ class MultiModalTrainer(Trainer):
       popularity; ``bod`` weights the model's BPR rows by BOD's weight generator and steps
       the generator by gradient matching after every ``bod_outer_every`` epochs
       (:class:`~recbole_mm.trainer.bod.BOD`, kept in ``self.bod``).
+    - The optimiser runs torch's ``optimizer_impl`` implementation (``fused`` by default: one
+      kernel per step, several times faster than RecBole's per-tensor loop on large feature
+      tables; see :func:`build_optimizer`).
     - GAUC's mean ranks are counted instead of sorted (:class:`MultiModalCollector`): the
       same metric values, without an O(I log I) sort of every user's scores.
     """
@@ -38,6 +92,25 @@ class MultiModalTrainer(Trainer):
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
         self.denoising_loss = self._install_denoising(config, model)
+
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimiser choice (``learner``, ``learning_rate``, ``weight_decay``, or the
+        same keyword arguments), built by :func:`build_optimizer` with ``optimizer_impl``."""
+        learner = kwargs.get("learner", self.learner)
+        if learner.lower() not in TORCH_OPTIMIZERS:  # sparse_adam, unknown names: RecBole's handling
+            return super()._build_optimizer(**kwargs)
+        params = kwargs.pop("params", self.model.parameters())
+        weight_decay = kwargs.get("weight_decay", self.weight_decay)
+        if self.config["reg_weight"] and weight_decay and weight_decay * self.config["reg_weight"] > 0:
+            self.logger.warning("The parameters [weight_decay] and [reg_weight] are specified simultaneously, "
+                                "which may lead to double regularization.")
+        return build_optimizer(learner, params, self.config["optimizer_impl"] or "fused",
+                               sparse_grads=self._sparse_grads(), lr=kwargs.get("learning_rate", self.learning_rate),
+                               weight_decay=weight_decay)
+
+    def _sparse_grads(self):
+        """True when a module of the model makes sparse gradients (``nn.Embedding(sparse=True)``)."""
+        return any(getattr(module, "sparse", False) is True for module in self.model.modules())
 
     @staticmethod
     def _install_denoising(config, model):

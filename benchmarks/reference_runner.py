@@ -1,0 +1,177 @@
+"""Run one reference model under today's numpy / torch, on one CPU thread; started by
+``benchmarks/compare_reference.py`` in a separate interpreter.
+
+    python benchmarks/reference_runner.py SRC_DIR MODEL DATASET CONFIG_JSON   # enoche/MMRec
+    python benchmarks/reference_runner.py --micro CODES_DIR ARG...            # CRIPAC-DIG/MICRO
+
+``SRC_DIR`` is MMRec's ``src/`` (a temporary copy: the runner changes into it, since MMRec
+reads ``configs/`` from the working directory); ``CONFIG_JSON`` is MMRec's ``config_dict``.
+``CODES_DIR`` is MICRO's ``codes/`` (a temporary copy), whose ``main.py`` runs with ``ARG...``.
+
+Compatibility shims, applied here at run time (MMRec's files are never edited):
+- names numpy 2 removed (``np.float`` / ``np.int`` / ``np.bool`` / ``np.object``, ``np.float_``,
+  ``np.asfarray``, ``np.NaN``, ...) are put back as what they aliased;
+- modules MMRec imports but never uses with pre-extracted features (``lmdb``,
+  ``matplotlib.pyplot``, ``PIL``, ``torchvision``) are stubbed when absent;
+- ``scipy.sparse.dok_matrix._update`` (removed in scipy 1.13; FREEDOM / BM3 / LayerGCN build
+  their adjacency with it) is put back as a bulk update of the matrix's entries;
+- ``torch_scatter`` (no wheel for this torch), when absent, is a module of ours with the two
+  functions MMRec / MICRO call, ``scatter_add`` and ``scatter`` (sum / mean), on
+  ``Tensor.scatter_add_``;
+- MICRO only: ``multiprocessing.cpu_count()`` reads 5, so its ranking Pool
+  (``cpu_count() // 5`` workers) has one worker on small machines instead of failing;
+- without CUDA, DRAGON's / DualGNN's ``result_embed`` is a plain tensor as on CUDA (see
+  :data:`GPU_PLAIN_TENSORS`);
+- without CUDA, ``Tensor.cuda()`` / ``Module.cuda()`` (hard-coded in LATTICE, MGCN, GRCN)
+  return the object on the CPU.
+"""
+import builtins
+import json
+import os
+import sys
+import types
+
+# imported by MMRec for raw images / plots only (never with pre-extracted features)
+STUBBED = ("lmdb", "matplotlib", "matplotlib.pyplot", "PIL", "PIL.Image", "torchvision", "torchvision.transforms",
+           "torchvision.transforms.functional")
+
+
+def install_shims():
+    import numpy as np
+    import torch
+
+    removed = {"float": builtins.float, "int": builtins.int, "bool": builtins.bool, "object": builtins.object,
+               "float_": np.float64, "NaN": np.nan, "Inf": np.inf, "product": np.prod, "alltrue": np.all,
+               "sometrue": np.any, "asfarray": lambda a, dtype=np.float64: np.asarray(a, dtype=dtype)}
+    for name, value in removed.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+    for name in STUBBED:
+        try:
+            __import__(name)
+        except ImportError:
+            stub = types.ModuleType(name)
+            stub.__path__ = []  # a package, so that its submodules import as stubs too
+            stub.__getattr__ = lambda attr, _name=name: _missing(f"{_name}.{attr}", attr)
+            sys.modules[name] = stub
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(sys.modules[parent], child, stub)
+    import scipy.sparse as sp
+
+    if not hasattr(sp.dok_matrix, "_update"):  # bulk insert without checks, gone in scipy 1.13
+        sp.dok_matrix._update = lambda self, entries: self._dict.update(entries)
+    try:
+        import torch_scatter  # noqa: F401
+    except ImportError:
+        sys.modules["torch_scatter"] = scatter_module()
+    if not torch.cuda.is_available():
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+        torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    torch.set_num_threads(1)
+
+
+def scatter_module():
+    """``torch_scatter``'s ``scatter_add`` / ``scatter(reduce='sum'|'mean')``: rows of ``src``
+    summed (averaged) into ``out[index]`` along ``dim``; a 1-D ``index`` broadcasts over the
+    other dimensions, as in torch_scatter."""
+    import torch
+
+    def _expand(src, index, dim):
+        if index.dim() == 1 and src.dim() > 1:
+            shape = [1] * src.dim()
+            shape[dim] = -1
+            index = index.view(shape).expand_as(src)
+        return index
+
+    def scatter_add(src, index, dim=-1, out=None, dim_size=None):
+        dim = dim % src.dim()
+        index = _expand(src, index, dim)
+        if out is None:
+            size = list(src.shape)
+            size[dim] = dim_size if dim_size is not None else (int(index.max()) + 1 if index.numel() else 0)
+            out = src.new_zeros(size)
+        return out.scatter_add_(dim, index, src)
+
+    def scatter(src, index, dim=-1, out=None, dim_size=None, reduce="sum"):
+        total = scatter_add(src, index, dim, out, dim_size)
+        if reduce in ("sum", "add"):
+            return total
+        if reduce == "mean":
+            counts = scatter_add(torch.ones_like(src), index, dim, None, total.shape[dim % src.dim()])
+            return total / counts.clamp(min=1)
+        raise NotImplementedError(f"torch_scatter shim: reduce={reduce!r}")
+
+    module = types.ModuleType("torch_scatter")
+    module.scatter_add, module.scatter = scatter_add, scatter
+    return module
+
+
+def _missing(name, attr):
+    """A stand-in for ``name`` that fails only when used."""
+    if attr.startswith("__"):
+        raise AttributeError(attr)
+    def fail(*args, **kwargs):
+        raise ImportError(f"{name} is stubbed by reference_runner.py (not installed)")
+    return type(name.rsplit(".", 1)[-1], (), {"__init__": fail, "__call__": fail})
+
+
+# Parameters MMRec creates as ``nn.Parameter(...).to(device)``: on CUDA ``.to`` returns a plain
+# tensor (unregistered, untrained, later overwritten in forward); on the CPU it returns the
+# registered Parameter itself, and the overwrite fails. Made plain tensors, as on CUDA.
+GPU_PLAIN_TENSORS = {"DRAGON": ("result_embed",), "DualGNN": ("result_embed",)}
+
+
+def cuda_parity(get_model):
+    """``get_model`` whose classes in :data:`GPU_PLAIN_TENSORS` hold those attributes as plain
+    tensors after ``__init__`` when running on the CPU."""
+    import torch
+
+    def patched(name):
+        model_class = get_model(name)
+        names = GPU_PLAIN_TENSORS.get(name)
+        if not names or torch.cuda.is_available():
+            return model_class
+
+        def __init__(self, *args, **kwargs):
+            model_class.__init__(self, *args, **kwargs)
+            for attr in names:
+                value = self._parameters.pop(attr, None)
+                if value is not None:
+                    self.__dict__[attr] = value.detach()
+
+        return type(model_class.__name__, (model_class,), {"__init__": __init__})
+
+    return patched
+
+
+def main(src_dir, model, dataset, config_json):
+    install_shims()
+    config_dict = json.loads(config_json)
+    os.chdir(src_dir)
+    sys.path.insert(0, src_dir)
+    import utils.quick_start
+
+    utils.quick_start.get_model = cuda_parity(utils.quick_start.get_model)
+    utils.quick_start.quick_start(model=model, dataset=dataset, config_dict=config_dict, save_model=False)
+
+
+def main_micro(codes_dir, *argv):
+    import runpy
+
+    import multiprocessing
+
+    install_shims()
+    # MICRO ranks with a Pool of cpu_count() // 5 workers: zero below five cores; one worker
+    multiprocessing.cpu_count = lambda: 5
+    os.chdir(codes_dir)
+    sys.path.insert(0, codes_dir)
+    sys.argv = ["main.py", *argv]
+    runpy.run_path("main.py", run_name="__main__")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--micro":
+        main_micro(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:5])
