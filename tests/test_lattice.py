@@ -324,4 +324,4 @@ def test_loss_falls_on_a_fixed_batch(run_config):
 def test_lattice_beats_popularity_on_the_bundled_dataset(tmp_path):
     runs = train_each(tmp_path, ["LATTICE", "Pop"], "synthetic", epochs=15)
     lattice, pop = (runs[m]["best_valid_result"]["recall@20"] for m in ("LATTICE", "Pop"))
-    assert lattice > 1.5 * pop
+    assert lattice > 2 * pop
