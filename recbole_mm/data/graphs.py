@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 DEGREE_EPS = 1e-7
 KNN_CACHE_VERSION = 1
@@ -78,6 +79,32 @@ def mean_adjacency(sources, targets, n_nodes):
     in_degree = torch.bincount(targets, minlength=n_nodes).float().clamp_min(1.0)
     values = in_degree.reciprocal()[targets]
     return torch.sparse_coo_tensor(torch.stack([targets, sources]), values, (n_nodes, n_nodes)).coalesce()
+
+
+def random_walk_adjacency(users, items, n_users, n_items, self_loops=True):
+    r"""Random-walk normalised bipartite adjacency :math:`D^{-1}(A + I)` (NGCF's code base:
+    LATTICE and MICRO as their authors and MMRec ship them).
+
+    ``A = [[0, R], [R^T, 0]]`` for the edges (users, items); with ``self_loops`` every node
+    also links to itself, so row i averages node i and its neighbours and every row sums to 1
+    (a node without edges keeps its own vector); without, :math:`D^{-1}A` (isolated rows empty).
+    Not symmetric: :math:`\hat A_{ui} = 1/(d_u + 1)` but :math:`\hat A_{iu} = 1/(d_i + 1)`.
+
+    Args:
+        users, items: int64 tensors (E,), on the device the graph should live on.
+
+    Returns:
+        sparse float32 tensor, (U + I) x (U + I).
+    """
+    n_nodes = n_users + n_items
+    rows = torch.cat([users, items + n_users])
+    cols = torch.cat([items + n_users, users])
+    if self_loops:
+        nodes = torch.arange(n_nodes, device=rows.device)
+        rows, cols = torch.cat([rows, nodes]), torch.cat([cols, nodes])
+    degree = torch.bincount(rows, minlength=n_nodes).float()
+    values = degree.clamp_min(1.0).reciprocal()[rows]
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_nodes, n_nodes)).coalesce()
 
 
 class DegreeSensitiveEdgeSampler:
@@ -226,6 +253,92 @@ def item_knn_graph(features, weights, k, weighted=False, cache_dir=None, budget_
         torch.save({"indices": graph.indices().cpu(), "values": graph.values().cpu()}, temporary)
         os.replace(temporary, cache_path)
     return graph
+
+
+def knn_edges(embeddings, k, budget_elements=2 ** 26):
+    r"""Top-k cosine neighbours of every row with **differentiable** cosine weights.
+
+    The neighbour indices come from :func:`knn_neighbours` without gradient (row chunks,
+    never the n x n matrix); only the n·k chosen similarities
+    :math:`\cos(e_i, e_j) = \hat e_i \cdot \hat e_j` are then recomputed with gradient by
+    gathering the normalised rows. ``torch.topk`` passes gradient only to the values it
+    selects, so this is exactly the gradient of the dense
+    ``topk(normalize(E) @ normalize(E).T)``, at O(n k d) memory instead of O(n²).
+
+    Args:
+        embeddings: float tensor (n, d), may require grad.
+        k: neighbours per row (self included: its cosine is 1).
+
+    Returns:
+        (rows, cols, values): (n·k,) int64, int64 and float tensors; ``values`` carry gradient
+        to ``embeddings``.
+    """
+    with torch.no_grad():
+        neighbours, _ = knn_neighbours(embeddings.detach(), k, budget_elements)
+    unit = F.normalize(embeddings.float(), dim=1)
+    values = torch.einsum("nd,nkd->nk", unit, unit[neighbours])
+    rows = torch.arange(embeddings.shape[0], device=embeddings.device).repeat_interleave(k)
+    return rows, neighbours.reshape(-1), values.reshape(-1)
+
+
+def symmetric_edge_weights(rows, cols, values, n_nodes):
+    r""":math:`S_{ij} / \sqrt{d_i d_j}` with the **row** degree :math:`d_i = \sum_j S_{ij}` (MMRec's
+    ``compute_normalized_laplacian`` of a kNN graph), differentiable in ``values``.
+
+    Args:
+        rows, cols: int64 (E,) edge end points (duplicates add up, as in a sparse sum).
+        values: float (E,) edge weights.
+
+    Returns:
+        float (E,) normalised weights.
+    """
+    degree = torch.zeros(n_nodes, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+    inv_sqrt = degree.clamp_min(1e-12).pow(-0.5)
+    return inv_sqrt[rows] * values * inv_sqrt[cols]
+
+
+def learned_item_graph(embeddings, k, weights=None, budget_elements=2 ** 26):
+    r"""LATTICE's learned item–item graph from trainable item embeddings, with gradient.
+
+    For each modality m, keep the top-k cosine neighbours of every item under
+    :math:`E_m` (:func:`knn_edges`: weights are the cosines themselves), mix the modalities
+    :math:`S = \sum_m w_m S_m`, then normalise the **mixed** graph,
+    :math:`\tilde S = D^{-1/2} S D^{-1/2}` with its row degree. Gradient reaches every
+    :math:`E_m` and ``weights``; no n x n tensor is formed (chunked top-k). Row and column 0
+    (RecBole's padding item) are left empty, as in :func:`item_knn_graph`.
+
+    Args:
+        embeddings: list of float tensors (n_items, d_m), row 0 = padding.
+        k: neighbours per item and modality.
+        weights: float tensor (M,) of mixing weights, or ``None`` for one modality (weight 1).
+
+    Returns:
+        coalesced sparse float32 tensor, n_items x n_items, whose values carry gradient.
+    """
+    if weights is None and len(embeddings) != 1:
+        raise ValueError(f"learned_item_graph: {len(embeddings)} modalities need mixing weights")
+    n_items = embeddings[0].shape[0]
+    rows, cols, values = [], [], []
+    for index, matrix in enumerate(embeddings):
+        row, col, value = knn_edges(matrix[1:], k, budget_elements)
+        rows.append(row + 1)
+        cols.append(col + 1)
+        values.append(value if weights is None else weights[index] * value)
+    rows, cols, values = torch.cat(rows), torch.cat(cols), torch.cat(values)
+    values = symmetric_edge_weights(rows, cols, values, n_items)
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_items, n_items)).coalesce()
+
+
+def combine_graphs(graphs, coefficients):
+    r""":math:`\sum_i c_i G_i` of sparse (n x n) graphs of one shape, differentiable in the
+    coefficients (floats or scalar tensors) and in the graphs' values.
+
+    Returns:
+        coalesced sparse tensor, n x n.
+    """
+    indices = torch.cat([graph.indices() for graph in graphs], dim=1)
+    values = torch.cat([coefficient * graph.values() for graph, coefficient in zip(graphs, coefficients)])
+    return torch.sparse_coo_tensor(indices, values, graphs[0].shape).coalesce()
 
 
 def user_cooccurrence_neighbours(inter_matrix, top_k=200, budget_elements=2 ** 26):

@@ -34,6 +34,56 @@ def propagate(adjacency, embeddings, n_layers, combine="mean"):
     raise ValueError(f"combine must be 'mean', 'sum' or 'last', got {combine!r}")
 
 
+class _SparseDenseProduct(torch.autograd.Function):
+    """``A @ X`` for a sparse A given by (indices, values), differentiable in the values without
+    the dense (n x m) gradient that ``torch.sparse.mm`` forms for a sparse argument."""
+
+    @staticmethod
+    def forward(ctx, indices, values, dense, n_rows, chunk_elements):
+        ctx.save_for_backward(indices, values, dense)
+        ctx.n_rows, ctx.chunk_elements = n_rows, chunk_elements
+        matrix = torch.sparse_coo_tensor(indices, values, (n_rows, dense.shape[0]), is_coalesced=True)
+        return torch.sparse.mm(matrix, dense)
+
+    @staticmethod
+    def backward(ctx, grad):
+        indices, values, dense = ctx.saved_tensors
+        grad_values = grad_dense = None
+        if ctx.needs_input_grad[1]:  # dL/dA_rc = <dL/dY_r, X_c>, per edge, a chunk of edges at a time
+            rows, cols = indices
+            step = max(1, ctx.chunk_elements // max(dense.shape[1], 1))
+            grad_values = torch.cat([
+                (grad[rows[start:start + step]] * dense[cols[start:start + step]]).sum(dim=1)
+                for start in range(0, len(values), step)
+            ]) if len(values) else torch.zeros_like(values)
+        if ctx.needs_input_grad[2]:
+            transposed = torch.sparse_coo_tensor(indices.flip(0), values, (dense.shape[0], ctx.n_rows))
+            grad_dense = torch.sparse.mm(transposed, grad)
+        return None, grad_values, grad_dense, None, None
+
+
+def sparse_dense_mm(adjacency, dense, chunk_elements=2 ** 22):
+    r""":math:`A X` for a sparse (n x m) A whose **values** may carry gradient (a learned graph)
+    and a dense (m x d) X.
+
+    ``torch.sparse.mm`` back-propagates into a sparse argument through the dense (n x m)
+    product :math:`G X^\top`, then masks it: an items x items tensor for an item graph. Here
+    each edge's gradient :math:`\langle G_r, X_c \rangle` is computed directly, ``chunk_elements``
+    (edges x d) at a time. Without gradient on the values this is ``torch.sparse.mm``.
+
+    Args:
+        adjacency: coalesced sparse tensor (n x m).
+        dense: (m x d) tensor.
+
+    Returns:
+        dense (n x d) tensor.
+    """
+    values = adjacency.values()
+    if not values.requires_grad:
+        return torch.sparse.mm(adjacency, dense)
+    return _SparseDenseProduct.apply(adjacency.indices(), values, dense, adjacency.shape[0], chunk_elements)
+
+
 class MLP(nn.Sequential):
     """Feed-forward projection ``dims[0] -> dims[1] -> ... -> dims[-1]``.
 

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from recbole.model.loss import BPRLoss, EmbLoss
 
 
@@ -32,6 +33,52 @@ def info_nce(anchor, positive, temperature=0.2, symmetric=False):
     if symmetric:
         loss = 0.5 * (loss + F.cross_entropy(logits.T, targets))
     return loss
+
+
+def _grace_rows(anchor_rows, rows, anchor, positive, temperature):
+    """GRACE's per-row loss of the L2-normalised anchors ``anchor_rows`` (B x d), rows ``rows``
+    (B,) of the L2-normalised ``anchor`` (n x d); see :func:`grace_info_nce`."""
+    intra = anchor_rows @ anchor.T / temperature
+    inter = anchor_rows @ positive.T / temperature
+    local = torch.arange(len(rows), device=rows.device)
+    intra[local, rows] = float("-inf")  # the anchor itself is no negative
+    positives = inter[local, rows]
+    return torch.logaddexp(torch.logsumexp(intra, dim=1), torch.logsumexp(inter, dim=1)) - positives
+
+
+def grace_info_nce(anchor, positive, temperature=0.5, chunk_size=4096):
+    r"""GRACE's contrastive loss (Zhu et al., 2020), one direction, as MICRO uses it to align
+    each modality's item representations with the fused ones.
+
+    Row i of ``positive`` is the positive of row i of ``anchor``; its negatives are every other
+    row of **both** views:
+
+    :math:`\ell_i = -\log \frac{e^{\theta(a_i, p_i)/\tau}}{\sum_{j \ne i} e^{\theta(a_i, a_j)/\tau}
+    + \sum_j e^{\theta(a_i, p_j)/\tau}}`, :math:`\theta` = cosine, loss = mean over i.
+
+    Anchors are taken ``chunk_size`` rows at a time (the authors' ``batched_contrastive_loss``):
+    each chunk holds (chunk x n) logits, and with more than one chunk each is recomputed in the
+    backward pass (activation checkpointing) instead of being kept, so memory stays
+    O(chunk x n) rather than growing to n x n over the chunks.
+
+    Args:
+        anchor, positive: (n x d) tensors.
+
+    Returns:
+        scalar tensor.
+    """
+    anchor, positive = F.normalize(anchor, dim=1), F.normalize(positive, dim=1)
+    n_rows = anchor.shape[0]
+    rows = torch.arange(n_rows, device=anchor.device)
+    if n_rows <= chunk_size:
+        return _grace_rows(anchor, rows, anchor, positive, temperature).mean()
+    total = anchor.new_zeros(())
+    for start in range(0, n_rows, chunk_size):
+        stop = min(start + chunk_size, n_rows)
+        losses = checkpoint(_grace_rows, anchor[start:stop], rows[start:stop], anchor, positive, temperature,
+                            use_reentrant=False)
+        total = total + losses.sum()
+    return total / n_rows
 
 
 class DenoisingBPRLoss(nn.Module):
@@ -95,4 +142,4 @@ def install_denoising_loss(model, loss_module):
     return replaced
 
 
-__all__ = ["BPRLoss", "EmbLoss", "info_nce", "DenoisingBPRLoss", "install_denoising_loss"]
+__all__ = ["BPRLoss", "EmbLoss", "info_nce", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss"]

@@ -1,0 +1,117 @@
+"""MICRO: per-modality item graphs, attention fusion, GRACE's contrastive alignment, accuracy.
+
+The learned-graph refresh schedule MICRO shares with LATTICE is tested in test_lattice.py
+(parametrised over both models)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_mm.data.graphs import learned_item_graph
+from recbole_mm.model.loss import grace_info_nce
+from recbole_mm.model.micro import MICRO
+from tests.conftest import build_model, train_each
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def build(run_config, model_class=MICRO, **overrides):
+    config, _, loaders, model = build_model(run_config(**overrides), model_class)
+    return config, loaders, model
+
+
+def authors_contrastive_loss(z1, z2, tau):
+    """The authors' ``batched_contrastive_loss`` in one batch: exp-sums over both views."""
+    def sim(a, b):
+        return F.normalize(a) @ F.normalize(b).T
+
+    refl, between = torch.exp(sim(z1, z1) / tau), torch.exp(sim(z1, z2) / tau)
+    return -torch.log(between.diag() / (refl.sum(1) + between.sum(1) - refl.diag())).mean()
+
+
+@pytest.mark.parametrize("chunk_size", [4096, 7])
+def test_grace_loss_equals_the_authors_formula_in_value_and_gradient(chunk_size):
+    generator = torch.Generator().manual_seed(0)
+    z1 = torch.randn(30, 8, generator=generator, requires_grad=True)
+    z2 = torch.randn(30, 8, generator=generator, requires_grad=True)
+    ours = grace_info_nce(z1, z2, 0.5, chunk_size=chunk_size)
+    reference = authors_contrastive_loss(z1, z2, 0.5)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(ours, [z1, z2]), torch.autograd.grad(reference, [z1, z2])):
+        assert torch.allclose(got, want, atol=1e-6)
+    aligned = grace_info_nce(z2 + 0.01 * z1, z2, 0.5, chunk_size=chunk_size)
+    assert aligned < reference, "aligned views give a smaller loss"
+
+
+def test_each_modality_has_its_own_mixed_graph_and_items_fuse_by_attention(run_config):
+    _, _, model = build(run_config)
+    assert not hasattr(model, "modal_weight"), "no global modality weight in MICRO"
+    model.eval()
+    users, items = model.forward()
+    graphs = [graph.to_dense() for graph in model.item_graphs]
+    assert len(graphs) == 2
+    with torch.no_grad():
+        per_modality = []
+        for graph, name in zip(graphs, ("image", "text")):
+            learned = learned_item_graph([model.projections[name](model.raw_features[name])], 10).to_dense()
+            original = model.item_knn_graph(10, {name: 1.0}, weighted=True).to_dense()
+            assert torch.allclose(graph, 0.1 * learned + 0.9 * original, atol=1e-6)
+            per_modality.append(graph @ model.item_id_embedding)
+        scores = torch.cat([model.query(h) for h in per_modality], dim=1)
+        attention = torch.softmax(scores, dim=1)
+        fused = attention[:, :1] * per_modality[0] + attention[:, 1:] * per_modality[1]
+        cf_users, cf_items = model.collaborative_embeddings()
+    assert not torch.allclose(attention[1:, 0], attention[1:, 1]), "the weights depend on the item"
+    assert torch.allclose(users, cf_users)
+    assert torch.allclose(items, cf_items + F.normalize(fused, dim=1), atol=1e-5)
+
+
+def test_loss_adds_the_weighted_contrastive_terms_over_real_items(run_config):
+    _, (train, _, _), model = build(run_config, cl_weight=0.5)
+    batch = next(iter(train))
+    model.train()
+    loss = model.calculate_loss(batch)
+    user_all, item_all, fused, per_modality = model.forward_parts()
+    model.cl_weight = 0.0
+    without = model.calculate_loss(batch)
+    contrastive = sum(authors_contrastive_loss(h[1:], fused[1:], 0.5) for h in per_modality)
+    assert torch.allclose(loss, without + 0.5 * contrastive, atol=1e-5)
+    assert contrastive > 0
+
+
+def test_contrastive_weight_switch_changes_only_the_loss(run_config):
+    _, (train, _, _), model = build(run_config)
+    _, _, plain = build(run_config, cl_weight=0.0)
+    plain.load_state_dict(model.state_dict())
+    batch = next(iter(train))
+    model.train(), plain.train()
+    assert plain.calculate_loss(batch) < model.calculate_loss(batch)
+    model.eval(), plain.eval()
+    assert all(torch.equal(a, b) for a, b in zip(model.forward(), plain.forward()))
+
+
+def test_bad_temperature_is_a_clear_error(run_config):
+    with pytest.raises(ValueError, match="cl_temperature"):
+        build(run_config, cl_temperature=0.0)
+
+
+def test_loss_falls_on_a_fixed_batch(run_config):
+    _, (train, _, _), model = build(run_config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    batch = next(iter(train))
+    model.train()
+    losses = []
+    for _ in range(8):
+        model.pre_epoch_processing()
+        optimizer.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.slow
+def test_micro_beats_popularity_on_the_bundled_dataset(tmp_path):
+    runs = train_each(tmp_path, ["MICRO", "Pop"], "synthetic", epochs=10)
+    micro, pop = (runs[m]["best_valid_result"]["recall@20"] for m in ("MICRO", "Pop"))
+    assert micro > 2 * pop
