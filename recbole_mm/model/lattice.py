@@ -10,9 +10,9 @@ code base, CRIPAC-DIG/LATTICE and its successor CRIPAC-DIG/MICRO, does the same)
   symmetric :math:`D^{-1/2} A D^{-1/2}`; ``adjacency_norm: symmetric`` switches to the latter.
   ``cf_model: mf`` uses the ID embeddings as they are.
 - **Item graphs**, per modality m with raw features :math:`X_m` (trainable tables, as in MMRec:
-  ``trainable_features``; the model fine-tunes the dataset's feature tensors in place, without
-  a copy, as MMRec's ``nn.Embedding.from_pretrained(freeze=False)`` fine-tunes the features it
-  loaded; the original graphs are built, and cached, from the untouched features first):
+  ``trainable_features``: the model fine-tunes its own copy, as MMRec's
+  ``nn.Embedding.from_pretrained(freeze=False)`` does; the dataset's tensors stay as loaded,
+  and the original graphs are built, and cached, from them):
 
   - original :math:`\tilde S_m`: kNN graph of the raw features, k = ``knn_k`` = 10, cosine values
     as edge weights, :math:`D^{-1/2} S D^{-1/2}` with the row degree; built once and cached;
@@ -87,11 +87,12 @@ class LATTICE(MultiModalRecommender):
         users, items = interaction_edges(self.interaction_matrix)
         self.adjacency = ADJACENCY_NORMS[norm](users.to(self.device), items.to(self.device), self.n_users, self.n_items)
 
-        # the dataset's tensors themselves, fine-tuned in place when trainable: a copy of a
-        # 63k x 4096 table would cost 1 GB next to its gradient and Adam's two moments
+        # trainable tables are the model's own copies (the dataset keeps the features it
+        # loaded); frozen ones share the dataset's tensors
         trainable = bool(config["trainable_features"])
         self.raw_features = nn.ParameterDict({
-            name: nn.Parameter(matrix, requires_grad=trainable) for name, matrix in self.modality_features.items()
+            name: nn.Parameter(matrix.clone() if trainable else matrix, requires_grad=trainable)
+            for name, matrix in self.modality_features.items()
         })
         self.projections = nn.ModuleDict({
             name: nn.Linear(matrix.shape[1], config["feat_embed_dim"])
