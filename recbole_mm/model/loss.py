@@ -27,7 +27,8 @@ def info_nce(anchor, positive, temperature=0.2, symmetric=False):
     Returns:
         scalar tensor.
     """
-    logits = F.normalize(anchor, dim=1) @ F.normalize(positive, dim=1).T / temperature
+    # 1/τ scales the (B x d) anchors, not the (B x B) logits: the same values, B/d times fewer divisions
+    logits = (F.normalize(anchor, dim=1) / temperature) @ F.normalize(positive, dim=1).T
     targets = torch.arange(anchor.shape[0], device=anchor.device)
     loss = F.cross_entropy(logits, targets)
     if symmetric:
