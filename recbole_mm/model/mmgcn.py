@@ -36,8 +36,6 @@ Departures from MMRec, and its quirks:
   the last training batch, one optimiser step stale).
 - Message passing is a sparse product with the mean adjacency :math:`D^{-1}A` (no PyG).
 """
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -81,8 +79,8 @@ class MMGCNBranch(nn.Module):
         self.combines = nn.ModuleList()
         for layer in range(n_layers):
             size_in = width if layer == 0 else embedding_dim
-            bound = 1.0 / math.sqrt(size_in)  # PyG's uniform(in_channels, ·), as MMRec
-            self.conv_weights.append(nn.Parameter(torch.empty(size_in, size_in).uniform_(-bound, bound)))
+            # MMRec re-initialises every conv weight Xavier-normal after PyG's uniform reset
+            self.conv_weights.append(nn.Parameter(nn.init.xavier_normal_(torch.empty(size_in, size_in))))
             self_linear = nn.Linear(size_in, embedding_dim)
             nn.init.xavier_normal_(self_linear.weight)
             self.self_linears.append(self_linear)
