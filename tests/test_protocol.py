@@ -6,6 +6,7 @@ import torch
 from recbole.model.general_recommender import BPR
 
 from recbole_mm.data.dataset import write_mmrec_inter
+from recbole_mm.model.vbpr import VBPR
 from tests.conftest import build_model
 
 N_USERS, N_ITEMS, TRAIN_ITEMS = 60, 40, 30
@@ -115,3 +116,25 @@ def test_mmrec_protocol_trains(run_config):
     trainer.fit(train, valid, saved=False)
     result = trainer.evaluate(test, load_best_model=False)
     assert 0.0 <= result["recall@20"] <= 1.0 and torch.isfinite(torch.tensor(result["ndcg@20"]))
+
+
+def test_vectorised_negative_check_draws_recboles_negatives(run_config):
+    """The train sampler's membership test is vectorised; the negatives are RecBole's own."""
+    import numpy as np
+    from recbole.sampler.sampler import AbstractSampler
+
+    _, _, (train, _, _), _ = build_model(run_config(), VBPR)
+    sampler = train._sampler
+    assert "sample_by_key_ids" in vars(sampler), "the train sampler carries the vectorised check"
+    users = np.random.default_rng(0).integers(1, sampler.user_num, 600)
+    for num in (1, 3):
+        np.random.seed(11)
+        ours = sampler.sample_by_key_ids(users, num)
+        np.random.seed(11)
+        theirs = AbstractSampler.sample_by_key_ids(sampler, users, num)
+        assert torch.equal(ours, theirs)
+        keys = np.tile(users, num)
+        assert not any(int(v) in sampler.used_ids[u] for u, v in zip(keys, ours.tolist()))
+    np.random.seed(3)
+    single = sampler.sample_by_key_ids(np.full(50, users[0]), 2)
+    assert not set(single.tolist()) & sampler.used_ids[users[0]]

@@ -1,4 +1,6 @@
 """Datasets, format import, synthetic data and graph builders."""
+import itertools
+
 import numpy as np
 import torch
 from recbole.data import create_dataset as recbole_create_dataset
@@ -56,7 +58,41 @@ def data_preparation(config, dataset):
         mask_train_history_only(test_data, train_users, train_items, train_dataset.user_num)
     if excluded and sampler is not None:
         exclude_from_negatives(sampler, np.unique(np.concatenate(excluded)))
+    if sampler is not None and hasattr(sampler, "used_ids"):
+        vectorise_rejection(sampler)
     return train_data, valid_data, test_data
+
+
+def vectorise_rejection(sampler):
+    """Replace the per-row Python loop of RecBole's ``sample_by_key_ids`` (one ``v in set``
+    test per drawn negative, every batch) with one sorted-array lookup per redraw round.
+
+    The draws are RecBole's own, in the same order (every pending row redrawn at once until
+    none hits the key's used ids), so a seeded run gives the same negatives as before; only
+    the membership test changes. The used pairs are flattened once, as sorted
+    ``key * value_num + value`` codes.
+    """
+    used = sampler.used_ids
+    width = int(sampler.item_num)
+    lengths = np.fromiter(map(len, used), dtype=np.int64, count=len(used))
+    values = np.fromiter(itertools.chain.from_iterable(used), dtype=np.int64, count=int(lengths.sum()))
+    codes = np.sort(np.repeat(np.arange(len(used), dtype=np.int64), lengths) * width + values)
+
+    def is_used(keys, candidates):
+        query = keys * width + candidates
+        position = np.searchsorted(codes, query).clip(max=max(len(codes) - 1, 0))
+        return codes[position] == query if len(codes) else np.zeros(len(query), dtype=bool)
+
+    def sample_by_key_ids(key_ids, num):
+        keys = np.tile(np.asarray(key_ids, dtype=np.int64), num)
+        value_ids = np.zeros(len(keys), dtype=np.int64)
+        pending = np.arange(len(keys))
+        while len(pending):
+            value_ids[pending] = sampler.sampling(len(pending))
+            pending = pending[is_used(keys[pending], value_ids[pending])]
+        return torch.tensor(value_ids, dtype=torch.long)
+
+    sampler.sample_by_key_ids = sample_by_key_ids
 
 
 def mask_train_history_only(eval_data, train_users, train_items, n_users):
