@@ -65,6 +65,49 @@ def test_each_modality_has_its_own_mixed_graph_and_items_fuse_by_attention(run_c
     assert torch.allclose(items, cf_items + F.normalize(fused, dim=1), atol=1e-5)
 
 
+def authors_item_side(model, probe):
+    """The authors' ``MICRO.forward`` item side (Models.py), densely, from ``model``'s
+    parameters on the real items (rows 1..): per modality the top-k cosine graph of
+    ``X_m W_m`` with its values, :math:`D^{-1/2} S D^{-1/2}` (row degree), mixed with the
+    original graph, one propagation step, attention fusion; then ``loss_ratio`` times the two
+    contrastive terms plus a fixed probe of the normalised fused part (the term BPR sees)."""
+    per_modality = []
+    for name in ("image", "text"):
+        projected = model.projections[name](model.raw_features[name])[1:]
+        unit = projected / projected.norm(dim=1, keepdim=True)
+        top = torch.topk(unit @ unit.T, model.knn_k, dim=1)
+        learned = torch.zeros(len(unit), len(unit)).scatter(1, top.indices, top.values)
+        inv_sqrt = learned.sum(dim=1).pow(-0.5)
+        learned = inv_sqrt[:, None] * learned * inv_sqrt[None, :]
+        original = model.original_graphs[name].to_dense()[1:, 1:]
+        graph = (1 - model.lambda_coeff) * learned + model.lambda_coeff * original
+        per_modality.append(graph @ model.item_id_embedding[1:])
+    attention = torch.softmax(torch.cat([model.query(h) for h in per_modality], dim=1), dim=1)
+    fused = attention[:, :1] * per_modality[0] + attention[:, 1:] * per_modality[1]
+    contrastive = sum(authors_contrastive_loss(h, fused, model.cl_temperature) for h in per_modality)
+    return model.cl_weight * contrastive + (F.normalize(fused, dim=1) * probe).sum()
+
+
+def test_item_side_matches_the_authors_forward_in_value_and_gradient(run_config):
+    """Every trainable table the item side touches (ID embeddings, raw features, projections,
+    query) gets the authors' gradient on a graph-refresh batch."""
+    _, _, model = build(run_config)
+    model.train()
+    model.pre_epoch_processing()
+    probe = torch.randn(model.n_items - 1, model.embedding_size, generator=torch.Generator().manual_seed(3))
+    _, _, fused, per_modality = model.forward_parts()
+    ours = model.auxiliary_loss(fused, per_modality) + (F.normalize(fused, dim=1)[1:] * probe).sum()
+    reference = authors_item_side(model, probe)
+    assert torch.allclose(ours, reference, rtol=1e-5)
+    tables = [model.item_id_embedding, model.query[0].weight, model.query[2].weight]
+    for name in ("image", "text"):
+        tables += [model.raw_features[name], model.projections[name].weight, model.projections[name].bias]
+    expected = torch.autograd.grad(reference, tables)
+    assert all(g.abs().sum() > 0 for g in expected), "gradient reaches every table"
+    for got, want in zip(torch.autograd.grad(ours, tables), expected):
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
 def test_loss_adds_the_weighted_contrastive_terms_over_real_items(run_config):
     _, (train, _, _), model = build(run_config, cl_weight=0.5)
     batch = next(iter(train))
