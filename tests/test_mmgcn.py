@@ -131,6 +131,33 @@ def test_frozen_quirk_keeps_id_embeddings_and_preferences_at_init(run_config, qu
     assert not torch.equal(model.branches["image"].projection.weight, before_mlp), "the rest trains either way"
 
 
+def test_initialisation_follows_mmrec(run_config):
+    """MMRec's scales: Xavier-normal ID embeddings, preferences, conv weights, self-linears and
+    first combining layer; PyTorch's default uniform (bound 1/sqrt(fan_in)) for the feature
+    projection and the later combining layers (MMRec never re-initialises those)."""
+    torch.manual_seed(0)
+    _, _, _, model = build(run_config)
+
+    def xavier_normal(tensor):
+        fan_out, fan_in = tensor.shape
+        return abs(tensor.std().item() / (2.0 / (fan_in + fan_out)) ** 0.5 - 1) < 0.1
+
+    def default_uniform(tensor):
+        bound = tensor.shape[1] ** -0.5
+        return tensor.abs().max().item() <= bound and abs(tensor.std().item() / (bound / 3 ** 0.5) - 1) < 0.1
+
+    assert xavier_normal(model.id_embedding)
+    for name, branch in model.branches.items():
+        assert xavier_normal(branch.preference), name
+        for layer in range(model.n_layers):
+            assert xavier_normal(branch.conv_weights[layer]), (name, layer)
+            assert xavier_normal(branch.self_linears[layer].weight), (name, layer)
+            combine = branch.combines[layer].weight
+            assert (xavier_normal if layer == 0 else default_uniform)(combine), (name, layer)
+            assert not (default_uniform if layer == 0 else xavier_normal)(combine), (name, layer)
+    assert default_uniform(model.branches["image"].projection.weight)
+
+
 def test_mmgcn_beats_popularity(tmp_path):
     runs = train_each(tmp_path, ["MMGCN", "Pop"], "synthetic", epochs=3)
     valid = {name: run["best_valid_result"]["recall@20"] for name, run in runs.items()}
