@@ -40,8 +40,7 @@ def bipartite_adjacency(users, items, n_users, n_items):
         sparse float32 tensor, (U + I) x (U + I).
     """
     n_nodes = n_users + n_items
-    rows = torch.cat([users, items + n_users])
-    cols = torch.cat([items + n_users, users])
+    rows, cols = bipartite_edges(users, items, n_users)
     degree = torch.bincount(rows, minlength=n_nodes).float() + DEGREE_EPS
     inv_sqrt = degree.pow(-0.5)
     values = inv_sqrt[rows] * inv_sqrt[cols]
@@ -97,8 +96,7 @@ def random_walk_adjacency(users, items, n_users, n_items, self_loops=True):
         sparse float32 tensor, (U + I) x (U + I).
     """
     n_nodes = n_users + n_items
-    rows = torch.cat([users, items + n_users])
-    cols = torch.cat([items + n_users, users])
+    rows, cols = bipartite_edges(users, items, n_users)
     if self_loops:
         nodes = torch.arange(n_nodes, device=rows.device)
         rows, cols = torch.cat([rows, nodes]), torch.cat([cols, nodes])

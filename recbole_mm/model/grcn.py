@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from recbole_mm.data.graphs import bipartite_edges, interaction_edges
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.loss import node_rows_l2
 from recbole_mm.model.layers import scatter_softmax, scatter_sum
 
 
@@ -172,13 +173,11 @@ class GRCN(MultiModalRecommender):
 
     def regularisation(self, interaction):
         """λ [mean(E_u²) + mean(E_i±²) + mean(P_image²) + Σ_m mean(P_m,u²)] (MMRec's terms)."""
-        users = interaction[self.USER_ID]
-        items = torch.cat([interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]]) + self.n_users
-        reg = (self.id_embedding[users] ** 2).mean() + (self.id_embedding[items] ** 2).mean()
+        reg = node_rows_l2(self.id_embedding, interaction, self.USER_ID, (self.ITEM_ID, self.NEG_ITEM_ID), self.n_users)
         if "image" in self.branches:
             reg = reg + (self.branches["image"].preference ** 2).mean()
         for branch in self.branches.values():
-            reg = reg + (branch.preference[users] ** 2).mean()
+            reg = reg + (branch.preference[interaction[self.USER_ID]] ** 2).mean()
         return self.reg_weight * reg
 
     def calculate_loss(self, interaction):

@@ -82,6 +82,19 @@ def grace_info_nce(anchor, positive, temperature=0.5, chunk_size=4096):
     return total / n_rows
 
 
+def node_rows_l2(table, interaction, user_field, item_fields, n_users):
+    r""":math:`\mathrm{mean}(E_u^2) + \mathrm{mean}(E_i^2)` over the batch's users and items of a
+    (U + I) x d node table (users first; MMGCN's and GRCN's ID term in MMRec).
+
+    Args:
+        table: (U + I) x d tensor.
+        interaction: the batch; ``user_field`` and every field of ``item_fields`` are read.
+    """
+    users = interaction[user_field]
+    items = torch.cat([interaction[field] for field in item_fields]) + n_users
+    return (table[users] ** 2).mean() + (table[items] ** 2).mean()
+
+
 class DenoisingBPRLoss(nn.Module):
     r"""BPR with a denoising rule from Wang et al., "Denoising Implicit Feedback for
     Recommendation" (WSDM 2021), adapted from their pointwise loss to the pairwise one:
@@ -143,4 +156,4 @@ def install_denoising_loss(model, loss_module):
     return replaced
 
 
-__all__ = ["BPRLoss", "EmbLoss", "info_nce", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss"]
+__all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss"]

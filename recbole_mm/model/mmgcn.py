@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from recbole_mm.data.graphs import bipartite_edges, interaction_edges, mean_adjacency
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.loss import node_rows_l2
 
 
 def _table(module, name, tensor, trainable):
@@ -156,9 +157,7 @@ class MMGCN(MultiModalRecommender):
 
     def regularisation(self, interaction):
         """λ [mean(e_u²) + mean(e_{i±}²) + mean(P_image²)] (MMRec: the image preference only)."""
-        users = interaction[self.USER_ID]
-        items = torch.cat([interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]]) + self.n_users
-        reg = (self.id_embedding[users] ** 2).mean() + (self.id_embedding[items] ** 2).mean()
+        reg = node_rows_l2(self.id_embedding, interaction, self.USER_ID, (self.ITEM_ID, self.NEG_ITEM_ID), self.n_users)
         if "image" in self.branches:
             reg = reg + (self.branches["image"].preference ** 2).mean()
         return self.reg_weight * reg
