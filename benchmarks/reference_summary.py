@@ -55,11 +55,16 @@ def summary_rows(latest):
         by_side = {row["side"].split()[0]: row for row in record["rows"]}
         ours = by_side.get("recbole_mm")
         reference = next((row for side, row in by_side.items() if side != "recbole_mm"), None)
-        if ours is None or (ours["status"] != "ok") or (reference is not None and reference["status"] != "ok"):
+        if ours is None or ours["status"] != "ok":
             continue
-        epochs = min(row["epochs_run"] or 0 for row in by_side.values())
+        failed = reference is not None and reference["status"] != "ok"
+        if failed:  # e.g. the reference timed out: ours alone, with the reference's peak RSS
+            reference = {**reference, **{key: None for key in reference if key.endswith("@20")},
+                         "train_epoch_s": None, "eval_s": None}
+        epochs = ours["epochs_run"] if failed else min(row["epochs_run"] or 0 for row in by_side.values())
         judged = epochs >= MIN_EPOCHS_FOR_FIDELITY
-        cells = [model, sets or "-", str(epochs)]
+        cells = [model + (f" (reference: {record['rows'][0]['status'].split(':')[0]})" if failed else ""),
+                 sets or "-", str(epochs)]
         for metric in ("valid_recall@20", "test_recall@20"):
             ref_value = reference[metric] if reference else None
             cells.append(f"{ref_value:.4f}" if ref_value is not None else "-")
