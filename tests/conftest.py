@@ -4,6 +4,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 import recbole_mm  # noqa: F401  (patches RecBole before any test imports it)
 from recbole.utils import init_seed
@@ -56,6 +57,23 @@ def build_model(config_dict, model_class, dataset_name="synthetic", config_files
     loaders = data_preparation(config, dataset)
     init_seed(config["seed"], True)
     return config, dataset, loaders, model_class(config, loaders[0]._dataset)
+
+
+def train_steps(model, batch, steps, lr=1e-3, before_step=None):
+    """``steps`` Adam steps of ``model`` (in training mode) on one fixed ``batch``; calls
+    ``before_step()`` ahead of each (e.g. ``model.pre_epoch_processing``). Returns the losses."""
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        if before_step is not None:
+            before_step()
+        loss = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
 
 
 def train_each(root, models, dataset_name, config_files=None, **config):

@@ -13,7 +13,7 @@ from recbole_mm.model.bm3 import BM3
 from recbole_mm.model.layers import propagate
 from recbole_mm.trainer import GUIDERTrainer, MultiModalTrainer
 from recbole_mm.trainer import guider_ops as ops
-from tests.conftest import REPO_ROOT, build_model, train_each
+from tests.conftest import REPO_ROOT, build_model, train_each, train_steps
 
 MMREC_NEGATIVES = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False, "candidate_num": 0}
 
@@ -127,16 +127,7 @@ def test_targets_carry_no_gradient(run_config):
 
 def test_loss_falls_on_a_fixed_batch(run_config):
     _, (train, _, _), model = build(run_config)
-    batch = next(iter(train))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    model.train()
-    losses = []
-    for _ in range(8):
-        optimizer.zero_grad()
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, next(iter(train)), 8, lr=0.01)
     assert losses[-1] < 0.8 * losses[0]
 
 

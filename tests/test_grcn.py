@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from recbole_mm.model import layers
 from recbole_mm.model.grcn import GRCN, attention_conv
 from recbole_mm.model.layers import scatter_max, scatter_softmax, scatter_sum
-from tests.conftest import build_model, train_each
+from tests.conftest import build_model, train_each, train_steps
 
 
 def build(run_config, **overrides):
@@ -176,15 +176,7 @@ def test_loss_is_bpr_plus_mmrec_regularisation(run_config):
 
 def test_loss_falls_on_a_fixed_batch(run_config):
     _, _, loaders, model = build(run_config)
-    batch = first_batch(loaders)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(15):
-        loss = model.calculate_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, first_batch(loaders), 15)
     assert losses[-1] < 0.8 * losses[0], losses
     assert model.confidence.grad is not None and model.confidence.grad.abs().sum() > 0, "the refinement learns"
 

@@ -22,7 +22,7 @@ from recbole_mm.data.graphs import (
 from recbole_mm.model.lattice import LATTICE
 from recbole_mm.model.layers import propagate, sparse_dense_mm
 from recbole_mm.model.micro import MICRO
-from tests.conftest import REPO_ROOT, build_model, train_each
+from tests.conftest import REPO_ROOT, build_model, train_each, train_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -310,17 +310,8 @@ def test_loss_is_bpr_plus_half_squared_norms_over_the_configured_batch_size(run_
 
 def test_loss_falls_on_a_fixed_batch(run_config):
     _, (train, _, _), model = build(run_config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    batch = next(iter(train))
-    model.train()
-    losses = []
-    for _ in range(8):
-        model.pre_epoch_processing()  # every step learns the graph too
-        optimizer.zero_grad()
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    # pre_epoch_processing before every step: every step learns the graph too
+    losses = train_steps(model, next(iter(train)), 8, lr=0.01, before_step=model.pre_epoch_processing)
     assert losses[-1] < 0.9 * losses[0]
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from recbole_mm.data.graphs import knn_graph
 from recbole_mm.model.layers import propagate
 from recbole_mm.model.mgcn import MGCN
-from tests.conftest import build_model, train_each
+from tests.conftest import build_model, train_each, train_steps
 
 
 def build(run_config, **overrides):
@@ -80,16 +80,7 @@ def test_loss_is_bpr_plus_l2_plus_in_batch_infonce(run_config):
 
 def test_loss_falls_on_a_fixed_batch(run_config):
     _, (train, _, _), model = build(run_config)
-    batch = next(iter(train))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
-    model.train()
-    losses = []
-    for _ in range(8):
-        optimizer.zero_grad()
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, next(iter(train)), 8, lr=0.03)
     assert losses[-1] < 0.8 * losses[0]
     assert all(b < a for a, b in zip(losses, losses[1:]))
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from recbole_mm.data.graphs import learned_item_graph
 from recbole_mm.model.loss import grace_info_nce
 from recbole_mm.model.micro import MICRO
-from tests.conftest import build_model, train_each
+from tests.conftest import build_model, train_each, train_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -139,17 +139,8 @@ def test_bad_temperature_is_a_clear_error(run_config):
 
 def test_loss_falls_on_a_fixed_batch(run_config):
     _, (train, _, _), model = build(run_config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    batch = next(iter(train))
-    model.train()
-    losses = []
-    for _ in range(8):
-        model.pre_epoch_processing()
-        optimizer.zero_grad()
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    # pre_epoch_processing before every step: every step learns the graph too
+    losses = train_steps(model, next(iter(train)), 8, lr=0.01, before_step=model.pre_epoch_processing)
     assert losses[-1] < 0.9 * losses[0]
 
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from recbole_mm.data.graphs import mean_adjacency
 from recbole_mm.model.mmgcn import MMGCN
-from tests.conftest import build_model, train_each
+from tests.conftest import build_model, train_each, train_steps
 
 
 def build(run_config, **overrides):
@@ -95,18 +95,6 @@ def test_loss_is_bpr_plus_id_and_image_preference_l2(run_config):
     reg = reg + (model.branches["image"].preference ** 2).mean()
     expected = -torch.log(torch.sigmoid(diff)).mean() + 0.5 * reg
     assert torch.allclose(model.calculate_loss(batch), expected, atol=1e-5)
-
-
-def train_steps(model, batch, steps, lr=1e-3):
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model.calculate_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_loss_falls_on_a_fixed_batch(run_config):
