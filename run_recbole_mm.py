@@ -12,6 +12,8 @@ import sys
 
 
 def format_metrics(result):
+    if result is None:  # no validation (empty valid split, eval_step: 0) or an empty test split
+        return "none (no data to evaluate)"
     return "  ".join(f"{name}: {float(value):.4f}" for name, value in result.items())
 
 

@@ -7,14 +7,19 @@ padding node simply has no edges).
 """
 import hashlib
 import json
+import logging
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recbole_mm.files import atomic_torch_save
+
 DEGREE_EPS = 1e-7
-KNN_CACHE_VERSION = 1
+KNN_CACHE_VERSION = 2  # 2: header with shape, entry count and checksum
+
+logger = logging.getLogger(__name__)
 
 
 def interaction_edges(inter_matrix):
@@ -211,7 +216,9 @@ def item_knn_graph(features, weights, k, weighted=False, cache_dir=None, budget_
 
     Row and column 0 (RecBole's padding item) are left empty. With ``cache_dir``, the graph
     is stored there under a key of every parameter and each feature matrix's content hash, so
-    changing k, a weight or a feature file never reuses a stale graph.
+    changing k, a weight or a feature file never reuses a stale graph. A cache file that
+    cannot be read or fails its checks (see :func:`load_cached_graph`) is reported with its
+    path and rebuilt; writers never share a temporary file, so parallel runs leave a whole file.
 
     Args:
         features: dict modality -> float tensor (n_items, d), row 0 = padding.
@@ -232,11 +239,11 @@ def item_knn_graph(features, weights, k, weighted=False, cache_dir=None, budget_
             "version": KNN_CACHE_VERSION, "k": int(k), "weighted": bool(weighted), "weights": active,
             "digests": {name: tensor_digest(features[name]) for name in active},
         }
-        name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        cache_path = os.path.join(cache_dir, f"knn_{name}.pt")
-        if os.path.isfile(cache_path):
-            stored = torch.load(cache_path, map_location=device, weights_only=True)
-            return torch.sparse_coo_tensor(stored["indices"], stored["values"], (n_items, n_items)).coalesce()
+        cache_key = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        cache_path = os.path.join(cache_dir, f"knn_{cache_key}.pt")
+        cached = load_cached_graph(cache_path, n_items, cache_key)
+        if cached is not None:
+            return cached.to(device)
     graph = None
     for name, weight in active.items():
         part = knn_graph(features[name][1:], k, weighted, budget_elements)
@@ -246,11 +253,71 @@ def item_knn_graph(features, weights, k, weighted=False, cache_dir=None, budget_
         graph = torch.sparse_coo_tensor(torch.zeros((2, 0), dtype=torch.long), torch.zeros(0), (n_items, n_items))
     graph = graph.coalesce().to(device)
     if cache_path:
-        os.makedirs(cache_dir, exist_ok=True)
-        temporary = cache_path + ".tmp"
-        torch.save({"indices": graph.indices().cpu(), "values": graph.values().cpu()}, temporary)
-        os.replace(temporary, cache_path)
+        store_cached_graph(cache_path, graph, cache_key)
     return graph
+
+
+def _graph_checksum(indices, values):
+    digest = hashlib.sha1()
+    for tensor in (indices, values):
+        digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))
+    return digest.hexdigest()
+
+
+def store_cached_graph(path, graph, key):
+    """Write a sparse (n x n) graph to ``path`` with a header (format, key, shape, entry count,
+    SHA-1 of the entries) that :func:`load_cached_graph` checks; atomically (a temporary file
+    of this writer's own, then ``os.replace``). A cache that cannot be written is skipped with
+    a warning: the graph is still returned to the caller."""
+    indices, values = graph.indices().cpu(), graph.values().cpu()
+    record = {
+        "format": KNN_CACHE_VERSION, "key": key, "shape": list(graph.shape), "nnz": int(values.numel()),
+        "checksum": _graph_checksum(indices, values), "indices": indices, "values": values,
+    }
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_torch_save(record, path)
+    except OSError as error:
+        logger.warning(f"kNN cache {path}: not written ({error}); the graph is rebuilt next time")
+
+
+def load_cached_graph(path, n_items, key):
+    """The cached graph at ``path`` as a coalesced CPU sparse tensor, ``None`` when there is none,
+    or ``None`` with a warning naming the file when it is unreadable (truncated, corrupt) or
+    does not match: another format, key, shape or entry count, indices out of range, or a
+    checksum that differs from its entries. The caller then rebuilds and overwrites it."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        problem = _cache_problem(record, n_items, key)
+    except Exception as error:  # truncated zip, bad pickle, ...: every way a file can be damaged
+        problem = f"unreadable ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+    if problem:
+        logger.warning(f"kNN cache {path} is invalid: {problem}; rebuilding it")
+        return None
+    return torch.sparse_coo_tensor(record["indices"], record["values"], (n_items, n_items)).coalesce()
+
+
+def _cache_problem(record, n_items, key):
+    """What is wrong with a loaded cache record, or ``None``."""
+    if not isinstance(record, dict) or not {"format", "key", "shape", "nnz", "checksum", "indices",
+                                            "values"} <= set(record):
+        return "not a recbole_mm kNN cache record"
+    if record["format"] != KNN_CACHE_VERSION or record["key"] != key:
+        return f"format {record['format']} / key {record['key']}, expected {KNN_CACHE_VERSION} / {key}"
+    if list(record["shape"]) != [n_items, n_items]:
+        return f"shape {record['shape']}, expected {[n_items, n_items]}"
+    indices, values, nnz = record["indices"], record["values"], record["nnz"]
+    if not (isinstance(indices, torch.Tensor) and isinstance(values, torch.Tensor)
+            and indices.dtype == torch.long and tuple(indices.shape) == (2, nnz)
+            and values.dtype == torch.float32 and tuple(values.shape) == (nnz,)):
+        return f"entries of the wrong type or count (header says {nnz})"
+    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= n_items):
+        return f"indices outside [0, {n_items})"
+    if _graph_checksum(indices, values) != record["checksum"]:
+        return "checksum mismatch"
+    return None
 
 
 def knn_edges(embeddings, k, budget_elements=2 ** 26):

@@ -14,8 +14,10 @@ import os
 
 import numpy as np
 
+from recbole_mm.errors import DataError
 
-class FeatureFileError(ValueError):
+
+class FeatureFileError(DataError):
     """A modality file is missing or does not fit the dataset; the message names the file."""
 
 
@@ -44,10 +46,14 @@ def load_matrix(path, modality, expected_dim=None):
     """
     if not os.path.isfile(path):
         raise FeatureFileError(f"Modality '{modality}': feature file {path} not found.")
+    problem = npy_problem(path)
+    if problem:
+        raise FeatureFileError(f"Modality '{modality}': {path} {problem}.")
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise FeatureFileError(f"Modality '{modality}': cannot read {path} as .npy ({error}).")
+    except (ValueError, OSError, EOFError) as error:  # what npy_problem has not foreseen
+        raise FeatureFileError(f"Modality '{modality}': cannot read {path} as .npy "
+                               f"({type(error).__name__}: {' '.join(str(error).split())}).") from None
     if matrix.ndim != 2:
         raise FeatureFileError(
             f"Modality '{modality}': {path} has shape {matrix.shape}; "
@@ -64,6 +70,42 @@ def load_matrix(path, modality, expected_dim=None):
         )
     _check_finite(matrix, path, modality)
     return matrix
+
+
+def npy_problem(path):
+    """What keeps ``path`` from being a readable numeric ``.npy`` array, in a few words, or
+    ``None``. Reads only the header, so it is cheap on a large file.
+
+    Caught: an empty file, a file that is not ``.npy`` (an ``.npz`` archive, a pickle, random
+    bytes), a damaged header, an array of Python objects, and data shorter than the header's
+    shape and dtype say (a truncated copy).
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes)"
+    with open(path, "rb") as handle:
+        prefix = handle.read(len(np.lib.format.MAGIC_PREFIX))
+        if prefix != np.lib.format.MAGIC_PREFIX:
+            if prefix.startswith(b"PK"):
+                return "is an .npz archive (np.savez), not an .npy array: save one matrix with np.save"
+            return (f"is not an .npy file (it does not start with the NumPy header; first bytes "
+                    f"{prefix[:6]!r}): write it with np.save")
+        handle.seek(0)
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)  # 2.0 and 3.0 share the layout
+            shape, _, dtype = read_header(handle)
+        except (ValueError, OSError, EOFError) as error:
+            return f"has a damaged .npy header ({' '.join(str(error).split())})"
+        data_offset = handle.tell()
+    if dtype.hasobject:
+        return f"holds Python objects (dtype {dtype}); expected a matrix of real numbers"
+    expected = data_offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size < expected:
+        return (f"is truncated: its header says shape {tuple(shape)} of {dtype} ({expected} bytes with the "
+                f"header) but the file has {size} bytes")
+    return None
 
 
 def _check_finite(matrix, path, modality, chunk_rows=8192):

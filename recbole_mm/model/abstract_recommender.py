@@ -1,5 +1,4 @@
 """``MultiModalRecommender``: the base class of the plugin's models."""
-import os
 
 import numpy as np
 import torch
@@ -7,7 +6,11 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
 from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler, item_knn_graph, normalized_adjacency
+from recbole_mm.files import AUTO_CACHE, resolve_cache_dir
 from recbole_mm.model.loss import BPRLoss
+
+
+_UNRESOLVED = object()
 
 
 class MultiModalRecommender(GeneralRecommender):
@@ -21,7 +24,8 @@ class MultiModalRecommender(GeneralRecommender):
       that order. :meth:`concat_features` joins them.
     - ``self.interaction_matrix``: the train interactions, scipy COO (n_users x n_items).
     - :meth:`normalized_adjacency` and :meth:`item_knn_graph`: the shared graph builders,
-      the kNN graph cached on disk under ``<data_path>/recbole_mm_cache``.
+      the kNN graph cached on disk in :attr:`cache_dir` (config ``cache_dir``; by default
+      ``<data_path>/<dataset>/recbole_mm_cache``, the user cache when that is read-only).
 
     What a subclass implements: ``forward() -> (user_embeddings, item_embeddings)`` over all
     users and items, and ``calculate_loss``. ``predict`` and ``full_sort_predict`` then score
@@ -43,7 +47,7 @@ class MultiModalRecommender(GeneralRecommender):
         self.embedding_size = config["embedding_size"]
         self.modality_features = self._select_modalities(config, dataset)
         self.interaction_matrix = dataset.inter_matrix(form="coo").astype(np.float32)
-        self.cache_dir = os.path.join(config["data_path"], "recbole_mm_cache")
+        self._cache_dir = _UNRESOLVED
         self._eval_cache = None
         self.scoring_graph = False  # True: the full graph even in training (score_rows)
         self.bpr_loss = BPRLoss()
@@ -74,6 +78,16 @@ class MultiModalRecommender(GeneralRecommender):
         return torch.cat([self.modality_features[name] for name in names], dim=1)
 
     # ------------------------------------------------------------------ graphs
+    @property
+    def cache_dir(self):
+        """Folder of this dataset's derived-data cache (``None``: no disk cache), from
+        ``config['cache_dir']``; resolved at first use (the fallback warning, if any, comes
+        only from models that cache), see :func:`recbole_mm.files.resolve_cache_dir`."""
+        if self._cache_dir is _UNRESOLVED:
+            setting = self.config["cache_dir"] if "cache_dir" in self.config else AUTO_CACHE
+            self._cache_dir = resolve_cache_dir(setting, self.config["data_path"])
+        return self._cache_dir
+
     def normalized_adjacency(self):
         """Symmetric-normalised user–item adjacency of the train split, on the device."""
         return normalized_adjacency(self.interaction_matrix, self.n_users, self.n_items, self.device)

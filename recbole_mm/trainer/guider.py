@@ -143,9 +143,12 @@ class GUIDERTrainer(MultiModalTrainer):
         keep = ("data_path", "checkpoint_dir", "device", "use_gpu", "gpu_id", "seed", "reproducibility", "state",
                 "embedding_size", "synthetic_generator", "show_progress")
         config_dict = {key: self.config[key] for key in keep if self.config[key] is not None}
+        config_dict["cache_dir"] = self.config["cache_dir"]  # None (no disk cache) included
         config_dict.update(self.config["guider_teacher_config"] or {})
         config_dict["guider"] = False
-        return Config(self.config["guider_teacher"], self.config["dataset"], config_dict=config_dict)
+        config = Config(self.config["guider_teacher"], self.config["dataset"], config_dict=config_dict)
+        config["data_path"] = self.config["data_path"]  # Config appends the dataset name again
+        return config
 
     def _setup(self, train_data):
         """Build the teacher and the modality side of AMSC on the student's train split."""

@@ -1,14 +1,20 @@
 """``MultiModalTrainer``: RecBole's ``Trainer`` plus the per-epoch model hook and MMRec's
 learning-rate schedule."""
+import datetime
 import inspect
 import logging
+import os
+import secrets
 
 import numpy as np
 import torch
 from recbole.trainer import Trainer
+from recbole.utils import set_color
 from torch import optim
 from torch.optim.lr_scheduler import LambdaLR
 
+from recbole_mm.errors import RecboleMMError
+from recbole_mm.files import atomic_torch_save
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
 from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
@@ -63,6 +69,22 @@ def build_optimizer(learner, params, impl="fused", sparse_grads=False, **hyper):
     return optimizer_class(params, foreach=impl != "single", **hyper)
 
 
+class CheckpointError(RecboleMMError, OSError):
+    """A checkpoint this run needs is missing or was written by another run."""
+
+
+def new_run_id(now=None):
+    """A name for one trainer's files that no other trainer gets: the local time to the
+    microsecond, the process id and 4 random hex digits (two trainers of one process in the
+    same microsecond, or two machines sharing a folder, still differ).
+
+    Returns:
+        str, e.g. ``"Mar-05-2025_14-03-22.123456-p4242-9f3a"``.
+    """
+    now = now or datetime.datetime.now()
+    return f"{now:%b-%d-%Y_%H-%M-%S.%f}-p{os.getpid()}-{secrets.token_hex(2)}"
+
+
 class MultiModalTrainer(Trainer):
     """Trains any general model (the plugin's or RecBole's).
 
@@ -82,10 +104,19 @@ class MultiModalTrainer(Trainer):
       tables; see :func:`build_optimizer`).
     - GAUC's mean ranks are counted instead of sorted (:class:`MultiModalCollector`): the
       same metric values, without an O(I log I) sort of every user's scores.
+    - Checkpoints are ``<checkpoint_dir>/<Model>-<run_id>.pth`` (:func:`new_run_id`: unique
+      per trainer, not per second as RecBole's), written atomically and stamped with the
+      run id; ``evaluate(load_best_model=True)`` loads this trainer's file and refuses one
+      that another run has overwritten.
+    - Without validation (an empty valid split, or ``eval_step: 0``) it says so before the
+      first epoch, trains every configured epoch without early stopping, and the test pass
+      uses the last epoch's model (RecBole's behaviour, which it leaves silent).
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
+        self.run_id = new_run_id()
+        self.saved_model_file = os.path.join(self.checkpoint_dir, f"{config['model']}-{self.run_id}.pth")
         self.eval_collector = MultiModalCollector(config)
         self._excluded_items = None  # items masked in the current evaluation (cold-start candidates)
         decay, period = config["learning_rate_scheduler"] or (1.0, 50)
@@ -149,14 +180,86 @@ class MultiModalTrainer(Trainer):
             return result
         return counted
 
+    # ------------------------------------------------------------------ fit, checkpoints
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._warn_without_validation(valid_data)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _warn_without_validation(self, valid_data):
+        """One warning, before training, when RecBole's ``fit`` will not validate."""
+        if self.eval_step > 0 and valid_data:
+            return
+        if self.start_epoch >= self.epochs:
+            return
+        reason = "eval_step is 0" if self.eval_step <= 0 else "the valid split is empty"
+        self.logger.warning(
+            f"No validation ({reason}): training all {self.epochs - self.start_epoch} epochs without early "
+            "stopping; the model of the last epoch is saved and tested, and best_valid_result is None."
+        )
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint (config, epoch, weights, optimiser) plus ``run_id``, written
+        atomically (:func:`~recbole_mm.files.atomic_torch_save`)."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": self.config,
+            "run_id": self.run_id,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        atomic_torch_save(state, saved_model_file, pickle_protocol=4)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def resume_checkpoint(self, resume_file):
+        """RecBole's resume; the run continues under the id of the checkpoint it resumes (``None``
+        for a checkpoint RecBole's own trainer wrote), since it goes on writing that file."""
+        super().resume_checkpoint(resume_file)
+        self.run_id = torch.load(str(resume_file), map_location="cpu", weights_only=False).get("run_id")
+
+    def load_checkpoint(self, model_file=None):
+        """Restore the weights of ``model_file``, or of this trainer's own checkpoint.
+
+        Raises:
+            CheckpointError: this trainer saved no checkpoint (``fit(saved=False)``), or its
+                file now holds another run's checkpoint (``run_id`` differs).
+        """
+        checkpoint_file = model_file or self.saved_model_file
+        if not os.path.isfile(checkpoint_file):
+            raise CheckpointError(
+                f"Checkpoint {checkpoint_file} not found"
+                + ("" if model_file else ": this trainer saved none (fit with saved=False?); "
+                   "evaluate with load_best_model=False to test the model as it is.")
+            )
+        checkpoint = torch.load(checkpoint_file, map_location=self.device, weights_only=False)
+        if model_file is None and checkpoint.get("run_id") != self.run_id:
+            raise CheckpointError(
+                f"Checkpoint {checkpoint_file} was overwritten by another run (run id "
+                f"{checkpoint.get('run_id')}, this run is {self.run_id}); its weights are not this run's."
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return checkpoint
+
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        candidates = getattr(eval_data._dataset, "candidate_items", None) if eval_data else None
+        if not eval_data:
+            return None
+        if load_best_model:
+            self.load_checkpoint(model_file)
+        candidates = getattr(eval_data._dataset, "candidate_items", None)
         self._excluded_items = None
         if candidates is not None:
             excluded = np.ones(eval_data._dataset.item_num, dtype=bool)
             excluded[candidates] = False
             self._excluded_items = torch.from_numpy(excluded).to(self.device)
-        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        return super().evaluate(eval_data, False, None, show_progress)
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
