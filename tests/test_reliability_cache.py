@@ -209,3 +209,19 @@ def test_parallel_writers_leave_a_whole_file(tmp_path, caplog):
     candidates = [item_knn_graph(features(n_items=1500, seed=seed), WEIGHTS, k=10) for seed in range(3)]
     assert any(same_graph(stored, graph) for graph in candidates), "one writer's graph, whole"
     assert os.listdir(os.path.dirname(path)) == ["knn_shared.pt"]
+
+
+def test_models_follow_the_cache_dir_setting(data_root, tmp_path, monkeypatch, run_config):
+    from recbole_mm.model.freedom import FREEDOM
+    from tests.conftest import build_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    dataset_cache = os.path.join(data_root, "synthetic", "recbole_mm_cache")
+    shutil.rmtree(dataset_cache, ignore_errors=True)
+    build_model(run_config(cache_dir=None), FREEDOM)
+    assert not os.path.exists(dataset_cache) and not os.path.exists(tmp_path / "xdg"), "~: no disk cache"
+    mine = tmp_path / "mine"
+    build_model(run_config(cache_dir=str(mine)), FREEDOM)
+    assert [name for name in os.listdir(mine) if name.startswith("knn_")] and not os.path.exists(dataset_cache)
+    build_model(run_config(), FREEDOM)
+    assert [name for name in os.listdir(dataset_cache) if name.startswith("knn_")], "auto: the dataset folder"

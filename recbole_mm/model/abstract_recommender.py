@@ -10,9 +10,6 @@ from recbole_mm.files import AUTO_CACHE, resolve_cache_dir
 from recbole_mm.model.loss import BPRLoss
 
 
-_UNRESOLVED = object()
-
-
 class MultiModalRecommender(GeneralRecommender):
     """A RecBole ``GeneralRecommender`` with item features, graphs and an evaluation cache.
 
@@ -47,7 +44,7 @@ class MultiModalRecommender(GeneralRecommender):
         self.embedding_size = config["embedding_size"]
         self.modality_features = self._select_modalities(config, dataset)
         self.interaction_matrix = dataset.inter_matrix(form="coo").astype(np.float32)
-        self._cache_dir = _UNRESOLVED
+        self._cache_dir, self._cache_dir_resolved = None, False
         self._eval_cache = None
         self.scoring_graph = False  # True: the full graph even in training (score_rows)
         self.bpr_loss = BPRLoss()
@@ -83,9 +80,10 @@ class MultiModalRecommender(GeneralRecommender):
         """Folder of this dataset's derived-data cache (``None``: no disk cache), from
         ``config['cache_dir']``; resolved at first use (the fallback warning, if any, comes
         only from models that cache), see :func:`recbole_mm.files.resolve_cache_dir`."""
-        if self._cache_dir is _UNRESOLVED:
+        if not self._cache_dir_resolved:
             setting = self.config["cache_dir"] if "cache_dir" in self.config else AUTO_CACHE
             self._cache_dir = resolve_cache_dir(setting, self.config["data_path"])
+            self._cache_dir_resolved = True
         return self._cache_dir
 
     def normalized_adjacency(self):
