@@ -12,8 +12,6 @@ import logging
 import os
 import tempfile
 
-import torch
-
 AUTO_CACHE = "auto"
 CACHE_FOLDER = "recbole_mm_cache"
 NO_CACHE = ("", "~", "none", "null", "false")  # as the command line spells them (--cache_dir=~)
@@ -30,32 +28,56 @@ def _umask():
 _UMASK = _umask()
 
 
-def atomic_write(path, write):
-    """Write ``path`` through ``write(handle)`` (a binary file object) without ever exposing a
-    partial file.
-
-    The bytes go to a fresh temporary file next to ``path`` (unique per writer), are flushed
-    to disk, then renamed over ``path``. On any error the temporary file is removed and
-    ``path`` keeps its previous content. The file gets the permissions a plain ``open``
-    would give it (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``.
-    """
+def staged_path(path):
+    """A fresh, empty temporary file next to ``path``, unique to this writer, with the
+    permissions a plain ``open`` would give (``0o666`` less the umask, not ``mkstemp``'s
+    private ``0o600``). The caller writes it and moves it onto ``path`` with ``os.replace``
+    (or removes it on failure); for writers that need a file name (``np.lib.format.open_memmap``)."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    os.chmod(temporary, 0o666 & ~_UMASK)
+    return temporary
+
+
+def write_staged(path, write):
+    """Write ``write(handle)`` (a binary file object) to a :func:`staged_path` of ``path``,
+    flushed to disk; returns the temporary file's name, which the caller ``os.replace``s onto
+    ``path`` (several files can so be staged first and replaced together)."""
+    temporary = staged_path(path)
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with open(temporary, "wb") as stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_UMASK)
+    except BaseException:
+        discard(temporary)
+        raise
+    return temporary
+
+
+def discard(temporary):
+    """Remove a staged file, if it is still there."""
+    with contextlib.suppress(OSError):
+        os.unlink(temporary)
+
+
+def atomic_write(path, write):
+    """Write ``path`` through ``write(handle)`` (a binary file object) without ever exposing a
+    partial file: :func:`write_staged`, then ``os.replace``. On any error the temporary file is
+    removed and ``path`` keeps its previous content."""
+    temporary = write_staged(path, write)
+    try:
         os.replace(temporary, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        discard(temporary)
         raise
 
 
 def atomic_torch_save(obj, path, **kwargs):
     """``torch.save(obj, path, **kwargs)`` through :func:`atomic_write`."""
+    import torch  # here, so that the feature extractors' command lines start without torch
+
     atomic_write(path, lambda stream: torch.save(obj, stream, **kwargs))
 
 

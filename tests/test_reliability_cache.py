@@ -225,3 +225,15 @@ def test_models_follow_the_cache_dir_setting(data_root, tmp_path, monkeypatch, r
     assert [name for name in os.listdir(mine) if name.startswith("knn_")] and not os.path.exists(dataset_cache)
     build_model(run_config(), FREEDOM)
     assert [name for name in os.listdir(dataset_cache) if name.startswith("knn_")], "auto: the dataset folder"
+
+
+def test_feature_writers_stage_their_own_temporaries(tmp_path):
+    from recbole_mm.features.text import write_outputs
+
+    text, image, ids = (str(tmp_path / name) for name in ("text_feat.npy", "image_feat.npy", "items.txt"))
+    write_outputs({text: np.ones((2, 3)), image: np.zeros((2, 4))}, ids, ["a", "b"])
+    before = {path: open(path, "rb").read() for path in (text, image, ids)}
+    with pytest.raises(ValueError):  # the second matrix cannot be written: nothing is replaced
+        write_outputs({text: np.full((2, 3), 7.0), image: [[1.0], "x"]}, ids, ["c", "d"])
+    assert {path: open(path, "rb").read() for path in before} == before
+    assert sorted(os.listdir(tmp_path)) == ["image_feat.npy", "items.txt", "text_feat.npy"]

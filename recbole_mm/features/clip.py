@@ -46,6 +46,8 @@ import tempfile
 import numpy as np
 import pandas as pd
 
+from recbole_mm.files import atomic_write, discard, staged_path, write_staged
+
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 COMBINE_MODES = ("mean", "image", "text", "concat")
 FEATURE_FILE = "clip_feat.npy"
@@ -370,10 +372,7 @@ def prepare_staging(out_dir, manifest, overwrite):
 
 def save_shard(path, features):
     """Write one batch (b x d float32) atomically: temporary file, then ``os.replace``."""
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as handle:
-        np.save(handle, features)
-    os.replace(temporary, path)
+    atomic_write(path, lambda handle: np.save(handle, features))
 
 
 def shard_is_complete(path, n_rows):
@@ -424,17 +423,20 @@ def assemble(staging, bounds, out_dir, item_ids):
         raise ValueError(f"{staging}: batch shards disagree on the feature dimension {sorted(dims)}.")
     feature_path = os.path.join(out_dir, FEATURE_FILE)
     id_path = os.path.join(out_dir, ID_FILE)
-    feature_tmp, id_tmp = feature_path + ".tmp", id_path + ".tmp"
-    matrix = np.lib.format.open_memmap(feature_tmp, mode="w+", dtype=np.float32,
-                                       shape=(len(item_ids), dims.pop()))
-    for (start, stop), shard in zip(bounds, shards):
-        matrix[start:stop] = shard
-    matrix.flush()
-    del matrix, shards
-    with open(id_tmp, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(item_ids) + "\n")
-    os.replace(id_tmp, id_path)
-    os.replace(feature_tmp, feature_path)
+    feature_tmp = staged_path(feature_path)  # temporaries of this writer's own (mkstemp)
+    try:
+        matrix = np.lib.format.open_memmap(feature_tmp, mode="w+", dtype=np.float32,
+                                           shape=(len(item_ids), dims.pop()))
+        for (start, stop), shard in zip(bounds, shards):
+            matrix[start:stop] = shard
+        matrix.flush()
+        del matrix, shards
+        text = ("\n".join(item_ids) + "\n").encode("utf-8")
+        os.replace(write_staged(id_path, lambda handle: handle.write(text)), id_path)
+        os.replace(feature_tmp, feature_path)
+    except BaseException:
+        discard(feature_tmp)
+        raise
     shutil.rmtree(staging)
     return feature_path
 

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_mm.features.clip import default_device, read_item_table
+from recbole_mm.files import discard, write_staged
 
 HUB_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 VISUAL_FILE = "image_feat_vlm.npy"
@@ -258,18 +259,21 @@ def check_outputs_free(paths, overwrite):
 
 
 def write_outputs(matrices, id_path, item_ids):
-    """Write each ``path -> matrix`` and the id map under temporary names, then ``os.replace``
-    them all into place."""
-    staged = []
-    for path, matrix in matrices.items():
-        with open(path + ".tmp", "wb") as handle:
-            np.save(handle, np.ascontiguousarray(matrix, dtype=np.float32))
-        staged.append(path)
-    with open(id_path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write("\n".join(item_ids) + "\n")
-    staged.append(id_path)
-    for path in staged:
-        os.replace(path + ".tmp", path)
+    """Write each ``path -> matrix`` and the id map under temporary names of this writer's own,
+    then ``os.replace`` them all into place."""
+    staged = []  # (temporary, destination); each temporary is this writer's own (mkstemp)
+    try:
+        for path, matrix in matrices.items():
+            matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+            staged.append((write_staged(path, lambda handle, m=matrix: np.save(handle, m)), path))
+        text = ("\n".join(item_ids) + "\n").encode("utf-8")
+        staged.append((write_staged(id_path, lambda handle: handle.write(text)), id_path))
+        for temporary, path in staged:
+            os.replace(temporary, path)
+    except BaseException:
+        for temporary, _ in staged:
+            discard(temporary)
+        raise
 
 
 def encode_item_features(item_table, out_dir, descriptions=None, encoder=None, device=None,
