@@ -70,7 +70,8 @@ class Experiment:
         from recbole.utils import init_seed
 
         from recbole_mm.config import Config
-        from recbole_mm.utils import get_model, get_trainer
+        from recbole_mm.trainer import get_trainer
+        from recbole_mm.utils import get_model
 
         config = Config(model_name, self.args.dataset, self.protocol, {**self.base, **params})
         init_seed(config["seed"], config["reproducibility"])

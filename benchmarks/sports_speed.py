@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_mm.config import Config  # noqa: E402
 from recbole_mm.data import create_dataset, data_preparation  # noqa: E402
 from recbole_mm.data.graphs import knn_graph  # noqa: E402
-from recbole_mm.utils import get_model, get_trainer  # noqa: E402
+from recbole_mm.trainer import get_trainer  # noqa: E402
+from recbole_mm.utils import get_model  # noqa: E402
 
 
 def rss_mb(field):

@@ -1,10 +1,9 @@
-"""Model and trainer lookup: the plugin first, then RecBole."""
+"""Model lookup: the plugin first, then RecBole (trainer lookup: :func:`recbole_mm.trainer.get_trainer`)."""
 import importlib
 import importlib.util
 import os
 import pkgutil
 
-from recbole.utils import ModelType
 
 _RECBOLE_SUBMODULES = (
     "general_recommender",
@@ -85,27 +84,3 @@ def available_models(plugin=True):
             names.append(model_class.__name__ if model_class else module_name)
         return names
     return _recbole_model_names()
-
-
-def get_trainer(model_type, model_name, guider=False):
-    """The trainer class for a model.
-
-    ``guider=True`` (``guider: true`` in the config) gives
-    :class:`~recbole_mm.trainer.GUIDERTrainer`, which trains any general model as GUIDER's
-    student. Otherwise a ``<Model>Trainer`` in ``recbole_mm.trainer`` comes first; general
-    models (ours and RecBole's) get :class:`~recbole_mm.trainer.MultiModalTrainer`, which adds
-    the per-epoch model hook and the learning-rate schedule to RecBole's ``Trainer``; other
-    model types keep RecBole's.
-    """
-    plugin_trainers = importlib.import_module("recbole_mm.trainer")
-    if guider:
-        if model_type != ModelType.GENERAL:
-            raise ValueError(f"guider: true trains general models only; {model_name} is {model_type.name.lower()}")
-        return plugin_trainers.GUIDERTrainer
-    if hasattr(plugin_trainers, model_name + "Trainer"):
-        return getattr(plugin_trainers, model_name + "Trainer")
-    if model_type == ModelType.GENERAL:
-        return plugin_trainers.MultiModalTrainer
-    from recbole.utils import get_trainer as recbole_get_trainer
-
-    return recbole_get_trainer(model_type, model_name)
