@@ -5,7 +5,7 @@ import pytest
 import torch
 from recbole.model.general_recommender import BPR
 
-from recbole_mm.data.dataset import write_mmrec_inter
+from recbole_mm.data.mmrec_format import write_mmrec_inter
 from recbole_mm.model.vbpr import VBPR
 from tests.conftest import build_model
 

@@ -10,12 +10,11 @@ Dataset yaml keys read here (see ``recbole_mm/properties/dataset/baby.yaml``)::
 import os
 
 import numpy as np
-import pandas as pd
 import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType, set_color
 
-from recbole_mm.data.noise import inject_noise
+from recbole_mm.data.mmrec_format import MMREC_ITEM, MMREC_LABEL, MMREC_USER, is_mmrec_layout, read_mmrec_inter
 from recbole_mm.data.modality import (
     FeatureFileError,
     align_rows,
@@ -23,11 +22,10 @@ from recbole_mm.data.modality import (
     read_id_map,
     rows_for_tokens,
 )
+from recbole_mm.data.noise import inject_noise
+from recbole_mm.data.synthetic import ensure_synthetic_dataset
 
 SPLIT_NAMES = ("train", "valid", "test")
-MMREC_LABEL = "x_label"
-MMREC_USER = "userID"
-MMREC_ITEM = "itemID"
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -46,8 +44,6 @@ class MultiModalDataset(Dataset):
     def _load_data(self, token, dataset_path):
         generator_args = self.config["synthetic_generator"]
         if generator_args:
-            from recbole_mm.data.synthetic import ensure_synthetic_dataset
-
             ensure_synthetic_dataset(dataset_path, token, generator_args)
         self._check_interactions_exist(token, dataset_path)
         super()._load_data(token, dataset_path)
@@ -207,45 +203,3 @@ class MultiModalDataset(Dataset):
         for name, matrix in getattr(self, "modality_features", {}).items():
             info.append(set_color(f"Modality {name}", "blue") + f": {tuple(matrix.shape)}")
         return "\n".join(info)
-
-
-def is_mmrec_layout(path):
-    """True when ``path`` is an MMRec interaction file (untyped header with ``x_label``)."""
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-    return MMREC_LABEL in header and not any(":" in column for column in header)
-
-
-def read_mmrec_inter(path):
-    """Load and check an MMRec ``.inter`` file.
-
-    Returns:
-        pandas.DataFrame with integer ``userID``, ``itemID`` and ``x_label`` columns (plus
-        ``rating``/``timestamp`` when present).
-    """
-    frame = pd.read_csv(path, sep="\t")
-    missing = [column for column in (MMREC_USER, MMREC_ITEM, MMREC_LABEL) if column not in frame]
-    if missing:
-        raise ValueError(f"{path}: MMRec interaction file lacks columns {missing}.")
-    keep = [c for c in (MMREC_USER, MMREC_ITEM, MMREC_LABEL, "rating", "timestamp") if c in frame]
-    frame = frame[keep]
-    for column in (MMREC_USER, MMREC_ITEM, MMREC_LABEL):
-        if not pd.api.types.is_integer_dtype(frame[column]):
-            raise ValueError(f"{path}: column {column} must hold integers, found {frame[column].dtype}.")
-    labels = set(np.unique(frame[MMREC_LABEL]).tolist())
-    if not labels <= {0, 1, 2}:
-        raise ValueError(
-            f"{path}: x_label must be 0 (train), 1 (valid) or 2 (test); found {sorted(labels - {0, 1, 2})}."
-        )
-    if 0 not in labels:
-        raise ValueError(f"{path}: no training rows (x_label 0).")
-    return frame
-
-
-def write_mmrec_inter(path, users, items, labels):
-    """Write an MMRec-layout interaction file (``userID itemID x_label``, tab-separated)."""
-    frame = pd.DataFrame({MMREC_USER: users, MMREC_ITEM: items, MMREC_LABEL: labels})
-    frame.to_csv(path, sep="\t", index=False)
-
