@@ -2,7 +2,8 @@
 
 Dataset yaml keys read here (see ``recbole_mm/properties/dataset/baby.yaml``)::
 
-    modality_files: {image: image_feat.npy, text: text_feat.npy}   # relative to the data folder
+    modality_files: {image: image_feat.npy, text: text_feat.npy}   # relative to the data folder;
+                                 # unset: an MMRec folder's <modality>_feat.npy files are used
     modality_dims: {image: 4096, text: 384}                      # optional: checked against the files
     feature_id_map: ~            # optional: file with the item token of each feature row
     synthetic_generator: {...}   # optional: generate the folder on first use (``synthetic``)
@@ -14,7 +15,14 @@ import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType, set_color
 
-from recbole_mm.data.mmrec_format import MMREC_ITEM, MMREC_LABEL, MMREC_USER, is_mmrec_layout, read_mmrec_inter
+from recbole_mm.data.mmrec_format import (
+    MMREC_ITEM,
+    MMREC_LABEL,
+    MMREC_USER,
+    feature_files,
+    inter_layout,
+    read_mmrec_inter,
+)
 from recbole_mm.data.modality import (
     FeatureFileError,
     align_rows,
@@ -24,6 +32,7 @@ from recbole_mm.data.modality import (
 )
 from recbole_mm.data.noise import inject_noise
 from recbole_mm.data.synthetic import ensure_synthetic_dataset
+from recbole_mm.errors import DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -81,10 +90,15 @@ class MultiModalDataset(Dataset):
     # ------------------------------------------------------------------ MMRec import
     def _load_inter_feat(self, token, dataset_path):
         path = os.path.join(dataset_path, f"{token}.inter")
-        if self.benchmark_filename_list is None and is_mmrec_layout(path):
+        if self.benchmark_filename_list is None and inter_layout(path) == "mmrec":
             self._load_mmrec_inter(path)
-        else:
-            super()._load_inter_feat(token, dataset_path)
+            return
+        for part in self.benchmark_filename_list or []:
+            part_path = os.path.join(dataset_path, f"{token}.{part}.inter")
+            if inter_layout(part_path) != "atomic":
+                raise DataError(f"{part_path}: benchmark_filename files need RecBole's typed header "
+                                "(user_id:token<TAB>item_id:token...), not MMRec's")
+        super()._load_inter_feat(token, dataset_path)
 
     def _load_mmrec_inter(self, path):
         """Read an MMRec ``.inter`` as a fixed train/valid/test split.
@@ -109,6 +123,7 @@ class MultiModalDataset(Dataset):
             frame[field] = frame[field].astype(str if ftype == FeatureType.TOKEN else np.float64)
             self.set_field_property(field, ftype, FeatureSource.INTERACTION, 1)
         self.inter_feat = frame
+        self.mmrec_layout = True
         self.file_size_list = sizes
         self.benchmark_filename_list = list(SPLIT_NAMES)
 
@@ -172,7 +187,7 @@ class MultiModalDataset(Dataset):
         self.modality_features = self._load_modalities()
 
     def _load_modalities(self):
-        files = dict(self.config["modality_files"] or {})
+        files = dict(self.config["modality_files"] or {}) or self._detect_feature_files()
         if not files:
             return {}
         dims = dict(self.config["modality_dims"] or {})
@@ -197,6 +212,20 @@ class MultiModalDataset(Dataset):
                 f"Feature files of {self.dataset_name} disagree on the number of items: {row_counts}."
             )
         return features
+
+    def _detect_feature_files(self):
+        """Without ``modality_files`` in any config, an MMRec folder's ``<modality>_feat.npy``
+        files (row ``i`` = item ``i``), found and logged; RecBole atomic folders name theirs."""
+        if not getattr(self, "mmrec_layout", False):
+            return {}
+        files = feature_files(self.dataset_path)
+        if files:
+            self.logger.info(set_color("modality_files", "blue") + f" not set: found {files} in {self.dataset_path}")
+            id_maps = sorted(name for name in os.listdir(self.dataset_path) if name.endswith("_items.txt"))
+            if id_maps and not self.config["feature_id_map"]:
+                self.logger.warning(f"{self.dataset_path} holds {id_maps}: if the feature rows follow one of them, "
+                                    "name it in feature_id_map (and the files in modality_files)")
+        return files
 
     def __str__(self):
         info = [super().__str__()]
