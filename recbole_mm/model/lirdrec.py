@@ -6,7 +6,7 @@ item ID embeddings: items come from feature branches, users from one free table 
 
 1. **Multimodal transformation (Eq. 12)**, once, before training: the shared input
    :math:`X_s = [\mathrm{DCT}(v) \| \mathrm{DCT}(t)]`, with ``dct_mode`` (see
-   :mod:`recbole_mm.features.dct`): ``1d`` (default, the code's: per item along the feature
+   :func:`recbole_mm.model.layers.dct_features`): ``1d`` (default, the code's: per item along the feature
    axis, which reproduces the paper's results), ``2d`` (the paper's text: over items x
    features) or ``none`` (ablation "w/o DCT": no shared branch at all).
 2. **MFT projections (Eq. 13)**, one per branch m ∈ {v, t, s}: :math:`\hat x_m =
@@ -52,9 +52,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_mm.features.dct import dct_features
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.layers import MLP, propagate
+from recbole_mm.model.layers import MLP, dct_features, propagate
 
 
 class LIRDRec(MultiModalRecommender):
