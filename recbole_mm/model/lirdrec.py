@@ -1,7 +1,7 @@
 r"""LIRDRec: learning item representations directly from multimodal features.
 
-Spec: ``LIRDRec.txt`` (its equations were lost in extraction) and the LIRDRec section of
-``reference-models.md``, which gives them from the public code (enoche/LIRDRec). There are no
+Paper: "Learning Item Representations Directly from Multimodal Features for Effective
+Recommendation"; where its equations are ambiguous, the public code (enoche/LIRDRec) decides. There are no
 item ID embeddings: items come from feature branches, users from one free table per branch.
 
 1. **Multimodal transformation (Eq. 12)**, once, before training: the shared input
@@ -31,7 +31,7 @@ item ID embeddings: items come from feature branches, users from one free table 
 7. **Loss**: BPR + ``reg_weight`` · (mean(U_all²) + mean(I_all²)), element means over the full
    user and item output matrices (the code's).
 
-Choices where paper and code differ (code as default, as reference-models.md advises):
+Choices where paper and code differ (the code's is the default):
 
 - DCT: 1-D along features (code) by default; the paper's 2-D is ``dct_mode: 2d``.
 - PWC "chunks": the paper splits the user vector into chunks; in the code the chunks are the
