@@ -1,7 +1,7 @@
 """Entry points with the signatures of ``recbole.quick_start``: train, evaluate, search, reload.
 
 A run, as data flows: :class:`~recbole_mm.config.Config` → :func:`~recbole_mm.data.create_dataset`
-→ RecBole's ``data_preparation`` → :func:`~recbole_mm.utils.get_model` →
+→ :func:`~recbole_mm.data.data_preparation` → :func:`~recbole_mm.utils.get_model` →
 :func:`~recbole_mm.trainer.get_trainer` → ``fit`` → ``evaluate`` on the test split.
 (``recbole.quick_start`` itself is never imported: it pulls in ray.)
 """

@@ -67,6 +67,9 @@ def test_named_modality_files_win_over_detection(tmp_path, run_config):
     dataset = create_dataset(Config("VBPR", "mydata", config_dict=run_config(
         data_path=str(tmp_path / "data"), synthetic_generator=None, modality_files={"image": "image_feat.npy"})))
     assert list(dataset.modality_features) == ["image"]
+    none = create_dataset(Config("BPR", "mydata", config_dict=run_config(
+        data_path=str(tmp_path / "data"), synthetic_generator=None, modality_files={})))
+    assert none.modality_features == {}
 
 
 def test_feature_files_are_named_after_their_stem(tmp_path):

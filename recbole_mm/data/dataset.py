@@ -187,7 +187,8 @@ class MultiModalDataset(Dataset):
         self.modality_features = self._load_modalities()
 
     def _load_modalities(self):
-        files = dict(self.config["modality_files"] or {}) or self._detect_feature_files()
+        files = self.config["modality_files"]
+        files = self._detect_feature_files() if files is None else dict(files)   # {}: no features
         if not files:
             return {}
         dims = dict(self.config["modality_dims"] or {})
@@ -214,8 +215,9 @@ class MultiModalDataset(Dataset):
         return features
 
     def _detect_feature_files(self):
-        """Without ``modality_files`` in any config, an MMRec folder's ``<modality>_feat.npy``
-        files (row ``i`` = item ``i``), found and logged; RecBole atomic folders name theirs."""
+        """Without ``modality_files`` in any config (``{}`` means none), an MMRec folder's
+        ``<modality>_feat.npy`` files (row ``i`` = item ``i``), found and logged; RecBole atomic
+        folders name theirs."""
         if not getattr(self, "mmrec_layout", False):
             return {}
         files = feature_files(self.dataset_path)
