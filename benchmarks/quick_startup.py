@@ -19,7 +19,8 @@ def curves(dataset_name, models, epochs, data_path):
 
     from recbole_mm.config import Config
     from recbole_mm.data import create_dataset, data_preparation
-    from recbole_mm.utils import get_model, get_trainer
+    from recbole_mm.trainer import get_trainer
+    from recbole_mm.utils import get_model
 
     results = {}
     for model_name in models:

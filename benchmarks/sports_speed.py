@@ -1,6 +1,6 @@
 """Speed and memory on a real interaction graph.
 
-1. Imports ``sports.inter`` (Amazon Sports, MMRec layout: 35,598 users, 18,357 items,
+1. Imports ``sports.inter`` (``--inter``; Amazon Sports, MMRec layout: 35,598 users, 18,357 items,
    296,337 rows) with *generated* features of the real shapes (image 4096-d, text 384-d;
    the real feature files are not available here), then trains each model of ``--models``
    and reports seconds per training epoch, per full-sort evaluation of the valid split, and
@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_mm.config import Config  # noqa: E402
 from recbole_mm.data import create_dataset, data_preparation  # noqa: E402
 from recbole_mm.data.graphs import knn_graph  # noqa: E402
-from recbole_mm.utils import get_model, get_trainer  # noqa: E402
+from recbole_mm.trainer import get_trainer  # noqa: E402
+from recbole_mm.utils import get_model  # noqa: E402
 
 
 def rss_mb(field):
@@ -149,8 +150,10 @@ def bench_knn(n_items, dim, k):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_inter = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "interactions", "sports.inter")
-    parser.add_argument("--inter", default=default_inter)
+    default_inter = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset", "sports",
+                                 "sports.inter")
+    parser.add_argument("--inter", default=default_inter,
+                        help="MMRec's sports.inter (default: dataset/sports/sports.inter of this repository)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--knn-items", type=int, default=50000)
     parser.add_argument("--knn-dim", type=int, default=4096)
@@ -168,6 +171,9 @@ def main():
     if not args.skip_knn:
         print("knn:", bench_knn(args.knn_items, args.knn_dim, 10), flush=True)
     if not args.skip_models:
+        if not os.path.isfile(args.inter):
+            parser.error(f"{args.inter} not found: pass --inter with MMRec's sports.inter (folder 'sports' of "
+                         "https://github.com/enoche/MMRec's data)")
         root = make_sports_folder(args.inter, args.image_dim)
         overrides = {"modality_dims": {"text": 384, "image": args.image_dim}}
         overrides.update({key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})

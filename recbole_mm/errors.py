@@ -1,13 +1,14 @@
-"""recbole_mm's error types: what a user can fix (a config value, a data file)."""
+"""Errors recbole_mm raises for a user's mistake (bad config, malformed data): one base class,
+:class:`RecboleMMError`, so callers can catch everything the plugin reports."""
 
 
 class RecboleMMError(Exception):
-    """Base of the errors recbole_mm raises about a user's setup."""
+    """Base class of the errors that name a user's mistake and how to fix it."""
 
 
 class ConfigError(RecboleMMError, ValueError):
-    """A config value is invalid."""
+    """A config value is missing, of the wrong type or out of range."""
 
 
 class DataError(RecboleMMError, ValueError):
-    """A data file is missing, unreadable or inconsistent."""
+    """A dataset file is malformed: the message names the file and the layout expected."""

@@ -1,8 +1,8 @@
 """Entry points with the signatures of ``recbole.quick_start``: train, evaluate, search, reload.
 
 A run, as data flows: :class:`~recbole_mm.config.Config` → :func:`~recbole_mm.data.create_dataset`
-→ RecBole's ``data_preparation`` → :func:`~recbole_mm.utils.get_model` →
-:func:`~recbole_mm.utils.get_trainer` → ``fit`` → ``evaluate`` on the test split.
+→ :func:`~recbole_mm.data.data_preparation` → :func:`~recbole_mm.utils.get_model` →
+:func:`~recbole_mm.trainer.get_trainer` → ``fit`` → ``evaluate`` on the test split.
 (``recbole.quick_start`` itself is never imported: it pulls in ray.)
 """
 import itertools
@@ -15,7 +15,8 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_mm.config import Config
 from recbole_mm.data import create_dataset, data_preparation
-from recbole_mm.utils import get_model, get_trainer
+from recbole_mm.trainer import get_trainer
+from recbole_mm.utils import get_model
 
 
 def _build(config):

@@ -1,10 +1,10 @@
-"""Model and trainer lookup: the plugin first, then RecBole."""
+"""Model lookup: the plugin first, then RecBole (trainer lookup: :func:`recbole_mm.trainer.get_trainer`)."""
 import importlib
 import importlib.util
 import os
 import pkgutil
 
-from recbole.utils import ModelType
+import recbole_mm.model as plugin_model_package
 
 _RECBOLE_SUBMODULES = (
     "general_recommender",
@@ -12,23 +12,25 @@ _RECBOLE_SUBMODULES = (
     "sequential_recommender",
     "knowledge_aware_recommender",
 )
-# files in recbole_mm/model/ that hold shared code, not a model
-_NON_MODEL_MODULES = {"abstract_recommender", "layers", "loss"}
 
 
 class UnknownModelError(ValueError):
     """No model of that name in the plugin or in RecBole; the message lists the available ones."""
 
 
-def plugin_model_names():
-    """Lower-cased module names of the models shipped in ``recbole_mm.model``."""
-    import recbole_mm.model as package
+def plugin_models():
+    """Class name -> class of the plugin's models: exactly the classes that
+    ``recbole_mm/model/__init__.py`` imports (its ``__all__``, less the base class)."""
+    return {
+        name: getattr(plugin_model_package, name)
+        for name in plugin_model_package.__all__
+        if name != "MultiModalRecommender"
+    }
 
-    return sorted(
-        info.name
-        for info in pkgutil.iter_modules(package.__path__)
-        if info.name not in _NON_MODEL_MODULES
-    )
+
+def plugin_model_names():
+    """Lower-cased names of the models shipped in ``recbole_mm.model``."""
+    return sorted(name.lower() for name in plugin_models())
 
 
 def _recbole_model_names():
@@ -50,18 +52,16 @@ def _class_in_module(module, model_name):
 
 
 def get_model(model_name):
-    """The model class named ``model_name``: ``recbole_mm.model.<name>`` first, then RecBole's
-    general, context-aware, sequential and knowledge-aware models.
+    """The model class named ``model_name`` (any case): the models of ``recbole_mm.model``
+    first, then RecBole's general, context-aware, sequential and knowledge-aware models.
 
     RecBole's own lookup imports its ``exlib_recommender`` package on a miss, which fails with
     an unrelated ``lightgbm``/``xgboost`` ImportError; this lookup never touches it and raises a
     ``ValueError`` that lists what is available instead.
     """
     module_name = model_name.lower()
-    if module_name in plugin_model_names():
-        module = importlib.import_module(f"recbole_mm.model.{module_name}")
-        model_class = _class_in_module(module, model_name)
-        if model_class is not None:
+    for name, model_class in plugin_models().items():
+        if name.lower() == module_name:
             return model_class
     for submodule in _RECBOLE_SUBMODULES:
         path = f"recbole.model.{submodule}.{module_name}"
@@ -78,34 +78,5 @@ def get_model(model_name):
 def available_models(plugin=True):
     """Class names of the plugin's models (``plugin=True``) or RecBole's (``False``)."""
     if plugin:
-        names = []
-        for module_name in plugin_model_names():
-            module = importlib.import_module(f"recbole_mm.model.{module_name}")
-            model_class = _class_in_module(module, module_name)
-            names.append(model_class.__name__ if model_class else module_name)
-        return names
+        return list(plugin_models())
     return _recbole_model_names()
-
-
-def get_trainer(model_type, model_name, guider=False):
-    """The trainer class for a model.
-
-    ``guider=True`` (``guider: true`` in the config) gives
-    :class:`~recbole_mm.trainer.GUIDERTrainer`, which trains any general model as GUIDER's
-    student. Otherwise a ``<Model>Trainer`` in ``recbole_mm.trainer`` comes first; general
-    models (ours and RecBole's) get :class:`~recbole_mm.trainer.MultiModalTrainer`, which adds
-    the per-epoch model hook and the learning-rate schedule to RecBole's ``Trainer``; other
-    model types keep RecBole's.
-    """
-    plugin_trainers = importlib.import_module("recbole_mm.trainer")
-    if guider:
-        if model_type != ModelType.GENERAL:
-            raise ValueError(f"guider: true trains general models only; {model_name} is {model_type.name.lower()}")
-        return plugin_trainers.GUIDERTrainer
-    if hasattr(plugin_trainers, model_name + "Trainer"):
-        return getattr(plugin_trainers, model_name + "Trainer")
-    if model_type == ModelType.GENERAL:
-        return plugin_trainers.MultiModalTrainer
-    from recbole.utils import get_trainer as recbole_get_trainer
-
-    return recbole_get_trainer(model_type, model_name)

@@ -6,8 +6,8 @@ from recbole.model.general_recommender.bpr import BPR
 
 from recbole_mm.config import Config
 from recbole_mm.model.vbpr import VBPR
-from recbole_mm.trainer import MultiModalTrainer
-from recbole_mm.utils import available_models, get_model, get_trainer
+from recbole_mm.trainer import MultiModalTrainer, get_trainer
+from recbole_mm.utils import available_models, get_model
 
 
 def test_plugin_models_first_then_recbole():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy import fft
 
-from recbole_mm.features.dct import dct_features, inverse_dct_features
+from recbole_mm.model.layers import dct_features, inverse_dct_features
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.lirdrec import LIRDRec
 from tests.conftest import build_model

@@ -5,7 +5,7 @@ import pytest
 import torch
 from recbole.model.general_recommender import BPR
 
-from recbole_mm.data.dataset import write_mmrec_inter
+from recbole_mm.data.mmrec_format import write_mmrec_inter
 from recbole_mm.model.vbpr import VBPR
 from tests.conftest import build_model
 
@@ -123,9 +123,11 @@ def test_vectorised_negative_check_draws_recboles_negatives(run_config):
     import numpy as np
     from recbole.sampler.sampler import AbstractSampler
 
+    from recbole_mm.data.sampler import MultiModalSampler
+
     _, _, (train, _, _), _ = build_model(run_config(), VBPR)
     sampler = train._sampler
-    assert "sample_by_key_ids" in vars(sampler), "the train sampler carries the vectorised check"
+    assert isinstance(sampler, MultiModalSampler) and sampler.used_codes is not None, "vectorised check"
     users = np.random.default_rng(0).integers(1, sampler.user_num, 600)
     for num in (1, 3):
         np.random.seed(11)

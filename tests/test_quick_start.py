@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from recbole_mm.quick_start import grid_configs, load_data_and_model, objective_function, run_grid, run_recbole_mm
-from recbole_mm.utils import get_trainer
+from recbole_mm.trainer import get_trainer
 from tests.conftest import REPO_ROOT
 
 METRIC_KEYS = {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map", "hit") for k in (5, 10, 20, 50)} | {"gauc"}

@@ -1,14 +1,17 @@
-"""Datasets, format import, synthetic data and graph builders."""
-import itertools
+"""Datasets, format import, synthetic data and graph builders; ``create_dataset`` and
+``data_preparation`` as RecBole's, for multimodal general models."""
+from logging import getLogger
 
 import numpy as np
 import torch
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation as recbole_data_preparation
-from recbole.utils import ModelType
+from recbole.data.utils import get_dataloader, load_split_dataloaders, save_split_dataloaders
+from recbole.utils import ModelType, set_color
 
 from recbole_mm.data.dataset import DatasetNotFoundError, MultiModalDataset
 from recbole_mm.data.modality import FeatureFileError
+from recbole_mm.data.sampler import create_samplers
 
 
 def create_dataset(config):
@@ -26,7 +29,8 @@ EVAL_PROTOCOLS = ("recbole", "mmrec")
 
 
 def data_preparation(config, dataset):
-    """RecBole's ``data_preparation``, with these changes.
+    """RecBole's ``data_preparation``, with these changes for general (and traditional) models;
+    other model types get RecBole's own.
 
     - Popularity sampling (``denoise: wbpr``) counts the train split only: RecBole's sampler
       counts every split, which would let valid/test interactions shape training.
@@ -36,63 +40,51 @@ def data_preparation(config, dataset):
       masks only the user's train items (RecBole: train and valid items), and training
       negatives are drawn among the items that occur in the train split (RecBole: all
       items), still redrawn while in the user's train history.
+    - The train sampler's rejection test is vectorised (same negatives).
+
+    The first three are set on the train split's
+    :class:`~recbole_mm.data.sampler.MultiModalSampler`; ``save_dataloaders`` saves the
+    loaders with them.
     """
     protocol = config["eval_protocol"] or "recbole"
     if protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"eval_protocol must be one of {list(EVAL_PROTOCOLS)}, got {protocol!r}")
-    train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
-    train_dataset = train_data._dataset
+    if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.TRADITIONAL):
+        return recbole_data_preparation(config, dataset)
+    dataloaders = load_split_dataloaders(config)
+    if dataloaders is not None:
+        dataset._change_feat_format()
+        return dataloaders
+    built_datasets = dataset.build()
+    train_dataset, valid_dataset, test_dataset = built_datasets
+    train_sampler, valid_sampler, test_sampler = create_samplers(config, built_datasets)
     train_users = train_dataset.inter_feat[train_dataset.uid_field].numpy()
     train_items = train_dataset.inter_feat[train_dataset.iid_field].numpy()
-    sampler = train_data._sampler
-    if sampler is not None and sampler.distribution == "popularity":
-        sampler._get_candidates_list = lambda: train_items
-        sampler._pop_sampling = popularity_draw(np.arange(sampler.item_num), np.bincount(
-            train_items, minlength=sampler.item_num), sampler.alpha)
-    excluded = []
-    cold_items = getattr(train_dataset, "cold_items", None)
-    if cold_items is not None:
-        excluded.append(np.concatenate(cold_items))
+    if train_sampler is not None:
+        train_sampler.count_train_split_only(train_items)
+        excluded = []
+        cold_items = getattr(train_dataset, "cold_items", None)
+        if cold_items is not None:
+            excluded.append(np.concatenate(cold_items))
+        if protocol == "mmrec":
+            excluded.append(np.setdiff1d(np.arange(1, train_dataset.item_num), train_items))
+        if excluded:
+            train_sampler.exclude_from_negatives(np.unique(np.concatenate(excluded)))
+        train_sampler.vectorise_rejection()
+    train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
+    valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
+    test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
     if protocol == "mmrec":
-        excluded.append(np.setdiff1d(np.arange(1, train_dataset.item_num), train_items))
         mask_train_history_only(test_data, train_users, train_items, train_dataset.user_num)
-    if excluded and sampler is not None:
-        exclude_from_negatives(sampler, np.unique(np.concatenate(excluded)))
-    if sampler is not None and hasattr(sampler, "used_ids"):
-        vectorise_rejection(sampler)
+    if config["save_dataloaders"]:
+        save_split_dataloaders(config, dataloaders=(train_data, valid_data, test_data))
+    getLogger().info(
+        set_color("[Training]: ", "pink") + f"train_batch_size = [{config['train_batch_size']}] "
+        f"train_neg_sample_args: [{config['train_neg_sample_args']}]")
+    getLogger().info(
+        set_color("[Evaluation]: ", "pink") + f"eval_batch_size = [{config['eval_batch_size']}] "
+        f"eval_args: [{config['eval_args']}]")
     return train_data, valid_data, test_data
-
-
-def vectorise_rejection(sampler):
-    """Replace the per-row Python loop of RecBole's ``sample_by_key_ids`` (one ``v in set``
-    test per drawn negative, every batch) with one sorted-array lookup per redraw round.
-
-    The draws are RecBole's own, in the same order (every pending row redrawn at once until
-    none hits the key's used ids), so a seeded run gives the same negatives as before; only
-    the membership test changes. The used pairs are flattened once, as sorted
-    ``key * value_num + value`` codes.
-    """
-    used = sampler.used_ids
-    width = int(sampler.item_num)
-    lengths = np.fromiter(map(len, used), dtype=np.int64, count=len(used))
-    values = np.fromiter(itertools.chain.from_iterable(used), dtype=np.int64, count=int(lengths.sum()))
-    codes = np.sort(np.repeat(np.arange(len(used), dtype=np.int64), lengths) * width + values)
-
-    def is_used(keys, candidates):
-        query = keys * width + candidates
-        position = np.searchsorted(codes, query).clip(max=max(len(codes) - 1, 0))
-        return codes[position] == query if len(codes) else np.zeros(len(query), dtype=bool)
-
-    def sample_by_key_ids(key_ids, num):
-        keys = np.tile(np.asarray(key_ids, dtype=np.int64), num)
-        value_ids = np.zeros(len(keys), dtype=np.int64)
-        pending = np.arange(len(keys))
-        while len(pending):
-            value_ids[pending] = sampler.sampling(len(pending))
-            pending = pending[is_used(keys[pending], value_ids[pending])]
-        return torch.tensor(value_ids, dtype=torch.long)
-
-    sampler.sample_by_key_ids = sample_by_key_ids
 
 
 def mask_train_history_only(eval_data, train_users, train_items, n_users):
@@ -112,40 +104,6 @@ def mask_train_history_only(eval_data, train_users, train_items, n_users):
     history = np.empty(len(users), dtype=object)
     history[:] = [torch.from_numpy(per_user[u]) for u in users]
     eval_data.uid2history_item[users] = history
-
-
-def exclude_from_negatives(sampler, items):
-    """Make a RecBole sampler draw negatives only among the items not in ``items``.
-
-    ``uniform``: uniform over the other real items. ``popularity`` (``denoise: wbpr``):
-    RecBole's weights, popularity^alpha over the items of its candidate list, renormalised
-    over the other items (see :func:`popularity_draw`).
-    """
-    allowed = np.setdiff1d(np.arange(1, sampler.item_num), items)
-    if sampler.distribution == "uniform":
-        sampler._uni_sampling = lambda sample_num: allowed[np.random.randint(0, len(allowed), sample_num)]
-    elif sampler.distribution == "popularity":
-        counts = np.bincount(np.asarray(sampler._get_candidates_list(), dtype=np.int64), minlength=sampler.item_num)
-        sampler._pop_sampling = popularity_draw(allowed, counts[allowed], sampler.alpha)
-    else:
-        raise ValueError(f"the cold-start split supports uniform or popularity negative sampling, "
-                         f"not {sampler.distribution!r}")
-
-
-def popularity_draw(items, counts, alpha):
-    """``draw(n)`` -> (n,) items sampled with P(i) ∝ counts_i^alpha (items never seen have
-    P = 0, as in RecBole's alias table); vectorised inverse-CDF sampling from numpy's global
-    generator (seeded by RecBole's ``init_seed``)."""
-    seen = counts > 0
-    if not seen.any():
-        raise ValueError("popularity negative sampling: no candidate item occurs in the data")
-    items, weights = items[seen], counts[seen].astype(np.float64) ** float(alpha)
-    cdf = np.cumsum(weights / weights.sum())
-
-    def draw(sample_num):
-        return items[np.searchsorted(cdf, np.random.random(sample_num), side="right").clip(max=len(items) - 1)]
-
-    return draw
 
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 Dataset yaml keys read here (see ``recbole_mm/properties/dataset/baby.yaml``)::
 
-    modality_files: {image: image_feat.npy, text: text_feat.npy}   # relative to the data folder
+    modality_files: {image: image_feat.npy, text: text_feat.npy}   # relative to the data folder;
+                                 # unset: an MMRec folder's <modality>_feat.npy files are used
     modality_dims: {image: 4096, text: 384}                      # optional: checked against the files
     feature_id_map: ~            # optional: file with the item token of each feature row
     synthetic_generator: {...}   # optional: generate the folder on first use (``synthetic``)
@@ -10,12 +11,18 @@ Dataset yaml keys read here (see ``recbole_mm/properties/dataset/baby.yaml``)::
 import os
 
 import numpy as np
-import pandas as pd
 import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType, set_color
 
-from recbole_mm.data.noise import inject_noise
+from recbole_mm.data.mmrec_format import (
+    MMREC_ITEM,
+    MMREC_LABEL,
+    MMREC_USER,
+    feature_files,
+    inter_layout,
+    read_mmrec_inter,
+)
 from recbole_mm.data.modality import (
     FeatureFileError,
     align_rows,
@@ -23,11 +30,11 @@ from recbole_mm.data.modality import (
     read_id_map,
     rows_for_tokens,
 )
+from recbole_mm.data.noise import inject_noise
+from recbole_mm.data.synthetic import ensure_synthetic_dataset
+from recbole_mm.errors import DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
-MMREC_LABEL = "x_label"
-MMREC_USER = "userID"
-MMREC_ITEM = "itemID"
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -46,8 +53,6 @@ class MultiModalDataset(Dataset):
     def _load_data(self, token, dataset_path):
         generator_args = self.config["synthetic_generator"]
         if generator_args:
-            from recbole_mm.data.synthetic import ensure_synthetic_dataset
-
             ensure_synthetic_dataset(dataset_path, token, generator_args)
         self._check_interactions_exist(token, dataset_path)
         super()._load_data(token, dataset_path)
@@ -85,10 +90,15 @@ class MultiModalDataset(Dataset):
     # ------------------------------------------------------------------ MMRec import
     def _load_inter_feat(self, token, dataset_path):
         path = os.path.join(dataset_path, f"{token}.inter")
-        if self.benchmark_filename_list is None and is_mmrec_layout(path):
+        if self.benchmark_filename_list is None and inter_layout(path) == "mmrec":
             self._load_mmrec_inter(path)
-        else:
-            super()._load_inter_feat(token, dataset_path)
+            return
+        for part in self.benchmark_filename_list or []:
+            part_path = os.path.join(dataset_path, f"{token}.{part}.inter")
+            if inter_layout(part_path) != "atomic":
+                raise DataError(f"{part_path}: benchmark_filename files need RecBole's typed header "
+                                "(user_id:token<TAB>item_id:token...), not MMRec's")
+        super()._load_inter_feat(token, dataset_path)
 
     def _load_mmrec_inter(self, path):
         """Read an MMRec ``.inter`` as a fixed train/valid/test split.
@@ -113,6 +123,7 @@ class MultiModalDataset(Dataset):
             frame[field] = frame[field].astype(str if ftype == FeatureType.TOKEN else np.float64)
             self.set_field_property(field, ftype, FeatureSource.INTERACTION, 1)
         self.inter_feat = frame
+        self.mmrec_layout = True
         self.file_size_list = sizes
         self.benchmark_filename_list = list(SPLIT_NAMES)
 
@@ -176,7 +187,8 @@ class MultiModalDataset(Dataset):
         self.modality_features = self._load_modalities()
 
     def _load_modalities(self):
-        files = dict(self.config["modality_files"] or {})
+        files = self.config["modality_files"]
+        files = self._detect_feature_files() if files is None else dict(files)   # {}: no features
         if not files:
             return {}
         dims = dict(self.config["modality_dims"] or {})
@@ -202,50 +214,23 @@ class MultiModalDataset(Dataset):
             )
         return features
 
+    def _detect_feature_files(self):
+        """Without ``modality_files`` in any config (``{}`` means none), an MMRec folder's
+        ``<modality>_feat.npy`` files (row ``i`` = item ``i``), found and logged; RecBole atomic
+        folders name theirs."""
+        if not getattr(self, "mmrec_layout", False):
+            return {}
+        files = feature_files(self.dataset_path)
+        if files:
+            self.logger.info(set_color("modality_files", "blue") + f" not set: found {files} in {self.dataset_path}")
+            id_maps = sorted(name for name in os.listdir(self.dataset_path) if name.endswith("_items.txt"))
+            if id_maps and not self.config["feature_id_map"]:
+                self.logger.warning(f"{self.dataset_path} holds {id_maps}: if the feature rows follow one of them, "
+                                    "name it in feature_id_map (and the files in modality_files)")
+        return files
+
     def __str__(self):
         info = [super().__str__()]
         for name, matrix in getattr(self, "modality_features", {}).items():
             info.append(set_color(f"Modality {name}", "blue") + f": {tuple(matrix.shape)}")
         return "\n".join(info)
-
-
-def is_mmrec_layout(path):
-    """True when ``path`` is an MMRec interaction file (untyped header with ``x_label``)."""
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-    return MMREC_LABEL in header and not any(":" in column for column in header)
-
-
-def read_mmrec_inter(path):
-    """Load and check an MMRec ``.inter`` file.
-
-    Returns:
-        pandas.DataFrame with integer ``userID``, ``itemID`` and ``x_label`` columns (plus
-        ``rating``/``timestamp`` when present).
-    """
-    frame = pd.read_csv(path, sep="\t")
-    missing = [column for column in (MMREC_USER, MMREC_ITEM, MMREC_LABEL) if column not in frame]
-    if missing:
-        raise ValueError(f"{path}: MMRec interaction file lacks columns {missing}.")
-    keep = [c for c in (MMREC_USER, MMREC_ITEM, MMREC_LABEL, "rating", "timestamp") if c in frame]
-    frame = frame[keep]
-    for column in (MMREC_USER, MMREC_ITEM, MMREC_LABEL):
-        if not pd.api.types.is_integer_dtype(frame[column]):
-            raise ValueError(f"{path}: column {column} must hold integers, found {frame[column].dtype}.")
-    labels = set(np.unique(frame[MMREC_LABEL]).tolist())
-    if not labels <= {0, 1, 2}:
-        raise ValueError(
-            f"{path}: x_label must be 0 (train), 1 (valid) or 2 (test); found {sorted(labels - {0, 1, 2})}."
-        )
-    if 0 not in labels:
-        raise ValueError(f"{path}: no training rows (x_label 0).")
-    return frame
-
-
-def write_mmrec_inter(path, users, items, labels):
-    """Write an MMRec-layout interaction file (``userID itemID x_label``, tab-separated)."""
-    frame = pd.DataFrame({MMREC_USER: users, MMREC_ITEM: items, MMREC_LABEL: labels})
-    frame.to_csv(path, sep="\t", index=False)
-

@@ -26,7 +26,7 @@ import tempfile
 
 import numpy as np
 
-from recbole_mm.data.dataset import write_mmrec_inter
+from recbole_mm.data.mmrec_format import write_mmrec_inter
 
 DEFAULTS = {
     "seed": 2026,

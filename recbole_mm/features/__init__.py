@@ -9,6 +9,9 @@
   item text with a sentence encoder into ``image_feat_vlm.npy``, ``text_feat.npy`` and
   ``vlm_items.txt``.
 
+The three share :mod:`recbole_mm.features.item_table` (reading and checking the item table,
+image paths, the default device, the command-line plumbing).
+
 Each module is also a command line (``python -m recbole_mm.features.<module> --help``). The
 imports are lazy so that ``python -m`` does not load a module twice and
 ``import recbole_mm.features`` does not import transformers.

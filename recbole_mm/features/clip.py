@@ -44,7 +44,15 @@ import sys
 import tempfile
 
 import numpy as np
-import pandas as pd
+
+from recbole_mm.features.item_table import (
+    add_common_arguments,
+    check_images,
+    default_device,
+    read_item_table,
+    resolve_image_paths,
+    run_command,
+)
 
 from recbole_mm.files import atomic_write, discard, staged_path, write_staged
 
@@ -55,12 +63,11 @@ ID_FILE = "clip_items.txt"
 STAGING_DIR = ".clip_feat.partial"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_KEYS = ("format", "table_digest", "n_items", "model", "combine", "batch_size")
-DELIMITERS = ("\t", ",", ";", "|")
 
 logger = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------- item table
+# ---------------------------------------------------------------------------- columns
 def uses_images(combine):
     """True when ``combine`` needs the image embedding."""
     return combine in ("mean", "image", "concat")
@@ -69,113 +76,6 @@ def uses_images(combine):
 def uses_text(combine):
     """True when ``combine`` needs the text embedding."""
     return combine in ("mean", "text", "concat")
-
-
-def sniff_delimiter(path):
-    """The delimiter of a CSV/TSV file: the candidate (tab, comma, semicolon, pipe) that occurs
-    most often in its header line; comma when none does."""
-    with open(path, encoding="utf-8-sig") as handle:
-        header = handle.readline()
-    counts = {delimiter: header.count(delimiter) for delimiter in DELIMITERS}
-    best = max(DELIMITERS, key=lambda delimiter: counts[delimiter])
-    return best if counts[best] else ","
-
-
-def read_item_table(path, required_columns, delimiter=None):
-    """Load the item table as strings and check it.
-
-    Args:
-        path: CSV/TSV file with a header line.
-        required_columns: (id_column, *other columns that must exist); the first one is the
-            item id column.
-        delimiter: column separator, or ``None`` to sniff it from the header line.
-
-    Returns:
-        pandas.DataFrame with the table's rows in file order (index 0..n-1), every value a
-        str (empty cells are ""), item ids stripped of surrounding whitespace.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: missing columns, no rows, empty or duplicate item ids (naming the file).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Item table {path} not found.")
-    delimiter = delimiter or sniff_delimiter(path)
-    try:
-        frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False,
-                            encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ValueError(f"Item table {path}: cannot parse it ({error}).") from error
-    missing = [column for column in required_columns if column not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"Item table {path} lacks column(s) {missing}; it has {list(frame.columns)} "
-            f"(delimiter {delimiter!r})."
-        )
-    if frame.empty:
-        raise ValueError(f"Item table {path} has no rows.")
-    id_column = required_columns[0]
-    ids = frame[id_column].astype(str).str.strip()
-    empty = np.flatnonzero((ids == "").to_numpy())
-    if len(empty):
-        raise ValueError(
-            f"Item table {path}: {len(empty)} rows have an empty {id_column} "
-            f"(first at data row {empty[0] + 1})."
-        )
-    duplicated = ids[ids.duplicated()].unique().tolist()
-    if duplicated:
-        raise ValueError(
-            f"Item table {path}: {len(duplicated)} {id_column} values appear more than once "
-            f"(e.g. {duplicated[:5]})."
-        )
-    frame[id_column] = ids
-    return frame.reset_index(drop=True)
-
-
-def resolve_image_paths(images, image_root):
-    """Absolute image paths, relative ones joined to ``image_root``.
-
-    Args:
-        images: sequence of n path strings from the table.
-        image_root: folder for relative paths.
-
-    Returns:
-        list of str, one per item (same order).
-    """
-    root = os.path.abspath(image_root)
-    return [os.path.normpath(os.path.join(root, os.path.expanduser(str(image).strip())))
-            for image in images]
-
-
-def check_images(item_ids, paths, table):
-    """Make sure every image exists and PIL can identify it, before any model work.
-
-    Raises:
-        FileNotFoundError: some files are missing (message: item ids and paths).
-        ValueError: some files are not readable images (message: item ids and paths).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    missing, unreadable = [], []
-    for item_id, path in zip(item_ids, paths):
-        if not os.path.isfile(path):
-            missing.append(f"item {item_id!r}: {path}")
-            continue
-        try:
-            with Image.open(path) as image:
-                image.size  # header only: cheap
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            unreadable.append(f"item {item_id!r}: {path} ({error.__class__.__name__})")
-    if missing:
-        raise FileNotFoundError(
-            f"Item table {table}: {len(missing)} image file(s) not found: "
-            + "; ".join(missing[:5]) + ("; ..." if len(missing) > 5 else "")
-        )
-    if unreadable:
-        raise ValueError(
-            f"Item table {table}: {len(unreadable)} image file(s) cannot be read as images: "
-            + "; ".join(unreadable[:5]) + ("; ..." if len(unreadable) > 5 else "")
-        )
 
 
 def table_digest(item_ids, image_paths, texts):
@@ -194,13 +94,6 @@ def table_digest(item_ids, image_paths, texts):
 
 
 # ---------------------------------------------------------------------------- model
-def default_device():
-    """``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_clip(model_name_or_path, model=None, processor=None):
     """``(CLIPModel, CLIPProcessor)``; loads from ``model_name_or_path`` what is not given."""
     from transformers import CLIPModel, CLIPProcessor
@@ -523,15 +416,13 @@ def build_parser():
         description="Write <out>/clip_feat.npy (row k = k-th item of the table) and "
                     "<out>/clip_items.txt (line k = its item token) with a CLIP model.",
     )
-    parser.add_argument("--items", required=True, help="CSV/TSV item table")
+    add_common_arguments(parser, "CSV/TSV item table")
     parser.add_argument("--out", required=True, help="output (dataset) folder")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="CLIP model id or local path")
     parser.add_argument("--combine", default="mean", choices=COMBINE_MODES)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     parser.add_argument("--image-root", default=None,
                         help="folder for relative image paths (default: the table's folder)")
-    parser.add_argument("--delimiter", default=None, help="column separator (default: sniffed)")
     parser.add_argument("--id-column", default="item_id")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--text-column", default="text")
@@ -543,19 +434,16 @@ def build_parser():
 def main(argv=None):
     """Command-line entry point; returns the exit code (2 for input errors)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path = extract_clip_features(
-            args.items, args.out, model_name_or_path=args.model, combine=args.combine,
-            batch_size=args.batch_size, device=args.device, image_root=args.image_root,
-            overwrite=args.overwrite, id_column=args.id_column, image_column=args.image_column,
-            text_column=args.text_column, delimiter=args.delimiter,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    code, path = run_command(
+        extract_clip_features,
+        args.items, args.out, model_name_or_path=args.model, combine=args.combine,
+        batch_size=args.batch_size, device=args.device, image_root=args.image_root,
+        overwrite=args.overwrite, id_column=args.id_column, image_column=args.image_column,
+        text_column=args.text_column, delimiter=args.delimiter,
+    )
+    if code == 0:
+        print(path)
+    return code
 
 
 if __name__ == "__main__":

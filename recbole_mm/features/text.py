@@ -53,7 +53,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from recbole_mm.features.clip import default_device, read_item_table
+from recbole_mm.features.item_table import add_common_arguments, default_device, read_item_table, run_command
 from recbole_mm.files import discard, write_staged
 
 HUB_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -342,7 +342,7 @@ def build_parser():
         description=f"Encode VLM descriptions and item text with a sentence encoder: writes "
                     f"<out>/{VISUAL_FILE}, <out>/{TEXT_FILE} and <out>/{ID_FILE}.",
     )
-    parser.add_argument("--items", required=True, help="CSV/TSV item table (item_id, title, ...)")
+    add_common_arguments(parser, "CSV/TSV item table (item_id, title, ...)")
     parser.add_argument("--descriptions", default=None,
                         help=f"JSONL description cache (omit to write only {TEXT_FILE})")
     parser.add_argument("--template", default=None,
@@ -351,8 +351,6 @@ def build_parser():
     parser.add_argument("--encoder", default=None,
                         help="sentence encoder id or path (default: all-MiniLM-L6-v2)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    parser.add_argument("--delimiter", default=None, help="column separator (default: sniffed)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
@@ -360,16 +358,14 @@ def build_parser():
 def main(argv=None):
     """Command-line entry point; returns the exit code (2 for input errors)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        paths = encode_item_features(
-            args.items, args.out, descriptions=args.descriptions, encoder=args.encoder,
-            device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
-            template=args.template, delimiter=args.delimiter,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    code, paths = run_command(
+        encode_item_features,
+        args.items, args.out, descriptions=args.descriptions, encoder=args.encoder,
+        device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
+        template=args.template, delimiter=args.delimiter,
+    )
+    if code:
+        return code
     files = {name: os.path.basename(path) for name, path in paths.items()
              if path and name != "feature_id_map"}
     print("modality_files: {" + ", ".join(f"{name}: {file}" for name, file in files.items()) + "}")

@@ -54,7 +54,13 @@ from typing import List, Protocol
 
 import numpy as np
 
-from recbole_mm.features.clip import default_device, read_item_table, resolve_image_paths
+from recbole_mm.features.item_table import (
+    add_common_arguments,
+    default_device,
+    read_item_table,
+    resolve_image_paths,
+    run_command,
+)
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -499,33 +505,29 @@ def build_parser():
         description="Describe each item's image with a vision-language model (VLIF §2.2); "
                     "descriptions are appended to a resumable JSONL cache.",
     )
-    parser.add_argument("--items", required=True, help="CSV/TSV item table (item_id, title, image)")
+    add_common_arguments(parser, "CSV/TSV item table (item_id, title, image)")
     parser.add_argument("--cache", required=True, help="JSONL description cache (appended to)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="image-text-to-text model id or path")
     parser.add_argument("--template", default="title", choices=TEMPLATES)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--dtype", default=None, help="model weights dtype, e.g. bfloat16 or auto")
     parser.add_argument("--image-root", default=None,
                         help="folder for relative image paths (default: the table's folder)")
-    parser.add_argument("--delimiter", default=None, help="column separator (default: sniffed)")
     return parser
 
 
 def main(argv=None):
     """Command-line entry point; returns the exit code (2 for input errors)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        descriptions = generate_descriptions(
-            args.items, args.cache, model_name_or_path=args.model, template=args.template,
-            batch_size=args.batch_size, device=args.device, max_new_tokens=args.max_new_tokens,
-            image_root=args.image_root, dtype=args.dtype, delimiter=args.delimiter,
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    code, descriptions = run_command(
+        generate_descriptions,
+        args.items, args.cache, model_name_or_path=args.model, template=args.template,
+        batch_size=args.batch_size, device=args.device, max_new_tokens=args.max_new_tokens,
+        image_root=args.image_root, dtype=args.dtype, delimiter=args.delimiter,
+    )
+    if code:
+        return code
     print(f"{len(descriptions)} descriptions in {args.cache}")
     return 0
 

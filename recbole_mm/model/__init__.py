@@ -1,4 +1,36 @@
-"""Models: one file per model, named after it; shared code in abstract_recommender, layers, loss."""
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+"""Models: one file per model, named after it; shared code in abstract_recommender, layers, loss.
 
-__all__ = ["MultiModalRecommender"]
+The plugin's model registry: :func:`recbole_mm.utils.get_model` finds exactly the models imported
+here (one line per model, as RecBole-GNN's ``general_recommender/__init__.py``); a new model
+file adds its import and its name in ``__all__``."""
+from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.bm3 import BM3
+from recbole_mm.model.clipmlp import CLIPMLP
+from recbole_mm.model.dragon import DRAGON
+from recbole_mm.model.freedom import FREEDOM
+from recbole_mm.model.grcn import GRCN
+from recbole_mm.model.lattice import LATTICE
+from recbole_mm.model.lirdrec import LIRDRec
+from recbole_mm.model.mgcn import MGCN
+from recbole_mm.model.micro import MICRO
+from recbole_mm.model.mmgcn import MMGCN
+from recbole_mm.model.nfvlm import NFVLM
+from recbole_mm.model.vbpr import VBPR
+from recbole_mm.model.vlif import VLIF
+
+__all__ = [
+    "MultiModalRecommender",
+    "BM3",
+    "CLIPMLP",
+    "DRAGON",
+    "FREEDOM",
+    "GRCN",
+    "LATTICE",
+    "LIRDRec",
+    "MGCN",
+    "MICRO",
+    "MMGCN",
+    "NFVLM",
+    "VBPR",
+    "VLIF",
+]

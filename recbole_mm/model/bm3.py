@@ -1,7 +1,6 @@
 r"""BM3: bootstrap latent representations for multi-modal recommendation.
 
-Zhou et al., WWW 2023, as MMRec implements it (``src/models/bm3.py``; ``reference-models.md``,
-BM3). BM3 needs no negative items: it learns by predicting a dropout-perturbed copy of one
+Zhou et al., WWW 2023, as MMRec implements it (``src/models/bm3.py`` of enoche/MMRec). BM3 needs no negative items: it learns by predicting a dropout-perturbed copy of one
 view from another (BYOL-style, without a momentum encoder).
 
 - **Online embeddings**: LightGCN on the symmetric :math:`\hat A`, mean of layers

@@ -1,4 +1,5 @@
-r"""CLIPMLP: the MLP baseline of NF-VLM (§4 of ``NF-VLM.txt``).
+r"""CLIPMLP: the MLP baseline of NF-VLM (§4 of the paper,
+"NF-VLM: Noise-Filtered Vision-Language Embeddings for Full-Ranking Recommendation").
 
 "A multi-layer perceptron that takes the CLIP embedding :math:`x_i` as input and maps it to a
 scalar score via a single hidden layer with nonlinearity. User identity is modeled implicitly

@@ -1,6 +1,6 @@
 r"""DRAGON: enhancing dyadic relations with homogeneous graphs for multimodal recommendation.
 
-Zhou et al., ECAI 2023, as MMRec implements it (``reference-models.md``, DRAGON):
+Zhou et al., ECAI 2023, as MMRec implements it (``src/models/dragon.py`` of enoche/MMRec):
 
 - One :class:`~recbole_mm.model.layers.ModalityGCN` per modality on the full user–item
   graph (MLP ``raw -> 4d -> d``, a U x d preference table, :math:`x + \hat A x + \hat A^2 x`).

@@ -1,6 +1,6 @@
 r"""FREEDOM: freezing and denoising graph structures for multimodal recommendation.
 
-Zhou & Shen, ACM MM 2023, as MMRec implements it (``reference-models.md``, FREEDOM):
+Zhou & Shen, ACM MM 2023, as MMRec implements it (``src/models/freedom.py`` of enoche/MMRec):
 
 - A frozen kNN item–item graph G from the raw features (k = ``knn_k`` = 10, mixed as
   ``mm_image_weight`` · G_image + (1 − w) · G_text, w = 0.1), built once (cached on disk).

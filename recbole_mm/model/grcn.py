@@ -1,7 +1,6 @@
 r"""GRCN: graph-refined convolutional network for multimedia recommendation with implicit feedback.
 
-Yang et al., ACM MM 2020, as MMRec implements it (``src/models/grcn.py``; ``reference-models.md``,
-GRCN). Nodes: users 0..U-1, then items; the train graph's directed edges s -> t run
+Yang et al., ACM MM 2020, as MMRec implements it (``src/models/grcn.py`` of enoche/MMRec). Nodes: users 0..U-1, then items; the train graph's directed edges s -> t run
 user -> item and item -> user (:func:`~recbole_mm.data.graphs.bipartite_edges`).
 
 **Content branch** (one per modality m, width d_c = ``content_embedding_size``): item features

@@ -1,6 +1,8 @@
-"""Layers shared by the plugin's models."""
+"""Layers shared by the plugin's models, and the DCT of item-feature matrices (LIRDRec)."""
+import numpy as np
 import torch
 import torch.nn as nn
+from scipy import fft
 
 try:  # optional extra `scatter`; the native fallback gives the same result
     import torch_scatter
@@ -176,3 +178,44 @@ class ModalityGCN(nn.Module):
         nodes = torch.cat([self.preference, self.mlp(item_features)], dim=0)
         nodes = nn.functional.normalize(nodes, dim=1)
         return propagate(adjacency, nodes, self.n_layers, combine="sum")
+
+
+# ---------------------------------------------------------------------------- feature transforms
+_DCT_TRANSFORMS = {
+    "1d": (lambda a: fft.dct(a, type=2, norm="ortho", axis=1), lambda a: fft.idct(a, type=2, norm="ortho", axis=1)),
+    "2d": (lambda a: fft.dctn(a, type=2, norm="ortho", axes=(0, 1)),
+           lambda a: fft.idctn(a, type=2, norm="ortho", axes=(0, 1))),
+    "none": (lambda a: a, lambda a: a),
+}
+DCT_MODES = tuple(_DCT_TRANSFORMS)
+
+
+def _dct_transform(matrix, mode, inverse):
+    if mode not in _DCT_TRANSFORMS:
+        raise ValueError(f"dct_mode must be one of {DCT_MODES}, got {mode!r}")
+    return _DCT_TRANSFORMS[mode][int(inverse)](np.asarray(matrix, dtype=np.float64)).astype(np.float32)
+
+
+def dct_features(matrix, mode="1d"):
+    """DCT of an (n_items x d) matrix; float32 array of the same shape (LIRDRec's multimodal
+    transformation).
+
+    ``mode``:
+
+    - ``"1d"``: type-II orthonormal DCT along the feature axis of each item (each row
+      separately): ``scipy.fft.dct(x, type=2, norm="ortho", axis=1)``. This is what LIRDRec's
+      public code applies (``torch_dct.dct`` on the last dimension) and what produced the paper's
+      numbers.
+    - ``"2d"``: type-II orthonormal DCT over both axes (items x features), as the paper's text
+      describes (``scipy.fft.dctn(..., axes=(0, 1))``): every output entry mixes all items, so the
+      result depends on the catalogue and on the item order.
+    - ``"none"``: no transform (the matrix is returned as float32).
+
+    All three are orthonormal (:func:`inverse_dct_features` inverts them exactly).
+    """
+    return _dct_transform(matrix, mode, inverse=False)
+
+
+def inverse_dct_features(matrix, mode="1d"):
+    """Inverse of :func:`dct_features`."""
+    return _dct_transform(matrix, mode, inverse=True)

@@ -1,12 +1,12 @@
 r"""LIRDRec: learning item representations directly from multimodal features.
 
-Spec: ``LIRDRec.txt`` (its equations were lost in extraction) and the LIRDRec section of
-``reference-models.md``, which gives them from the public code (enoche/LIRDRec). There are no
+Paper: "Learning Item Representations Directly from Multimodal Features for Effective
+Recommendation"; where its equations are ambiguous, the public code (enoche/LIRDRec) decides. There are no
 item ID embeddings: items come from feature branches, users from one free table per branch.
 
 1. **Multimodal transformation (Eq. 12)**, once, before training: the shared input
    :math:`X_s = [\mathrm{DCT}(v) \| \mathrm{DCT}(t)]`, with ``dct_mode`` (see
-   :mod:`recbole_mm.features.dct`): ``1d`` (default, the code's: per item along the feature
+   :func:`recbole_mm.model.layers.dct_features`): ``1d`` (default, the code's: per item along the feature
    axis, which reproduces the paper's results), ``2d`` (the paper's text: over items x
    features) or ``none`` (ablation "w/o DCT": no shared branch at all).
 2. **MFT projections (Eq. 13)**, one per branch m ∈ {v, t, s}: :math:`\hat x_m =
@@ -31,7 +31,7 @@ item ID embeddings: items come from feature branches, users from one free table 
 7. **Loss**: BPR + ``reg_weight`` · (mean(U_all²) + mean(I_all²)), element means over the full
    user and item output matrices (the code's).
 
-Choices where paper and code differ (code as default, as reference-models.md advises):
+Choices where paper and code differ (the code's is the default):
 
 - DCT: 1-D along features (code) by default; the paper's 2-D is ``dct_mode: 2d``.
 - PWC "chunks": the paper splits the user vector into chunks; in the code the chunks are the
@@ -52,9 +52,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_mm.features.dct import dct_features
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.layers import MLP, propagate
+from recbole_mm.model.layers import MLP, dct_features, propagate
 
 
 class LIRDRec(MultiModalRecommender):

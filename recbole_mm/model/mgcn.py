@@ -1,7 +1,6 @@
 r"""MGCN: multi-view graph convolutional network for multimedia recommendation.
 
-Yu et al., ACM MM 2023, as MMRec implements it (``src/models/mgcn.py``; ``reference-models.md``,
-MGCN). For each modality m (``modalities``, image and text by default) with raw features
+Yu et al., ACM MM 2023, as MMRec implements it (``src/models/mgcn.py`` of enoche/MMRec). For each modality m (``modalities``, image and text by default) with raw features
 :math:`x_m` (a trainable copy, as in MMRec: ``trainable_features``):
 
 - **Behaviour-guided purifier**: :math:`\tilde e_{m,i} = e_i \odot \sigma(W_m (P_m x_{m,i}) + b_m)`,

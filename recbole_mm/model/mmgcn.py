@@ -1,7 +1,6 @@
 r"""MMGCN: multi-modal graph convolution network for personalised recommendation of micro-video.
 
-Wei et al., ACM MM 2019, as MMRec implements it (``src/models/mmgcn.py``; ``reference-models.md``,
-MMGCN).
+Wei et al., ACM MM 2019, as MMRec implements it (``src/models/mmgcn.py`` of enoche/MMRec).
 
 One GCN per modality m over the bidirectional user–item train graph. Its layer-0 nodes are
 :math:`x^{(0)} = \mathrm{rownorm}([P_m ; \phi_m(F_m)])`: a free user preference table

@@ -1,6 +1,7 @@
 r"""NF-VLM: noise-filtered vision-language embeddings for full-ranking recommendation.
 
-Spec: ``NF-VLM.txt`` (no public reference code; the paper is the authority).
+Paper: "NF-VLM: Noise-Filtered Vision-Language Embeddings for Full-Ranking Recommendation"
+(no public reference code; the paper is the authority).
 
 A pre-trained item embedding :math:`x_i \in \mathbb R^d` (CLIP ViT-B/32: d = 512; the
 modalities in ``modalities`` are concatenated, default ``[clip]``) is split by a trainable

@@ -1,6 +1,37 @@
 """Trainers: ``MultiModalTrainer`` for general models, ``GUIDERTrainer`` to train any of them
-under GUIDER (``guider: true``)."""
+under GUIDER (``guider: true``), and :func:`get_trainer`, which picks one for a model.
+
+The lookup lives here, above the trainers (as in RecBole-GNN), so that ``recbole_mm.utils``
+(model lookup, imported by ``recbole_mm.config``) never imports a trainer."""
+import importlib
+
+from recbole.utils import ModelType
+
 from recbole_mm.trainer.guider import GUIDERTrainer
 from recbole_mm.trainer.trainer import MultiModalTrainer
 
-__all__ = ["GUIDERTrainer", "MultiModalTrainer"]
+__all__ = ["GUIDERTrainer", "MultiModalTrainer", "get_trainer"]
+
+
+def get_trainer(model_type, model_name, guider=False):
+    """The trainer class for a model.
+
+    ``guider=True`` (``guider: true`` in the config) gives
+    :class:`~recbole_mm.trainer.GUIDERTrainer`, which trains any general model as GUIDER's
+    student. Otherwise a ``<Model>Trainer`` in ``recbole_mm.trainer`` comes first; general
+    models (ours and RecBole's) get :class:`~recbole_mm.trainer.MultiModalTrainer`, which adds
+    the per-epoch model hook and the learning-rate schedule to RecBole's ``Trainer``; other
+    model types keep RecBole's.
+    """
+    plugin_trainers = importlib.import_module("recbole_mm.trainer")
+    if guider:
+        if model_type != ModelType.GENERAL:
+            raise ValueError(f"guider: true trains general models only; {model_name} is {model_type.name.lower()}")
+        return plugin_trainers.GUIDERTrainer
+    if hasattr(plugin_trainers, model_name + "Trainer"):
+        return getattr(plugin_trainers, model_name + "Trainer")
+    if model_type == ModelType.GENERAL:
+        return plugin_trainers.MultiModalTrainer
+    from recbole.utils import get_trainer as recbole_get_trainer
+
+    return recbole_get_trainer(model_type, model_name)

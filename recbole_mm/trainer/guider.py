@@ -48,8 +48,10 @@ import torch
 from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import InputType, set_color
 
+from recbole_mm.config import Config
 from recbole_mm.trainer import guider_ops as ops
 from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
+from recbole_mm.utils import get_model
 
 KD_MODES = ("ot", "ot_pairs", "kl", "none")
 
@@ -138,8 +140,6 @@ class GUIDERTrainer(MultiModalTrainer):
     def _teacher_config(self):
         """The student's config with the teacher's model name, its defaults and
         ``guider_teacher_config`` overrides."""
-        from recbole_mm.config import Config
-
         keep = ("data_path", "checkpoint_dir", "device", "use_gpu", "gpu_id", "seed", "reproducibility", "state",
                 "embedding_size", "synthetic_generator", "show_progress")
         config_dict = {key: self.config[key] for key in keep if self.config[key] is not None}
@@ -154,8 +154,6 @@ class GUIDERTrainer(MultiModalTrainer):
         """Build the teacher and the modality side of AMSC on the student's train split."""
         if self.teacher is not None:
             return
-        from recbole_mm.utils import get_model
-
         dataset = train_data._dataset
         teacher_config = self._teacher_config()
         teacher_config["device"] = self.device
