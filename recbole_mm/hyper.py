@@ -242,6 +242,7 @@ def run_trial(task):
         time_s=round(time.perf_counter() - start, 3),
         seed=task["config"].get("seed", task.get("seed")),
         device=task.get("device") or "cpu",
+        pid=os.getpid(),
         checkpoint_dir=task["checkpoint_dir"],
     )
     return record
@@ -262,12 +263,14 @@ def visible_gpus():
     return ids[:count] if ids else [str(index) for index in range(count)]
 
 
-def run_local(tasks, on_done, workers=None, gpus=()):
-    """Run ``tasks`` with :func:`run_trial` in a spawn process pool, one fresh process per trial.
+def run_local(tasks, on_done, workers=None, gpus=(), function=run_trial):
+    """Run ``function(task)`` (:func:`run_trial`) for each task in a spawn process pool, one
+    fresh process per trial (on Python >= 3.11; older ones reuse a worker).
 
-    Each running trial holds a *slot*: a GPU id (slots = ``gpus``, round-robin when ``workers``
-    exceeds them) or the CPU (``""``). ``on_done(record)`` is called in this process as each
-    trial finishes.
+    Each running trial holds a *slot*, passed as ``task["device"]``: a GPU id (the slots are
+    ``gpus``, repeated round-robin when ``workers`` exceeds them) or the CPU (``""``); a slot
+    is given to the next trial only when its trial has finished. ``on_done(record)`` is called
+    in this process as each trial finishes.
     """
     import multiprocessing
 
@@ -283,11 +286,34 @@ def run_local(tasks, on_done, workers=None, gpus=()):
         while queue or running:
             while queue and free:
                 slot = free.pop(0)
-                running[pool.submit(run_trial, {**queue.pop(0), "device": slot})] = slot
+                running[pool.submit(function, {**queue.pop(0), "device": slot})] = slot
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 free.append(running.pop(future))
                 on_done(future.result())
+
+
+RAY_REQUIREMENT = "ray[tune]>=2.58,<3"
+RAY_MIN_VERSION = (2, 58)
+
+
+def import_ray():
+    """``(ray, ray.tune)``, or an ImportError that says how to install a Ray that works here.
+
+    RecBole 1.2.1 depends on ``ray<=2.6.3``, which does not import on setuptools >= 81
+    (``pkg_resources`` is gone) nor run on numpy 2; the backend needs a current Ray installed
+    over that pin (``pip install "ray[tune]>=2.58,<3"``; recbole imports ray only in
+    ``recbole.quick_start``, which recbole_mm never imports)."""
+    hint = f'the ray backend needs a current Ray: pip install "{RAY_REQUIREMENT}"'
+    try:
+        import ray
+        from ray import tune
+    except ImportError as error:
+        raise ImportError(f"{hint} (import ray: {error})") from error
+    version = tuple(int(part) for part in ray.__version__.split(".")[:2] if part.isdigit())
+    if version < RAY_MIN_VERSION:
+        raise ImportError(f"{hint} (found ray {ray.__version__})")
+    return ray, tune
 
 
 def _ray_trainable(config):
@@ -314,9 +340,7 @@ def run_ray(tasks, on_done, workers=None, address=None, num_cpus=None, use_gpu=T
     ``on_done(record)`` is called by a Tune callback in this (driver) process as each trial
     reports, so the journal is written here even when the trials run on other machines.
     """
-    import ray
-    from ray import tune
-
+    ray, tune = import_ray()
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,

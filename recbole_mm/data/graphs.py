@@ -247,7 +247,7 @@ def item_knn_graph(features, weights, k, weighted=False, cache_dir=None, budget_
     graph = graph.coalesce().to(device)
     if cache_path:
         os.makedirs(cache_dir, exist_ok=True)
-        temporary = cache_path + ".tmp"
+        temporary = f"{cache_path}.{os.getpid()}.tmp"  # concurrent trials may build the same graph
         torch.save({"indices": graph.indices().cpu(), "values": graph.values().cpu()}, temporary)
         os.replace(temporary, cache_path)
     return graph
