@@ -458,7 +458,9 @@ def run_hyper(model, dataset, config_file_list=None, config_dict=None, hyper_par
         backend: ``"local"`` (process pool) or ``"ray"`` (Ray Tune; ``ray_address`` of a cluster,
             or ``None`` for a Ray started here with ``ray_num_cpus`` CPUs).
         workers: concurrent trials (default: cores / ``threads_per_trial``, or one per GPU).
-        gpus: GPU ids for the local backend (default: those visible, if ``use_gpu``); ``[]``: CPU.
+        gpus: GPU ids for the local backend (default: a ``gpu_id`` given in the config files or
+            dict, else every visible GPU; none without ``use_gpu`` or CUDA); ``[]``: the CPU. Ray
+            gives each trial one of the cluster's GPUs itself.
 
     Returns:
         (best, trials): the journal records of this search in search order (``params``,
@@ -551,6 +553,8 @@ def run_hyper(model, dataset, config_file_list=None, config_dict=None, hyper_par
         if backend == "local":
             if gpus is None:
                 gpus = visible_gpus() if config["use_gpu"] else []
+                if gpus and "gpu_id" in config.external_config_dict:  # the user's gpu_id picks among them
+                    gpus = [part.strip() for part in str(config["gpu_id"]).split(",") if part.strip()]
             run_local(todo, on_done, workers=workers, gpus=gpus)
         else:
             storage = os.path.abspath(os.path.join(config["checkpoint_dir"], "ray_tune"))
