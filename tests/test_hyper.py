@@ -188,6 +188,11 @@ def test_ray_backend_says_how_to_install_a_usable_ray(monkeypatch):
         hyper.import_ray()
 
 
+def test_importing_the_search_does_not_import_ray():
+    code = "import sys, recbole_mm.hyper, recbole_mm.quick_start; assert 'ray' not in sys.modules, 'ray was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
 # --- end to end: real trials, both backends --------------------------------------------------
 
 GRID = "learning_rate choice [0.0001,0.01]\nreg_weight choice [0.001,0.1]\n"
@@ -269,23 +274,21 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(local_sear
     assert table(stem) == table(full), "resumed search = uninterrupted search"
 
 
+@pytest.fixture(scope="module")  # module scope: set up before the module-scoped local search
 def usable_ray():
+    """Skips (fails under CI, which must run the Ray test) when no usable Ray is installed."""
     try:
         hyper.import_ray()
-        return None
     except ImportError as error:
-        return str(error)
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Ray test: {error}")
+        pytest.skip(str(error))
 
 
 @pytest.mark.slow
-def test_ray_backend_gives_the_local_backends_table(local_search, search_setup, tmp_path):
+def test_ray_backend_gives_the_local_backends_table(usable_ray, local_search, search_setup, tmp_path):
     """Ray started on this machine with 2 CPUs, the same 4 trials: the same table (each trial is
     seeded and runs alone in its process with one thread, so the metrics agree exactly)."""
-    reason = usable_ray()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Ray test: {reason}")
-        pytest.skip(reason)
     from recbole_mm.config import Config
 
     _, exp, grid = search_setup
