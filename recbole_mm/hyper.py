@@ -62,6 +62,10 @@ class HyperFileError(ValueError):
     """A RecBole hyper file line that cannot be read (the message names the file and line)."""
 
 
+class SearchSpaceError(ValueError):
+    """A search space that cannot be enumerated as asked (continuous parameters without samples)."""
+
+
 def read_hyper_file(path):
     """Parse a RecBole hyper file into ``{name: (distribution, arguments)}``.
 
@@ -119,7 +123,7 @@ def space_trials(space, samples=None, seed=2020):
     if samples is None:
         continuous = [name for name, (kind, _) in space.items() if kind != "choice"]
         if continuous:
-            raise ValueError(f"a grid enumerates 'choice' only; {', '.join(continuous)} need samples=N "
+            raise SearchSpaceError(f"a grid enumerates 'choice' only; {', '.join(continuous)} need samples=N "
                              "(a random search of N seeded draws)")
         return grid_configs({name: values for name, (_, values) in space.items()})
     import numpy as np
@@ -598,19 +602,25 @@ def main(argv=None):
     import recbole_mm  # noqa: F401
     from recbole_mm.config import Config
 
+    from recbole_mm.utils import UnknownModelError
+
     overrides = Config._convert_config_dict(None, overrides)  # RecBole's own parsing of command-line values
-    best, records = run_hyper(
-        args.model, args.dataset, args.config_files.split() if args.config_files else None, overrides,
-        params_file=args.params_file, samples=args.samples, backend=args.backend, workers=args.workers,
-        results_dir=args.results_dir, name=args.name, threads_per_trial=args.threads_per_trial,
-        ray_address=args.ray_address, ray_num_cpus=args.ray_num_cpus,
-    )
+    try:
+        best, records = run_hyper(
+            args.model, args.dataset, args.config_files.split() if args.config_files else None, overrides,
+            params_file=args.params_file, samples=args.samples, backend=args.backend, workers=args.workers,
+            results_dir=args.results_dir, name=args.name, threads_per_trial=args.threads_per_trial,
+            ray_address=args.ray_address, ray_num_cpus=args.ray_num_cpus,
+        )
+    except (UnknownModelError, HyperFileError, SearchSpaceError, ImportError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     stem = os.path.join(args.results_dir, args.name or f"{args.model}_{args.dataset}")
     failed = [record for record in records if record["status"] != "ok"]
     print(f"{len(records) - len(failed)} of {len(records)} trials finished; tables: {stem}.md, {stem}.csv")
     if best is None:
         if failed:
-            print(f"error: every trial failed; the first:\n{failed[0].get('error')}", file=sys.stderr)
+            print(f"error: every trial failed; the first one's error:\n{failed[0].get('error')}", file=sys.stderr)
         return 1
     metrics = "  ".join(f"{name}: {value:.4f}" for name, value in best["test"].items())
     print(f"selected on valid: {json.dumps(best['params'])}  valid score: {best['best_valid_score']:.4f}")

@@ -182,6 +182,16 @@ def test_command_line_overrides_are_parsed_like_recbole(monkeypatch, capsys):
     assert 'selected on valid: {"reg_weight": 0.1}' in out and "test result: recall@20: 0.2000" in out
 
 
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    assert hyper.main(["--hyper", "--model=NoSuchModel"]) == 2
+    assert "Unknown model 'NoSuchModel'" in capsys.readouterr().err
+    path = write(tmp_path / "hyper.test", "dropout uniform 0.1,0.5\n")
+    assert hyper.main(["--hyper", "--model=VBPR", f"--params_file={path}", f"--results_dir={tmp_path}"]) == 2
+    assert "dropout need samples=N" in capsys.readouterr().err
+    assert hyper.main(["--hyper", "--model=VBPR", "--params_file=missing.test"]) == 2
+    assert "missing.test" in capsys.readouterr().err
+
+
 def test_ray_backend_says_how_to_install_a_usable_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not importable
     with pytest.raises(ImportError, match=r'pip install "ray\[tune\]>=2.58,<3"'):
