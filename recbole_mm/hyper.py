@@ -51,6 +51,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 BACKENDS = ("local", "ray")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "quniform")
@@ -289,12 +290,22 @@ def run_local(tasks, on_done, workers=None, gpus=(), function=run_trial):
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), **extra) as pool:
         while queue or running:
             while queue and free:
-                slot = free.pop(0)
-                running[pool.submit(function, {**queue.pop(0), "device": slot})] = slot
+                slot, task = free.pop(0), queue.pop(0)
+                try:
+                    running[pool.submit(function, {**task, "device": slot})] = (slot, task)
+                except BrokenProcessPool as error:
+                    raise RuntimeError("a trial's process died (killed, out of memory?); the finished trials are "
+                                       "in the journal: run the search again to resume") from error
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                free.append(running.pop(future))
-                on_done(future.result())
+                slot, task = running.pop(future)
+                free.append(slot)
+                try:
+                    record = future.result()
+                except BrokenProcessPool as error:
+                    record = {"key": task["key"], "params": task["params"], "status": "error", "time_s": 0.0,
+                              "error": f"the trial's process died (killed, out of memory?): {error!r}"}
+                on_done(record)
 
 
 RAY_REQUIREMENT = "ray[tune]>=2.58,<3"

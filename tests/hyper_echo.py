@@ -9,3 +9,10 @@ def echo_device(task):
     start = time.time()
     time.sleep(0.3)
     return {"key": task["key"], "device": task["device"], "pid": os.getpid(), "start": start, "end": time.time()}
+
+
+def die_on_key_1(task):
+    """Kills its own process (as the OOM killer would) for ``task["key"] == "1"``; else echoes."""
+    if task["key"] == "1":
+        os._exit(9)
+    return echo_device(task)

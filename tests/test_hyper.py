@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from recbole_mm import hyper
-from tests.hyper_echo import echo_device
+from tests.hyper_echo import die_on_key_1, echo_device
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,6 +133,15 @@ def test_local_pool_gives_each_running_trial_its_own_gpu_and_process():
         spans = sorted((r["start"], r["end"]) for r in records if r["device"] == device)
         assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), \
             f"two trials ran on GPU {device} at once"
+
+
+def test_a_trial_process_that_dies_is_recorded_and_the_search_stops_resumably():
+    tasks = [{"key": str(index), "params": {"i": index}, "threads": 1} for index in range(3)]
+    records = []
+    with pytest.raises(RuntimeError, match="run the search again to resume"):
+        hyper.run_local(tasks, records.append, workers=1, function=die_on_key_1)
+    assert [(r["key"], r.get("status")) for r in records] == [("0", None), ("1", "error")]
+    assert "process died" in records[1]["error"]
 
 
 def test_search_runs_only_the_trials_missing_from_the_journal(tmp_path, monkeypatch):
