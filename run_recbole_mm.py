@@ -4,6 +4,11 @@
     python run_recbole_mm.py --model=VBPR --dataset=synthetic
     python run_recbole_mm.py --model=LightGCN --dataset=baby --config_files=properties/mmrec_baby.yaml
     python run_recbole_mm.py --model=VBPR --dataset=synthetic --learning_rate=0.01 --epochs=20
+    python run_recbole_mm.py --hyper --model=VBPR --dataset=synthetic --epochs=20   # the yaml's grid
+    python run_recbole_mm.py --hyper --params_file=hyper.test --backend=ray --ray_address=auto
+
+``--hyper`` runs a hyper-parameter search, each trial in its own process, selected on valid:
+``python run_recbole_mm.py --hyper --help`` lists its flags.
 
 Any other ``--key=value`` overrides that config key (RecBole reads it from the command line).
 """
@@ -22,6 +27,11 @@ def main(argv=None):
     parser.add_argument("--model", "-m", type=str, default="VBPR", help="model name")
     parser.add_argument("--dataset", "-d", type=str, default="synthetic", help="dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="config files, separated by spaces")
+    parser.add_argument("--hyper", action="store_true", help="hyper-parameter search (see --hyper --help)")
+    if "--hyper" in (sys.argv[1:] if argv is None else argv):  # its own flags, its own --help
+        from recbole_mm.hyper import main as hyper_main
+
+        return hyper_main(argv)
     args, _ = parser.parse_known_args(argv)
 
     import recbole_mm  # noqa: F401  (applies the RecBole compatibility patches)

