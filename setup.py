@@ -20,7 +20,7 @@ setup(
     # (CPU: `pip install torch==2.13.0`), pip then keeps it.
     install_requires=[
         "torch>=2.0",
-        "recbole>=1.2,<1.3",
+        "recbole>=1.2.1,<1.3",  # 1.2.0 lacks what compat.py patches; pip must not fall back to it
         "pot>=0.9",
         "pyyaml>=6.0",
         "numpy>=1.24",
