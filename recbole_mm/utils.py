@@ -6,6 +6,8 @@ import pkgutil
 
 from recbole.utils import ModelType
 
+from recbole_mm.errors import ConfigError
+
 _RECBOLE_SUBMODULES = (
     "general_recommender",
     "context_aware_recommender",
@@ -16,7 +18,7 @@ _RECBOLE_SUBMODULES = (
 _NON_MODEL_MODULES = {"abstract_recommender", "layers", "loss"}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ConfigError):
     """No model of that name in the plugin or in RecBole; the message lists the available ones."""
 
 
@@ -100,7 +102,7 @@ def get_trainer(model_type, model_name, guider=False):
     plugin_trainers = importlib.import_module("recbole_mm.trainer")
     if guider:
         if model_type != ModelType.GENERAL:
-            raise ValueError(f"guider: true trains general models only; {model_name} is {model_type.name.lower()}")
+            raise ConfigError(f"guider: true trains general models only; {model_name} is {model_type.name.lower()}")
         return plugin_trainers.GUIDERTrainer
     if hasattr(plugin_trainers, model_name + "Trainer"):
         return getattr(plugin_trainers, model_name + "Trainer")

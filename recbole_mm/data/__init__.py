@@ -9,6 +9,7 @@ from recbole.utils import ModelType
 
 from recbole_mm.data.dataset import DatasetNotFoundError, MultiModalDataset
 from recbole_mm.data.modality import FeatureFileError
+from recbole_mm.errors import ConfigError, DataError
 
 
 def create_dataset(config):
@@ -39,7 +40,7 @@ def data_preparation(config, dataset):
     """
     protocol = config["eval_protocol"] or "recbole"
     if protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"eval_protocol must be one of {list(EVAL_PROTOCOLS)}, got {protocol!r}")
+        raise ConfigError(f"eval_protocol must be one of {list(EVAL_PROTOCOLS)}, got {protocol!r}")
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
     train_dataset = train_data._dataset
     train_users = train_dataset.inter_feat[train_dataset.uid_field].numpy()
@@ -104,7 +105,7 @@ def mask_train_history_only(eval_data, train_users, train_items, n_users):
     arrays of the train split), grouped by user with one stable sort.
     """
     if getattr(eval_data, "uid2history_item", None) is None:
-        raise ValueError("eval_protocol: mmrec needs full-sort evaluation (eval_args mode: full)")
+        raise ConfigError("eval_protocol: mmrec needs full-sort evaluation (eval_args mode: full)")
     order = np.argsort(train_users, kind="stable")
     bounds = np.cumsum(np.bincount(train_users, minlength=n_users))[:-1]
     per_user = np.split(train_items[order].astype(np.int64), bounds)
@@ -128,7 +129,7 @@ def exclude_from_negatives(sampler, items):
         counts = np.bincount(np.asarray(sampler._get_candidates_list(), dtype=np.int64), minlength=sampler.item_num)
         sampler._pop_sampling = popularity_draw(allowed, counts[allowed], sampler.alpha)
     else:
-        raise ValueError(f"the cold-start split supports uniform or popularity negative sampling, "
+        raise ConfigError(f"the cold-start split supports uniform or popularity negative sampling, "
                          f"not {sampler.distribution!r}")
 
 
@@ -138,7 +139,7 @@ def popularity_draw(items, counts, alpha):
     generator (seeded by RecBole's ``init_seed``)."""
     seen = counts > 0
     if not seen.any():
-        raise ValueError("popularity negative sampling: no candidate item occurs in the data")
+        raise DataError("popularity negative sampling: no candidate item occurs in the data")
     items, weights = items[seen], counts[seen].astype(np.float64) ** float(alpha)
     cdf = np.cumsum(weights / weights.sum())
 

@@ -23,6 +23,7 @@ from recbole_mm.data.modality import (
     read_id_map,
     rows_for_tokens,
 )
+from recbole_mm.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
 MMREC_LABEL = "x_label"
@@ -30,7 +31,7 @@ MMREC_USER = "userID"
 MMREC_ITEM = "itemID"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DataError, FileNotFoundError):
     """The dataset folder or its interaction file is missing; the message says what goes where."""
 
 
@@ -151,7 +152,7 @@ class MultiModalDataset(Dataset):
         random scores give GAUC 0.5).
         """
         if not (0 < valid_share and 0 < test_share and valid_share + test_share < 1):
-            raise ValueError(f"cold_start_items needs two positive shares summing below 1, got {[valid_share, test_share]}")
+            raise ConfigError(f"cold_start_items needs two positive shares summing below 1, got {[valid_share, test_share]}")
         self._change_feat_format()
         items = self.inter_feat[self.iid_field].numpy()
         present = np.unique(items)
@@ -228,19 +229,19 @@ def read_mmrec_inter(path):
     frame = pd.read_csv(path, sep="\t")
     missing = [column for column in (MMREC_USER, MMREC_ITEM, MMREC_LABEL) if column not in frame]
     if missing:
-        raise ValueError(f"{path}: MMRec interaction file lacks columns {missing}.")
+        raise DataError(f"{path}: MMRec interaction file lacks columns {missing}.")
     keep = [c for c in (MMREC_USER, MMREC_ITEM, MMREC_LABEL, "rating", "timestamp") if c in frame]
     frame = frame[keep]
     for column in (MMREC_USER, MMREC_ITEM, MMREC_LABEL):
         if not pd.api.types.is_integer_dtype(frame[column]):
-            raise ValueError(f"{path}: column {column} must hold integers, found {frame[column].dtype}.")
+            raise DataError(f"{path}: column {column} must hold integers, found {frame[column].dtype}.")
     labels = set(np.unique(frame[MMREC_LABEL]).tolist())
     if not labels <= {0, 1, 2}:
-        raise ValueError(
+        raise DataError(
             f"{path}: x_label must be 0 (train), 1 (valid) or 2 (test); found {sorted(labels - {0, 1, 2})}."
         )
     if 0 not in labels:
-        raise ValueError(f"{path}: no training rows (x_label 0).")
+        raise DataError(f"{path}: no training rows (x_label 0).")
     return frame
 
 

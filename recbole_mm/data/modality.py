@@ -14,8 +14,10 @@ import os
 
 import numpy as np
 
+from recbole_mm.errors import DataError
 
-class FeatureFileError(ValueError):
+
+class FeatureFileError(DataError):
     """A modality file is missing or does not fit the dataset; the message names the file."""
 
 

@@ -48,6 +48,7 @@ import torch
 from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import InputType, set_color
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.trainer import guider_ops as ops
 from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
 
@@ -89,7 +90,7 @@ class GUIDERTrainer(MultiModalTrainer):
         # positive-only batches (BM3): the teacher draws its own negatives (see negatives())
         self.draws_negatives = config["train_neg_sample_args"]["distribution"] == "none"
         if model.input_type != InputType.PAIRWISE and not self.draws_negatives:
-            raise ValueError(f"GUIDER needs a pairwise (u, i+, i-) student or positive-only batches; "
+            raise ConfigError(f"GUIDER needs a pairwise (u, i+, i-) student or positive-only batches; "
                              f"{type(model).__name__} is {model.input_type.name.lower()} with negative sampling")
         self.kd_mode = self._choice("guider_kd", KD_MODES, "none")
         self.kd_weight = config["guider_kd_weight"]
@@ -121,7 +122,7 @@ class GUIDERTrainer(MultiModalTrainer):
         """``config[key]`` (``default`` when unset), which must be one of ``choices``."""
         value = self.config[key] or default
         if value not in choices:
-            raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
         return value
 
     def _build_optimizer(self, **kwargs):
@@ -190,7 +191,7 @@ class GUIDERTrainer(MultiModalTrainer):
         if self.use_amsc:
             missing = [name for name in wanted if name not in features]
             if missing or not wanted:
-                raise ValueError(
+                raise ConfigError(
                     f"GUIDER's AMSC needs the modalities in guider_modalities {wanted}; dataset "
                     f"'{self.config['dataset']}' " + (f"lacks {missing} " if missing else "")
                     + f"(it has {sorted(features)}). Set guider_modalities to the dataset's modalities, "
