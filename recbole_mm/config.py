@@ -121,7 +121,10 @@ def packaged_config_files(model_class, dataset):
 # ---------------------------------------------------------------------------- value checks
 class Rule:
     """What one key's value must be: ``convert(value)`` returns the value (normalised: ``"3"``
-    -> 3, ``"text"`` -> ``["text"]``) or raises ``ValueError``; ``wanted`` says it in words."""
+    -> 3, ``"text"`` -> ``["text"]``) or raises ``ValueError``; ``wanted`` says it in words;
+    ``required``: ``~`` (None) is refused too."""
+
+    required = False
 
     def __init__(self, wanted, convert):
         self.wanted, self.convert = wanted, convert
@@ -225,8 +228,9 @@ def mapping():
 
 def required(rule):
     """``rule``, and ``~`` (None) is not allowed: RecBole has no meaning for it."""
-    rule.required = True
-    return rule
+    strict = Rule(rule.wanted, rule.convert)
+    strict.required = True
+    return strict
 
 
 @functools.lru_cache(maxsize=1)
@@ -386,7 +390,7 @@ def check_values(values, plugin_model=True):
             continue
         value = values[key]
         if value is None:
-            if getattr(rule, "required", False):
+            if rule.required:
                 raise ConfigError(f"{key} must be {rule.wanted}, got nothing (~)")
             continue
         try:
@@ -403,11 +407,14 @@ def check_modalities(values):
         return
     keys = ["modalities"] + (["guider_modalities"] if values.get("guider") and values.get("guider_amsc") else [])
     for key in keys:
-        unknown = [name for name in values.get(key) or [] if name not in files]
+        wanted = list(values.get(key) or [])
+        unknown = [name for name in wanted if name not in files]
         if unknown:
+            user = "GUIDER" if key == "guider_modalities" else values["model"]
             raise ConfigError(
-                f"{key} names {unknown}, which dataset '{values['dataset']}' does not provide: its modality_files "
-                f"list {sorted(files)}. Set {key} to some of these, or add the files to modality_files.")
+                f"{user} needs modalities {unknown} (config key {key}: {wanted}); dataset '{values['dataset']}' "
+                f"lacks {unknown}: it has {sorted(files)} (modality_files of its dataset config). Set {key} to "
+                "some of these, or add their files to modality_files.")
 
 
 def is_plugin_model(model_class):

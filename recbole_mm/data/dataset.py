@@ -192,7 +192,8 @@ class MultiModalDataset(Dataset):
             path = os.path.join(self.dataset_path, file_name)
             matrix = load_matrix(path, modality, dims.get(modality))
             row_counts[file_name] = matrix.shape[0]
-            rows = rows_for_tokens(item_tokens, matrix.shape[0], id_map, source=path)
+            rows = rows_for_tokens(item_tokens, matrix.shape[0], id_map, source=path,
+                                   id_map_source=id_map_file and os.path.join(self.dataset_path, id_map_file))
             features[modality] = torch.from_numpy(align_rows(matrix, rows))
             self.logger.info(
                 set_color(f"modality {modality}", "blue") + f": {path} {tuple(matrix.shape)}"

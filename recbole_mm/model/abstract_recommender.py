@@ -55,9 +55,9 @@ class MultiModalRecommender(GeneralRecommender):
         missing = [name for name in wanted if name not in available]
         if missing:
             raise ConfigError(
-                f"{type(self).__name__} needs modalities {missing}, which dataset "
-                f"'{config['dataset']}' does not provide (it has {sorted(available)}); "
-                "name them in modality_files of the dataset config."
+                f"{type(self).__name__} needs modalities {missing} (config key modalities: {list(wanted)}), "
+                f"which dataset '{config['dataset']}' does not provide (it has {sorted(available)}); "
+                "set modalities to some of these, or add the files to modality_files of the dataset config."
             )
         return {name: available[name].to(self.device) for name in wanted}
 

@@ -198,8 +198,12 @@ class GUIDERTrainer(MultiModalTrainer):
                     "or guider_amsc: false to keep the loss split alone.")
             if len(wanted) == 1:
                 self.logger.warning(f"GUIDER: one modality in guider_modalities ({wanted[0]}): S_modal is its "
-                                    "cosine alone and S_conf = 1 (no cross-modal hash)")
+                                    "cosine alone")
         names = [name for name in wanted if name in features]
+        if self.config["guider_hash_confidence"] and len(names) < 2:
+            self.logger.warning(f"GUIDER: guider_hash_confidence: true hashes two modalities against each other, "
+                                f"but guider_modalities gives {names} here: the cross-modal hash confidence "
+                                "S_conf (Eq. 6) is dropped (S_conf = 1)")
         self.modalities = [torch.nn.functional.normalize(features[name].float(), dim=1).to(self.device)
                            for name in names]
         if len(names) >= 2 and self.config["guider_hash_confidence"]:
@@ -351,7 +355,7 @@ class GUIDERTrainer(MultiModalTrainer):
             finally:
                 self.model = student
             self.teacher_results.append(teacher_result)
-            self.logger.info(set_color("GUIDER teacher ", "blue") + str(dict(teacher_result)))
+            self.logger.info(set_color("GUIDER teacher ", "blue") + str({k: float(v) for k, v in teacher_result.items()}))
         return result
 
     # ------------------------------------------------------------------ AMSC
