@@ -241,6 +241,7 @@ def value_checks():
     models only (RecBole's models give some of these names other meanings). ``~`` passes unless
     the rule is :func:`required`. (Built on first use: the choices come from the modules.)"""
     from recbole_mm.data import EVAL_PROTOCOLS
+    from recbole_mm.features.dct import DCT_MODES
     from recbole_mm.model.lattice import ADJACENCY_NORMS, CF_MODELS
     from recbole_mm.model.vlif import FUSIONS
     from recbole_mm.trainer.guider import KD_MODES
@@ -343,7 +344,7 @@ def value_checks():
         "user_graph_stored": count,
         "cf_model": choice(CF_MODELS),
         "adjacency_norm": choice(sorted(ADJACENCY_NORMS)),
-        "dct_mode": choice(["1d", "2d", "none"]),
+        "dct_mode": choice(DCT_MODES),
         "fusion": choice(FUSIONS),
         "fusion_dim": count,
         "fusion_tokens": count,

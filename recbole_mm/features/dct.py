@@ -16,6 +16,8 @@ All three are orthonormal (``idct`` / ``idctn`` with ``norm="ortho"`` invert the
 import numpy as np
 from scipy import fft
 
+from recbole_mm.errors import ConfigError
+
 _TRANSFORMS = {
     "1d": (lambda a: fft.dct(a, type=2, norm="ortho", axis=1), lambda a: fft.idct(a, type=2, norm="ortho", axis=1)),
     "2d": (lambda a: fft.dctn(a, type=2, norm="ortho", axes=(0, 1)),
@@ -27,7 +29,7 @@ DCT_MODES = tuple(_TRANSFORMS)
 
 def _transform(matrix, mode, inverse):
     if mode not in _TRANSFORMS:
-        raise ValueError(f"dct_mode must be one of {DCT_MODES}, got {mode!r}")
+        raise ConfigError(f"dct_mode must be one of {DCT_MODES}, got {mode!r}")
     return _TRANSFORMS[mode][int(inverse)](np.asarray(matrix, dtype=np.float64)).astype(np.float32)
 
 
