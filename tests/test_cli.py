@@ -149,3 +149,44 @@ def test_a_real_ctrl_c_during_training(tmp_path):
     status, _, stderr = finish(run, timeout=60)
     assert status == 130 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted; the log so far: log/VBPR/")
+
+
+# modules benchmarks/ imports that are not packages to install: its own scripts and the
+# reference code that benchmarks/reference_runner.py runs from an MMRec checkout
+BENCHMARK_LOCAL_MODULES = {"benchmarks", "ablation_table", "guider_noise", "recbole_mm", "utils"}
+IMPORT_TO_REQUIREMENT = {"yaml": "pyyaml", "torch_scatter": "torch-scatter", "PIL": "pillow"}
+
+
+def test_benchmark_imports_are_declared_requirements():
+    import ast
+    import re
+
+    with open(os.path.join(REPO_ROOT, "setup.py"), encoding="utf-8") as handle:
+        declared = {re.split(r"[<>=\[ ]", requirement)[0].lower()
+                    for requirement in re.findall(r'"([A-Za-z][\w\-]*(?:[<>=][^"]*)?)"', handle.read())}
+    imported = set()
+    folder = os.path.join(REPO_ROOT, "benchmarks")
+    local = BENCHMARK_LOCAL_MODULES | {name[:-3] for name in os.listdir(folder) if name.endswith(".py")}
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                tree = ast.parse(handle.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    third_party = {module for module in imported if module not in sys.stdlib_module_names and module not in local}
+    assert "matplotlib" in third_party
+    missing = {IMPORT_TO_REQUIREMENT.get(module, module).lower() for module in third_party} - declared
+    assert not missing, f"declare {sorted(missing)} in setup.py (install_requires or the bench extra)"
+
+
+def test_readme_and_ci_say_how_to_get_the_cpu_build_and_the_bench_extra():
+    for name in ("README.md", os.path.join(".ci", "run")):
+        with open(os.path.join(REPO_ROOT, name), encoding="utf-8") as handle:
+            text = handle.read()
+        assert "--index-url https://download.pytorch.org/whl/cpu" in text, name
+        assert "`torch==2.13.0` is the CPU build" not in text, name
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as handle:
+        assert 'pip install -e ".[bench]"' in handle.read()
