@@ -23,6 +23,9 @@ call sites, and covered by a test in ``tests/test_compat.py`` that fails without
 7. ``quiet_readonly_arrays``: ``Dataset._dataframe_to_interaction`` hands pandas' read-only
    (copy-on-write) arrays to ``torch.LongTensor``, which copies them but warns that the array
    is not writable; that one warning is silenced there, nowhere else.
+8. ``explicit_sparse_checks``: torch 2.13 warns at the first sparse tensor built while the
+   invariant checks are off by default ("implicitly disabled"). The plugin's graphs are built
+   from indices it computes, so the checks stay off, now explicitly (unless already enabled).
 """
 import functools
 import types
@@ -138,6 +141,12 @@ def patch_quiet_readonly_arrays():
     Dataset._dataframe_to_interaction = dataframe_to_interaction
 
 
+def patch_explicit_sparse_checks():
+    checks = torch.sparse.check_sparse_tensor_invariants
+    if not checks.is_enabled():
+        checks.disable()
+
+
 def apply_patches():
     """Apply every patch once; safe to call again."""
     global _APPLIED
@@ -149,5 +158,6 @@ def apply_patches():
     patch_fill_nan()
     patch_amp_without_deprecation()
     patch_quiet_readonly_arrays()
+    patch_explicit_sparse_checks()
     _APPLIED = True
 

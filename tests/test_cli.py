@@ -91,14 +91,14 @@ def test_loose_arguments_are_named(capsys):
 
 
 def test_console_is_short_and_says_where_everything_went(tmp_path):
-    status, stdout, stderr = finish(start(["--epochs=1", SMALL], tmp_path))
+    status, stdout, stderr = finish(start(["--model=FREEDOM", "--epochs=1", SMALL], tmp_path))
     assert status == 0, stderr[-2000:]
     lines = dict(line.split(": ", 1) for line in stdout.splitlines())
     log_file, checkpoint = lines["log (config, every epoch, results)"], lines["checkpoint"]
     assert os.path.isfile(tmp_path / log_file) and os.path.isfile(tmp_path / checkpoint)
     assert "np." not in stdout
-    assert "VBPR on synthetic: 200 users" in stderr and "fixed x_label split" in stderr
-    assert "Warning" not in stderr, "RecBole's GradScaler and read-only-array warnings are fixed"
+    assert "FREEDOM on synthetic: 200 users" in stderr and "fixed x_label split" in stderr
+    assert "Warning" not in stderr, "RecBole's GradScaler, read-only-array and torch's sparse-check warnings are fixed"
     assert "General Hyper Parameters" not in stderr and "Trainable parameters" not in stderr
     with open(tmp_path / log_file, encoding="utf-8") as handle:
         log = handle.read()
