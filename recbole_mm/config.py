@@ -1,5 +1,5 @@
 """``Config``: RecBole's configurator that knows the plugin's models and packaged defaults,
-and checks the values it is given (:data:`CHECKS`) and the keys (misspelt ones are warned about)."""
+and checks the values it is given (:func:`value_checks`) and the keys (misspelt ones are warned about)."""
 import difflib
 import functools
 import glob
@@ -25,16 +25,17 @@ class Config(RecBoleConfig):
       in RecBole's precedence order: ``properties/overall.yaml`` < ``properties/model/<Model>.yaml``
       < ``properties/dataset/<dataset>.yaml``. User config files, the config dict and the
       command line still override all of them (file < dict < command line), as in RecBole.
-    - Values are checked up front against :data:`CHECKS` (type and range; a
-      :class:`~recbole_mm.errors.ConfigError` names the key), and a key that no model, dataset
-      or default knows is logged as a warning with the closest known key.
+    - Values are checked up front against :func:`value_checks` (type and range; a
+      :class:`~recbole_mm.errors.ConfigError` names the key), before RecBole's own setup reads
+      them, and a key that no model, dataset or default knows is logged as a warning with the
+      closest known key.
     - ``show_progress: ~`` (the default) shows RecBole's progress bars on an interactive terminal.
     - ``eval_args`` shows the split the data actually gets: MMRec folders keep their fixed
       ``x_label`` split and ``cold_start_items`` holds items out, whatever ``split`` says.
     """
 
-    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
-        super().__init__(model, dataset, config_file_list, config_dict)
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
         for message in unknown_key_warnings(self):
             getLogger().warning(message)
         plugin_model = is_plugin_model(self.model_class)

@@ -120,3 +120,9 @@ def test_progress_bars_only_on_a_terminal(run_config, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert config(run_config, show_progress=None)["show_progress"] is True
     assert config(run_config, show_progress=False)["show_progress"] is False, "an explicit choice wins"
+
+
+def test_values_are_checked_before_recbole_setup_reads_them(run_config):
+    """``wbpr_alpha`` is read while the negative sampling is set up, inside RecBole's __init__."""
+    with pytest.raises(ConfigError, match=r"^wbpr_alpha must be a number >= 0, got 'abc'$"):
+        config(run_config, denoise="wbpr", wbpr_alpha="abc")
