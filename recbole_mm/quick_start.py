@@ -155,7 +155,8 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
         logger.handle(record)
     logger.info(sys.argv, extra=FILE_ONLY)
     logger.info(config, extra=FILE_ONLY)
-    logger.info(f"log file: {log_file_path()}")
+    if log_file_path():
+        logger.info(f"log file: {log_file_path()}")
 
     dataset, loaders, model = _build(config)
     train_data, valid_data, test_data = loaders
