@@ -159,7 +159,10 @@ def _as_number(value):
 
 
 def number(low=None, high=None, low_open=False, high_open=False):
-    bounds = _bound_words(low, high, low_open, high_open)
+    if low is not None and high is not None:
+        bounds = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    else:
+        bounds = _bound_words(low, high, low_open, high_open)
     return Rule(f"a number {bounds}".strip(),
                 lambda v: _in_range(float(_as_number(v)), low, high, low_open, high_open))
 
@@ -182,7 +185,7 @@ def boolean():
             raise ValueError
         return value
 
-    return Rule("true or false", convert)
+    return Rule("True or False", convert)
 
 
 def choice(options):
@@ -279,12 +282,7 @@ def value_checks():
         "tce_num_gradual": count,
         "rce_beta": non_negative,
         "wbpr_alpha": non_negative,
-        "bod_generator_lr": positive,
-        "bod_hidden": count,
-        "bod_outer_steps": layers,
-        "bod_outer_every": count,
-        "bod_alignment_weight": non_negative,
-        "bod_uniformity_weight": non_negative,
+        # bod_*: checked (naming the key) by trainer/bod.py's BOD_KEYS when denoise: bod builds its trainer
         "guider": boolean(),
         "guider_teacher": Rule("a model name", lambda v: v if isinstance(v, str) else _raise()),
         "guider_teacher_config": mapping(),

@@ -32,7 +32,7 @@ def finish(process, timeout=300):
 
 def test_config_mistakes_end_in_one_line_and_exit_status_2(tmp_path):
     cases = {  # the three run at once: each mostly waits for imports
-        "noise": (["--noise_ratio=1.5"], "error: noise_ratio must be a number >= 0 and < 1, got 1.5"),
+        "noise": (["--noise_ratio=1.5"], "error: noise_ratio must be a number in [0, 1), got 1.5"),
         "model": (["--model=NoSuchModel"], "error: Unknown model 'NoSuchModel'. recbole_mm models: ["),
         "modality": (["--modalities=audio"], "error: VBPR needs modalities ['audio'] (config key modalities"),
     }

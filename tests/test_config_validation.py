@@ -25,12 +25,12 @@ def config(run_config, model="VBPR", dataset="synthetic", files=None, **override
     ("epochs", -1, "VBPR", "an integer >= 0"),
     ("knn_k", "abc", "FREEDOM", "an integer >= 1"),
     ("knn_k", 2.5, "LATTICE", "an integer >= 1"),
-    ("noise_ratio", 1.5, "VBPR", "a number >= 0 and < 1"),
-    ("dropout", 1.0, "FREEDOM", "a number >= 0 and < 1"),
+    ("noise_ratio", 1.5, "VBPR", "a number in [0, 1)"),
+    ("dropout", 1.0, "FREEDOM", "a number in [0, 1)"),
     ("dct_mode", "3d", "LIRDRec", "one of ['1d', '2d', 'none']"),
     ("fusion", "sum", "VLIF", "one of ['pid', 'synergy', 'weighted', 'concat', 'pooling']"),
     ("guider_kd", "mse", "VBPR", "one of ['ot', 'ot_pairs', 'kl', 'none']"),
-    ("use_pwc", "maybe", "LIRDRec", "true or false"),
+    ("use_pwc", "maybe", "LIRDRec", "True or False"),
     ("learning_rate", None, "VBPR", "a number > 0"),
 ])
 def test_bad_values_are_a_config_error_naming_the_key(run_config, key, value, model, wanted):
