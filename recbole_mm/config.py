@@ -321,7 +321,7 @@ def value_checks():
         "n_ui_layers": layers,
         "n_mm_layers": layers,
         "n_uu_layers": layers,
-        "n_routing": count,
+        "n_routing": layers,
         "n_id_layers": layers,
         "reg_weight": non_negative,
         "dropout": number(0, 1, high_open=True),
