@@ -11,9 +11,19 @@
 ``python run_recbole_mm.py --hyper --help`` lists its flags.
 
 Any other ``--key=value`` overrides that config key (RecBole reads it from the command line).
+
+The console shows a summary, each epoch and the results; the full log (config, dataset and
+model included) goes to the log file whose path is printed at the end (``--verbose`` prints
+it all on the console too). A mistake in the config or the data ends in one line,
+``error: <message>``, and exit status 2; ``--debug`` (or ``RECBOLE_MM_DEBUG=1``) shows the
+traceback instead. Ctrl-C ends the run with exit status 130.
 """
 import argparse
+import os
 import sys
+
+EXIT_USAGE = 2  # a config or data error: fix the input and run again
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 def format_metrics(result):
@@ -22,31 +32,78 @@ def format_metrics(result):
     return "  ".join(f"{name}: {float(value):.4f}" for name, value in result.items())
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", type=str, default="VBPR", help="model name")
     parser.add_argument("--dataset", "-d", type=str, default="synthetic", help="dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="config files, separated by spaces")
     parser.add_argument("--hyper", action="store_true", help="hyper-parameter search (see --hyper --help)")
-    if "--hyper" in (sys.argv[1:] if argv is None else argv):  # its own flags, its own --help
+    parser.add_argument("--verbose", action="store_true",
+                        help="print RecBole's full log (config, dataset, model) on the console too")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of config and data errors (also RECBOLE_MM_DEBUG=1)")
+    return parser.parse_known_args(argv)
+
+
+def debug_requested(args):
+    return args.debug or os.environ.get("RECBOLE_MM_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def config_overrides(extra):
+    """The ``--key=value`` arguments RecBole reads; anything else is a ConfigError naming it."""
+    from recbole_mm.errors import ConfigError
+
+    loose = [arg for arg in extra if not (arg.startswith("--") and arg.count("=") == 1 and len(arg) > 3)]
+    if loose:
+        raise ConfigError(f"unrecognised argument(s) {' '.join(loose)}: write config keys as --key=value "
+                          "(e.g. --epochs=20)")
+    return list(extra)
+
+
+def run(args, extra):
+    import recbole_mm  # noqa: F401  (applies the RecBole compatibility patches)
+    from recbole_mm.quick_start import run_recbole_mm
+
+    # RecBole reads --key=value from sys.argv: hand it the config keys only, not our own flags
+    sys.argv = sys.argv[:1] + config_overrides(extra)
+    config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    result = run_recbole_mm(model=args.model, dataset=args.dataset, config_file_list=config_file_list,
+                            verbose=args.verbose)
+    print(f"best valid: {format_metrics(result['best_valid_result'])}")
+    print(f"test result: {format_metrics(result['test_result'])}")
+    if result.get("log_file"):
+        print(f"log (config, every epoch, results): {result['log_file']}")
+    if result.get("saved_model_file"):
+        print(f"checkpoint: {result['saved_model_file']}")
+
+
+def log_file_so_far():
+    quick_start = sys.modules.get("recbole_mm.quick_start")
+    return quick_start.log_file_path() if quick_start else None
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--hyper" in argv:  # its own flags, its own --help
         from recbole_mm.hyper import main as hyper_main
 
         return hyper_main(argv)
-    args, _ = parser.parse_known_args(argv)
-
-    import recbole_mm  # noqa: F401  (applies the RecBole compatibility patches)
-    from recbole_mm.data import DatasetNotFoundError, FeatureFileError
-    from recbole_mm.quick_start import run_recbole_mm
-    from recbole_mm.utils import UnknownModelError
-
-    config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    args, extra = parse_args(argv)
+    debug = debug_requested(args)
     try:
-        result = run_recbole_mm(model=args.model, dataset=args.dataset, config_file_list=config_file_list)
-    except (DatasetNotFoundError, FeatureFileError, UnknownModelError) as error:
+        run(args, extra)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        log_file = log_file_so_far()
+        print("interrupted" + (f"; the log so far: {log_file}" if log_file else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        errors = sys.modules.get("recbole_mm.errors")  # loaded whenever one of its errors was raised
+        if debug or errors is None or not isinstance(error, errors.RecboleMMError):
+            raise
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"best valid: {format_metrics(result['best_valid_result'])}")
-    print(f"test result: {format_metrics(result['test_result'])}")
+        return EXIT_USAGE
     return 0
 
 

@@ -16,8 +16,9 @@ setup(
     package_data={"recbole_mm": ["properties/*.yaml", "properties/*/*.yaml"]},
     include_package_data=True,
     python_requires=">=3.9",
-    # torch is deliberately unpinned: install the build you want first
-    # (CPU: `pip install torch==2.13.0`), pip then keeps it.
+    # torch is deliberately unpinned: install the build you want first, pip then keeps it.
+    # CPU-only: `pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`
+    # (from PyPI, Linux gets the CUDA build); a CUDA build: the index of its CUDA version.
     install_requires=[
         "torch>=2.0",
         "recbole>=1.2.1,<1.3",  # 1.2.0 lacks what compat.py patches; pip must not fall back to it
@@ -44,6 +45,8 @@ setup(
         # bound below it would resolve by falling back to recbole 1.2.0 (ray optional there),
         # which fails to import (kmeans_pytorch).
         "ray": ["ray[tune]>=2.58,<3", "recbole>=1.2.1"],
+        # what benchmarks/ imports beyond the core: the plots of nfvlm_paper.py and quick_startup.py
+        "bench": ["matplotlib>=3.5"],
     },
     scripts=["run_recbole_mm.py"],
 )

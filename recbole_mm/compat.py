@@ -17,8 +17,19 @@ call sites, and covered by a test in ``tests/test_compat.py`` that fails without
    it also uses ``np.float``. The replacement assigns the filled column back.
 5. ``ray``: ``import recbole.quick_start`` imports ray, which fails on setuptools >= 81
    and numpy 2. recbole_mm never imports ``recbole.quick_start``; nothing to patch.
+6. ``amp_without_deprecation``: RecBole's trainer builds ``torch.cuda.amp.GradScaler`` every
+   epoch, which torch >= 2.4 answers with a FutureWarning; the ``amp`` name inside
+   ``recbole.trainer.trainer`` becomes ``torch.amp``'s CUDA scaler and autocast (same objects).
+7. ``quiet_readonly_arrays``: ``Dataset._dataframe_to_interaction`` hands pandas' read-only
+   (copy-on-write) arrays to ``torch.LongTensor``, which copies them but warns that the array
+   is not writable; that one warning is silenced there, nowhere else.
+8. ``explicit_sparse_checks``: torch 2.13 warns at the first sparse tensor built while the
+   invariant checks are off by default ("implicitly disabled"). The plugin's graphs are built
+   from indices it computes, so the checks stay off, now explicitly (unless already enabled).
 """
+import functools
 import types
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -97,6 +108,45 @@ def patch_fill_nan():
     Dataset._fill_nan = _fill_nan
 
 
+class _CudaAmp(types.ModuleType):
+    """Stands in for ``torch.cuda.amp`` inside ``recbole.trainer.trainer`` only."""
+
+    def __init__(self):
+        super().__init__("amp")
+        self.GradScaler = functools.partial(torch.amp.GradScaler, "cuda")
+        self.autocast = functools.partial(torch.autocast, "cuda")
+
+
+def patch_amp_without_deprecation():
+    import recbole.trainer.trainer as recbole_trainer
+
+    if not isinstance(recbole_trainer.amp, _CudaAmp):
+        recbole_trainer.amp = _CudaAmp()
+
+
+def patch_quiet_readonly_arrays():
+    from recbole.data.dataset import Dataset
+
+    original = Dataset._dataframe_to_interaction
+    if getattr(original, "quiet_readonly", False):
+        return
+
+    @functools.wraps(original)
+    def dataframe_to_interaction(self, data):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+            return original(self, data)
+
+    dataframe_to_interaction.quiet_readonly = True
+    Dataset._dataframe_to_interaction = dataframe_to_interaction
+
+
+def patch_explicit_sparse_checks():
+    checks = torch.sparse.check_sparse_tensor_invariants
+    if not checks.is_enabled():
+        checks.disable()
+
+
 def apply_patches():
     """Apply every patch once; safe to call again."""
     global _APPLIED
@@ -106,5 +156,8 @@ def apply_patches():
     patch_trusted_checkpoint_load()
     patch_dok_update()
     patch_fill_nan()
+    patch_amp_without_deprecation()
+    patch_quiet_readonly_arrays()
+    patch_explicit_sparse_checks()
     _APPLIED = True
 

@@ -1,23 +1,57 @@
-"""``Config``: RecBole's configurator that knows the plugin's models and packaged defaults."""
+"""``Config``: RecBole's configurator that knows the plugin's models and packaged defaults,
+and checks the values it is given (:func:`value_checks`) and the keys (misspelt ones are warned about)."""
+import difflib
+import functools
+import glob
+import numbers
 import os
+import sys
 from logging import getLogger
 
+import yaml
 from recbole.config import Config as RecBoleConfig
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.utils import get_model
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 
 
 class Config(RecBoleConfig):
-    """RecBole's ``Config`` with two changes.
+    """RecBole's ``Config`` with these changes.
 
     - Model names resolve through :func:`recbole_mm.utils.get_model` (plugin first).
     - After RecBole's own internal yaml files, the plugin's packaged defaults are layered on
       in RecBole's precedence order: ``properties/overall.yaml`` < ``properties/model/<Model>.yaml``
       < ``properties/dataset/<dataset>.yaml``. User config files, the config dict and the
       command line still override all of them (file < dict < command line), as in RecBole.
+    - Values are checked up front against :func:`value_checks` (type and range; a
+      :class:`~recbole_mm.errors.ConfigError` names the key), before RecBole's own setup reads
+      them, and a key that no model, dataset or default knows is logged as a warning with the
+      closest known key.
+    - ``show_progress: ~`` (the default) shows RecBole's progress bars on an interactive terminal.
+    - ``eval_args`` shows the split the data actually gets: MMRec folders keep their fixed
+      ``x_label`` split and ``cold_start_items`` holds items out, whatever ``split`` says.
     """
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        for message in unknown_key_warnings(self):
+            getLogger().warning(message)
+        plugin_model = is_plugin_model(self.model_class)
+        check_values(self.final_config_dict, plugin_model=plugin_model)
+        if plugin_model:
+            check_modalities(self.final_config_dict)
+        if self.final_config_dict.get("show_progress") is None:
+            self.final_config_dict["show_progress"] = sys.stdout.isatty() and sys.stderr.isatty()
+        self._show_actual_split()
+
+    def _show_actual_split(self):
+        eval_args = self.final_config_dict["eval_args"]
+        if self.final_config_dict.get("cold_start_items"):
+            eval_args["split"] = {"cold_start_items": list(self.final_config_dict["cold_start_items"])}
+        elif self.final_config_dict.get("benchmark_filename") is None and uses_mmrec_split(self):
+            eval_args["split"] = {"x_label": "fixed: 0/1/2 = train/valid/test"}
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
@@ -40,7 +74,7 @@ class Config(RecBoleConfig):
         args = self.final_config_dict.get("train_neg_sample_args")
         if not getattr(self.model_class, "use_neg_sampling", True):
             if self.final_config_dict.get("denoise") == "wbpr":
-                raise ValueError(f"denoise: wbpr draws popularity negatives, but {self.model} trains without "
+                raise ConfigError(f"denoise: wbpr draws popularity negatives, but {self.model} trains without "
                                  "negative sampling")
             if args not in (None, "None") and (not isinstance(args, dict) or args.get("distribution") not in
                                                (None, "None", "none")):
@@ -51,7 +85,7 @@ class Config(RecBoleConfig):
         if self.final_config_dict.get("denoise") == "wbpr":
             args = self.final_config_dict["train_neg_sample_args"]
             if not args or args.get("sample_num", 0) in (0, "none"):
-                raise ValueError("denoise: wbpr needs negative sampling (train_neg_sample_args)")
+                raise ConfigError("denoise: wbpr needs negative sampling (train_neg_sample_args)")
             alpha = self.final_config_dict.get("wbpr_alpha")
             args.update(distribution="popularity", alpha=1.0 if alpha is None else float(alpha))
 
@@ -83,3 +117,377 @@ def packaged_config_files(model_class, dataset):
         os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
     ]
     return [path for path in candidates if path and os.path.isfile(path)]
+
+
+# ---------------------------------------------------------------------------- value checks
+class Rule:
+    """What one key's value must be: ``convert(value)`` returns the value (normalised: ``"3"``
+    -> 3, ``"text"`` -> ``["text"]``) or raises ``ValueError``; ``wanted`` says it in words;
+    ``required``: ``~`` (None) is refused too."""
+
+    required = False
+
+    def __init__(self, wanted, convert):
+        self.wanted, self.convert = wanted, convert
+
+
+def _bound_words(low, high, low_open, high_open):
+    words = []
+    if low is not None:
+        words.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        words.append(f"{'<' if high_open else '<='} {high}")
+    return " and ".join(words)
+
+
+def _in_range(value, low, high, low_open, high_open):
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError
+    return value
+
+
+def _as_number(value):
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        value = float(value)  # "1e-4" from a yaml or a command line that RecBole left a string
+    if not isinstance(value, numbers.Real) or value != value:
+        raise ValueError
+    return value
+
+
+def number(low=None, high=None, low_open=False, high_open=False):
+    if low is not None and high is not None:
+        bounds = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    else:
+        bounds = _bound_words(low, high, low_open, high_open)
+    return Rule(f"a number {bounds}".strip(),
+                lambda v: _in_range(float(_as_number(v)), low, high, low_open, high_open))
+
+
+def integer(low=None, high=None):
+    def convert(value):
+        value = _as_number(value)
+        if not float(value).is_integer():
+            raise ValueError
+        return _in_range(int(value), low, high, False, False)
+
+    return Rule(f"an integer {_bound_words(low, high, False, False)}".strip(), convert)
+
+
+def boolean():
+    def convert(value):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ValueError
+        return value
+
+    return Rule("True or False", convert)
+
+
+def choice(options):
+    options = [option for option in options if option is not None]
+
+    def convert(value):
+        if value not in options:
+            raise ValueError
+        return value
+
+    return Rule(f"one of {options}", convert)
+
+
+def names():
+    """A list of names; ``text`` or ``text,image`` (the command line's spelling) become lists."""
+    def convert(value):
+        if isinstance(value, str):
+            value = [part for part in value.strip("[]() ").replace(",", " ").split() if part]
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+            raise ValueError
+        return [v.strip("'\"") for v in value]
+
+    return Rule("a list of names, e.g. [text, image]", convert)
+
+
+def sequence(item, length=None):
+    def convert(value):
+        if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
+            raise ValueError
+        return [item.convert(v) for v in value]
+
+    size = f"{length} " if length else ""
+    return Rule(f"a list of {size}values, each {item.wanted}", convert)
+
+
+def mapping():
+    def convert(value):
+        if not isinstance(value, dict):
+            raise ValueError
+        return value
+
+    return Rule("a mapping, e.g. {key: value}", convert)
+
+
+def required(rule):
+    """``rule``, and ``~`` (None) is not allowed: RecBole has no meaning for it."""
+    strict = Rule(rule.wanted, rule.convert)
+    strict.required = True
+    return strict
+
+
+@functools.lru_cache(maxsize=1)
+def value_checks():
+    """The table of checked keys: ``{"recbole": ..., "plugin": ..., "model": ...}``, each
+    key -> :class:`Rule`. ``recbole`` keys are checked for every model, ``plugin`` keys
+    (``properties/overall.yaml``) too, ``model`` keys (the plugin's model yamls) for the plugin's
+    models only (RecBole's models give some of these names other meanings). ``~`` passes unless
+    the rule is :func:`required`. (Built on first use: the choices come from the modules.)"""
+    from recbole_mm.data import EVAL_PROTOCOLS
+    from recbole_mm.model.layers import DCT_MODES
+    from recbole_mm.model.lattice import ADJACENCY_NORMS, CF_MODELS
+    from recbole_mm.model.vlif import FUSIONS
+    from recbole_mm.trainer.guider import KD_MODES
+    from recbole_mm.trainer.guider_ops import ROW_TRANSFORMS, SPLIT_SCORES, THRESHOLD_MODES
+    from recbole_mm.trainer.trainer import DENOISE_MODES, OPTIMIZER_IMPLS
+
+    share, positive, non_negative = number(0, 1), number(0, low_open=True), number(0)
+    count, layers = integer(1), integer(0)
+    recbole = {
+        "learning_rate": required(positive),
+        "embedding_size": required(count),
+        "epochs": required(integer(0)),
+        "train_batch_size": required(count),
+        "eval_batch_size": required(count),
+        "stopping_step": required(integer(0)),
+        "eval_step": required(integer(0)),
+        "weight_decay": non_negative,
+        "topk": required(Rule("a list of integers >= 1", lambda v: sequence(count).convert(
+            [v] if isinstance(v, (int, str)) else v))),
+        "seed": required(integer()),
+        "show_progress": boolean(),
+        "reproducibility": boolean(),
+        "clip_grad_norm": mapping(),
+    }
+    plugin = {
+        "modalities": names(),
+        "learning_rate_scheduler": sequence(number(), length=2),
+        "optimizer_impl": choice(OPTIMIZER_IMPLS),
+        "eval_protocol": choice(EVAL_PROTOCOLS),
+        "noise_ratio": number(0, 1, high_open=True),
+        "cold_start_items": sequence(number(0, 1, low_open=True, high_open=True), length=2),
+        "denoise": choice(DENOISE_MODES),
+        "tce_drop_rate": number(0, 1, high_open=True),
+        "tce_num_gradual": count,
+        "rce_beta": non_negative,
+        "wbpr_alpha": non_negative,
+        # bod_*: checked (naming the key) by trainer/bod.py's BOD_KEYS when denoise: bod builds its trainer
+        "guider": boolean(),
+        "guider_teacher": Rule("a model name", lambda v: v if isinstance(v, str) else _raise()),
+        "guider_teacher_config": mapping(),
+        "guider_teacher_learning_rate": positive,
+        "guider_teacher_weight_decay": non_negative,
+        "guider_teacher_batch_size": count,
+        "guider_dbpr": boolean(),
+        "guider_dbpr_weight": non_negative,
+        "guider_bpr_weight": non_negative,
+        "guider_amsc": boolean(),
+        "guider_modalities": names(),
+        "guider_split_score": choice(SPLIT_SCORES),
+        "guider_threshold_mode": choice(THRESHOLD_MODES),
+        "guider_threshold": number(),
+        "guider_teacher_pretrain_epochs": layers,
+        "guider_calibrate_every": count,
+        "guider_warmup_epochs": layers,
+        "guider_loss_negatives": count,
+        "guider_hash_confidence": boolean(),
+        "guider_hash_bits": count,
+        "guider_cca_dims": count,
+        "guider_kd": choice(KD_MODES),
+        "guider_kd_weight": non_negative,
+        "guider_kd_users": count,
+        "guider_kd_items": count,
+        "guider_kd_transform": choice(ROW_TRANSFORMS),
+        "guider_kd_pairs": count,
+        "guider_sinkhorn_reg": positive,
+        "guider_sinkhorn_iterations": count,
+        "guider_student_weight_decay": non_negative,
+        "guider_eval_teacher": boolean(),
+    }
+    model = {
+        "knn_k": count,
+        "n_layers": layers,
+        "n_ui_layers": layers,
+        "n_mm_layers": layers,
+        "n_uu_layers": layers,
+        "n_routing": layers,
+        "n_id_layers": layers,
+        "reg_weight": non_negative,
+        "dropout": number(0, 1, high_open=True),
+        "mm_image_weight": share,
+        "lambda_coeff": share,
+        "decay_weight": share,
+        "decay_base": share,
+        "cl_weight": non_negative,
+        "cl_loss": non_negative,
+        "cl_temperature": positive,
+        "ssl_temperature": positive,
+        "feat_embed_dim": count,
+        "content_embedding_size": count,
+        "mft_hidden_size": count,
+        "pwc_hidden_size": count,
+        "clipmlp_hidden_size": count,
+        "weight_size": sequence(count),
+        "user_graph_k": count,
+        "user_graph_stored": count,
+        "cf_model": choice(CF_MODELS),
+        "adjacency_norm": choice(sorted(ADJACENCY_NORMS)),
+        "dct_mode": choice(DCT_MODES),
+        "fusion": choice(FUSIONS),
+        "fusion_dim": count,
+        "fusion_tokens": count,
+        "fusion_heads": count,
+        "fusion_weight": non_negative,
+        "ssl_items": choice(["batch", "all"]),
+        "clipmlp_activation": choice(["relu", "leakyrelu", "tanh"]),
+        "nfvlm_rank": count,
+        "nfvlm_lambda": non_negative,
+        "nfvlm_noise_scope": choice(["batch", "catalogue"]),
+        "nfvlm_init": choice(["pca", "random"]),
+        "nfvlm_user_init_std": positive,
+        "trainable_features": boolean(),
+        "use_pwc": boolean(),
+        "use_visual": boolean(),
+        "use_textual": boolean(),
+        "pruning": boolean(),
+        "concat": boolean(),
+        "vbpr_bias": boolean(),
+        "clipmlp_user_input": boolean(),
+        "fusion_checkpoint": boolean(),
+        "grcn_routing_quirk": boolean(),
+        "mmgcn_frozen_quirk": boolean(),
+        "modality_latent_dim": mapping(),
+    }
+    return {"recbole": recbole, "plugin": plugin, "model": model}
+
+
+def _raise():
+    raise ValueError
+
+
+def check_values(values, plugin_model=True):
+    """Check (and normalise, in place) the keys of ``values`` that :func:`value_checks` lists.
+
+    Raises:
+        ConfigError: naming the first key whose value does not fit, what it must be and what
+            it got.
+    """
+    tables = value_checks()
+    rules = {**tables["recbole"], **tables["plugin"], **(tables["model"] if plugin_model else {})}
+    for key, rule in rules.items():
+        if key not in values:
+            continue
+        value = values[key]
+        if value is None:
+            if rule.required:
+                raise ConfigError(f"{key} must be {rule.wanted}, got nothing (~)")
+            continue
+        try:
+            values[key] = rule.convert(value)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{key} must be {rule.wanted}, got {value!r}") from None
+
+
+def check_modalities(values):
+    """``modalities`` (and ``guider_modalities`` under ``guider: true``) must name modalities
+    that the dataset config lists in ``modality_files``."""
+    files = values.get("modality_files")
+    if not isinstance(files, dict):
+        return
+    keys = ["modalities"] + (["guider_modalities"] if values.get("guider") and values.get("guider_amsc") else [])
+    for key in keys:
+        wanted = list(values.get(key) or [])
+        unknown = [name for name in wanted if name not in files]
+        if unknown:
+            user = "GUIDER" if key == "guider_modalities" else values["model"]
+            raise ConfigError(
+                f"{user} needs modalities {unknown} (config key {key}: {wanted}); dataset '{values['dataset']}' "
+                f"lacks {unknown}: it has {sorted(files)} (modality_files of its dataset config). Set {key} to "
+                "some of these, or add their files to modality_files.")
+
+
+def is_plugin_model(model_class):
+    from recbole_mm.model.abstract_recommender import MultiModalRecommender
+
+    return isinstance(model_class, type) and issubclass(model_class, MultiModalRecommender)
+
+
+# ---------------------------------------------------------------------------- unknown keys
+# keys read in code that no packaged yaml sets: RecBole's run-time keys and the plugin's optional ones
+CODE_KEYS = {
+    "model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "local_rank",
+    "single_spec", "world_size", "nproc", "offset", "ip", "port", "valid_neg_sample_args",
+    "test_neg_sample_args", "feature_id_map", "cold_start_items", "synthetic_generator", "modality_files",
+    "modality_dims", "hyper_parameters",
+}
+
+
+def _yaml_keys(pattern):
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    keys = set()
+    for path in glob.glob(pattern, recursive=True):
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.load(handle, Loader=loader)
+        if isinstance(loaded, dict):
+            keys.update(loaded)
+    return keys
+
+
+@functools.lru_cache(maxsize=1)
+def known_keys():
+    """Every key a default knows: RecBole's yaml files (overall, dataset, model, quick-start),
+    the plugin's (overall, model, dataset) and :data:`CODE_KEYS`."""
+    import recbole
+
+    recbole_properties = os.path.join(os.path.dirname(recbole.__file__), "properties")
+    return frozenset(_yaml_keys(os.path.join(recbole_properties, "**", "*.yaml"))
+                     | _yaml_keys(os.path.join(PROPERTIES_DIR, "**", "*.yaml")) | CODE_KEYS)
+
+
+def unknown_key_warnings(config):
+    """One warning per key given in a config file, the config dict or the command line that no
+    model, dataset or default knows (it would be silently ignored), with the closest known key."""
+    known = known_keys() | set(config.internal_config_dict)
+    sources = [("command line", config.cmd_config_dict), ("config_dict", config.variable_config_dict),
+               ("config files", config.file_config_dict)]
+    messages = []
+    for key in config.external_config_dict:
+        if key in known:
+            continue
+        source = next(name for name, given in sources if key in (given or {}))
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        messages.append(f"config key '{key}' (from the {source}) is unknown to every model, dataset and "
+                        f"default, so nothing reads it{hint}")
+    return messages
+
+
+def uses_mmrec_split(config):
+    """True when the dataset's interactions come in MMRec's layout (fixed ``x_label`` split):
+    the file is one, or the synthetic generator is about to write one."""
+    from recbole.utils import ModelType
+
+    from recbole_mm.data.mmrec_format import inter_layout
+    from recbole_mm.errors import DataError
+
+    if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.TRADITIONAL):
+        return False
+    path = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    if os.path.isfile(path):
+        try:
+            return inter_layout(path) == "mmrec"
+        except DataError:  # reported, with the file's name, when the dataset is loaded
+            return False
+    generator = config["synthetic_generator"]
+    return bool(generator) and dict(generator).get("layout", "mmrec") == "mmrec"

@@ -1,14 +1,20 @@
-"""Errors recbole_mm raises for a user's mistake (bad config, malformed data): one base class,
-:class:`RecboleMMError`, so callers can catch everything the plugin reports."""
+"""The plugin's error types.
+
+Every error that a user can fix from the config or the data folder is a
+:class:`RecboleMMError`; ``run_recbole_mm.py`` prints it as one line (``error: <message>``)
+and exits with status 2, where any other exception keeps its traceback. Both kinds are also
+``ValueError`` subclasses, so code that catches ``ValueError`` keeps working.
+"""
 
 
 class RecboleMMError(Exception):
-    """Base class of the errors that name a user's mistake and how to fix it."""
+    """Base class of the errors a user fixes in the config or the data, not in the code."""
 
 
 class ConfigError(RecboleMMError, ValueError):
-    """A config value is missing, of the wrong type or out of range."""
+    """A config value is missing, of the wrong type, out of range or names something unknown;
+    the message names the key."""
 
 
 class DataError(RecboleMMError, ValueError):
-    """A dataset file is malformed: the message names the file and the layout expected."""
+    """A dataset file is missing or does not fit the config; the message names the file."""

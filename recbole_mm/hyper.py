@@ -53,17 +53,19 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from recbole_mm.errors import ConfigError
+
 BACKENDS = ("local", "ray")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "quniform")
 # config keys that do not change what a trial computes: left out of its key
 _KEY_EXEMPT = ("checkpoint_dir", "gpu_id", "state", "show_progress")
 
 
-class HyperFileError(ValueError):
+class HyperFileError(ConfigError):
     """A RecBole hyper file line that cannot be read (the message names the file and line)."""
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(ConfigError):
     """A search space that cannot be enumerated as asked (continuous parameters without samples)."""
 
 
@@ -331,11 +333,11 @@ def import_ray():
     return ray, tune
 
 
-def _ray_trainable(config):
+def _ray_trainable(spec):
     """A Ray Tune function trainable: one trial, its record reported once as JSON."""
     from ray import tune
 
-    task = dict(config["task"])
+    task = dict(spec["task"])
     # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPUs ("" for none); RecBole's Config would
     # overwrite it with gpu_id, so gpu_id must be the same ids
     task["device"] = os.environ.get("CUDA_VISIBLE_DEVICES", "") if task.get("gpu") else ""
@@ -482,7 +484,7 @@ def run_hyper(model, dataset, config_file_list=None, config_dict=None, hyper_par
         ``valid``, ``test``, ``best_valid_score``, ``time_s``, ...) and the selected one.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
     from logging import getLogger
 
     from recbole_mm.config import Config

@@ -4,9 +4,16 @@ A run, as data flows: :class:`~recbole_mm.config.Config` → :func:`~recbole_mm.
 → :func:`~recbole_mm.data.data_preparation` → :func:`~recbole_mm.utils.get_model` →
 :func:`~recbole_mm.trainer.get_trainer` → ``fit`` → ``evaluate`` on the test split.
 (``recbole.quick_start`` itself is never imported: it pulls in ray.)
+
+Console and log file: RecBole's ``init_logger`` writes every record to both. Here the config,
+dataset and model dumps (some 200 lines) go to the log file only, and the console gets a
+one-line summary of the run instead; ``verbose=True`` (``run_recbole_mm.py --verbose``) keeps
+RecBole's behaviour. ``state: WARNING`` quiets both, as in RecBole.
 """
+import contextlib
 import itertools
 import logging
+import os
 import sys
 from logging import getLogger
 
@@ -17,6 +24,95 @@ from recbole_mm.config import Config
 from recbole_mm.data import create_dataset, data_preparation
 from recbole_mm.trainer import get_trainer
 from recbole_mm.utils import get_model
+
+
+FILE_ONLY = {"file_only": True}  # ``logger.info(..., extra=FILE_ONLY)``: the log file, not the console
+
+
+class _FileOnlyFilter(logging.Filter):
+    """Keeps the records logged with ``extra=FILE_ONLY`` off the console."""
+
+    def filter(self, record):
+        return not getattr(record, "file_only", False)
+
+
+_FILE_ONLY_FILTER = _FileOnlyFilter()
+
+
+def init_logging(config, verbose=False):
+    """RecBole's ``init_logger``; unless ``verbose``, the console handler drops the records
+    logged with ``extra=FILE_ONLY`` (the log file keeps them)."""
+    init_logger(config)
+    for handler in getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if verbose:
+                handler.removeFilter(_FILE_ONLY_FILTER)
+            else:
+                handler.addFilter(_FILE_ONLY_FILTER)
+
+
+def log_file_path():
+    """The file the root logger writes to (RecBole's ``log/<model>/...log``), relative to the
+    working directory when inside it; ``None`` before :func:`init_logging`."""
+    for handler in getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            path = os.path.relpath(handler.baseFilename)
+            return handler.baseFilename if path.startswith("..") else path
+    return None
+
+
+class _Holder(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_log_records():
+    """Hold what is logged before the log file exists (the Config's warnings), so that it can be
+    replayed into it once :func:`init_logging` has run. On an error the held records are
+    released to the console at once (a hint such as a misspelt key may explain the error)."""
+    root = getLogger()
+    if root.handlers:  # logging already set up: records go straight through
+        yield []
+        return
+    holder = _Holder()
+    root.addHandler(holder)
+    try:
+        yield holder.records
+    except BaseException:
+        root.removeHandler(holder)
+        for record in holder.records:
+            root.handle(record)
+        raise
+    finally:
+        root.removeHandler(holder)
+
+
+def plain_result(result):
+    """A metrics mapping with plain Python floats (RecBole's are numpy scalars, whose repr
+    ``np.float64(0.1)`` would leak into printed results)."""
+    return type(result)((name, float(value)) for name, value in result.items())
+
+
+def run_summary(config, dataset, loaders, model):
+    """One line for the console: model, data, split, modalities and parameter count."""
+    sizes = "/".join(str(loader._dataset.inter_num) for loader in loaders)
+    split = config["eval_args"]["split"]
+    how = "fixed x_label split" if "x_label" in split else f"split {split}"
+    if config["cold_start_items"]:
+        how = f"item cold-start split {config['cold_start_items']}"
+    features = getattr(dataset, "modality_features", {}) or {}
+    used = getattr(model, "modality_features", None)
+    names = list(used) if isinstance(used, dict) else list(features)
+    modalities = ", ".join(f"{name} ({features[name].shape[1]}-d)" for name in names if name in features)
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (f"{config['model']} on {config['dataset']}: {dataset.user_num - 1} users, {dataset.item_num - 1} items, "
+            f"train/valid/test {sizes} interactions ({how}); modalities: {modalities or 'none'}; "
+            f"{n_parameters} trainable parameters")
 
 
 def _build(config):
@@ -33,7 +129,7 @@ def _trainer(config, model):
     return get_trainer(config["MODEL_TYPE"], config["model"], guider=bool(config["guider"]))(config, model)
 
 
-def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, verbose=False):
     """Train ``model`` on ``dataset`` and evaluate it on the test split.
 
     Args:
@@ -42,37 +138,49 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
         config_file_list (list of str): yaml files, e.g. ``["properties/guider.yaml"]``.
         config_dict (dict): parameters that override the files.
         saved (bool): save the best checkpoint and evaluate the test split with it.
+        verbose (bool): also print the config, dataset and model dumps on the console (they
+            always go to the log file).
 
     Returns:
         dict with ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result`` and
-        ``test_result``, as ``recbole.quick_start.run_recbole`` returns, plus
-        ``saved_model_file`` and ``trainer`` (its histories, e.g. GUIDER's calibrations).
+        ``test_result`` (plain floats), as ``recbole.quick_start.run_recbole`` returns, plus
+        ``saved_model_file``, ``log_file`` and ``trainer`` (its histories, e.g. GUIDER's
+        calibrations).
     """
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    with held_log_records() as held:
+        config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    init_logging(config, verbose)
     logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
+    for record in held:
+        logger.handle(record)
+    logger.info(sys.argv, extra=FILE_ONLY)
+    logger.info(config, extra=FILE_ONLY)
+    if log_file_path():
+        logger.info(f"log file: {log_file_path()}")
 
-    dataset, (train_data, valid_data, test_data), model = _build(config)
-    logger.info(dataset)
-    logger.info(model)
+    dataset, loaders, model = _build(config)
+    train_data, valid_data, test_data = loaders
+    logger.info(dataset, extra=FILE_ONLY)
+    logger.info(model, extra=FILE_ONLY)
+    logger.info(set_color(run_summary(config, dataset, loaders, model), "blue"))
     trainer = _trainer(config, model)
 
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    best_valid_result, test_result = plain_result(best_valid_result), plain_result(test_result)
 
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    logger.info(set_color("best valid ", "yellow") + f": {dict(best_valid_result)}")
+    logger.info(set_color("test result", "yellow") + f": {dict(test_result)}")
     return {
-        "best_valid_score": best_valid_score,
+        "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": trainer.saved_model_file if saved else None,
+        "log_file": log_file_path(),
         "trainer": trainer,
     }
 
@@ -97,10 +205,10 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     test_result = trainer.evaluate(test_data, load_best_model=saved)
     return {
         "model": config["model"],
-        "best_valid_score": best_valid_score,
+        "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
+        "best_valid_result": plain_result(best_valid_result),
+        "test_result": plain_result(test_result),
     }
 
 

@@ -6,6 +6,8 @@ import pkgutil
 
 import recbole_mm.model as plugin_model_package
 
+from recbole_mm.errors import ConfigError
+
 _RECBOLE_SUBMODULES = (
     "general_recommender",
     "context_aware_recommender",
@@ -14,7 +16,7 @@ _RECBOLE_SUBMODULES = (
 )
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ConfigError):
     """No model of that name in the plugin or in RecBole; the message lists the available ones."""
 
 

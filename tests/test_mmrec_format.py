@@ -65,7 +65,7 @@ def test_custom_mmrec_folder_trains_vbpr_without_a_yaml(tmp_path, run_config):
 def test_named_modality_files_win_over_detection(tmp_path, run_config):
     write_custom_folder(tmp_path / "data" / "mydata", np.random.default_rng(0))
     dataset = create_dataset(Config("VBPR", "mydata", config_dict=run_config(
-        data_path=str(tmp_path / "data"), synthetic_generator=None, modality_files={"image": "image_feat.npy"})))
+        data_path=str(tmp_path / "data"), synthetic_generator=None, modality_files={"image": "image_feat.npy"}, modalities=["image"])))
     assert list(dataset.modality_features) == ["image"]
     none = create_dataset(Config("BPR", "mydata", config_dict=run_config(
         data_path=str(tmp_path / "data"), synthetic_generator=None, modality_files={})))

@@ -12,6 +12,7 @@ from recbole.utils import ModelType, set_color
 from recbole_mm.data.dataset import DatasetNotFoundError, MultiModalDataset
 from recbole_mm.data.modality import FeatureFileError
 from recbole_mm.data.sampler import create_samplers
+from recbole_mm.errors import ConfigError
 
 
 def create_dataset(config):
@@ -48,7 +49,7 @@ def data_preparation(config, dataset):
     """
     protocol = config["eval_protocol"] or "recbole"
     if protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"eval_protocol must be one of {list(EVAL_PROTOCOLS)}, got {protocol!r}")
+        raise ConfigError(f"eval_protocol must be one of {list(EVAL_PROTOCOLS)}, got {protocol!r}")
     if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.TRADITIONAL):
         return recbole_data_preparation(config, dataset)
     dataloaders = load_split_dataloaders(config)
@@ -96,7 +97,7 @@ def mask_train_history_only(eval_data, train_users, train_items, n_users):
     arrays of the train split), grouped by user with one stable sort.
     """
     if getattr(eval_data, "uid2history_item", None) is None:
-        raise ValueError("eval_protocol: mmrec needs full-sort evaluation (eval_args mode: full)")
+        raise ConfigError("eval_protocol: mmrec needs full-sort evaluation (eval_args mode: full)")
     order = np.argsort(train_users, kind="stable")
     bounds = np.cumsum(np.bincount(train_users, minlength=n_users))[:-1]
     per_user = np.split(train_items[order].astype(np.int64), bounds)

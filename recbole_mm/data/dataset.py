@@ -32,12 +32,12 @@ from recbole_mm.data.modality import (
 )
 from recbole_mm.data.noise import inject_noise
 from recbole_mm.data.synthetic import ensure_synthetic_dataset
-from recbole_mm.errors import DataError
+from recbole_mm.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DataError, FileNotFoundError):
     """The dataset folder or its interaction file is missing; the message says what goes where."""
 
 
@@ -162,7 +162,7 @@ class MultiModalDataset(Dataset):
         random scores give GAUC 0.5).
         """
         if not (0 < valid_share and 0 < test_share and valid_share + test_share < 1):
-            raise ValueError(f"cold_start_items needs two positive shares summing below 1, got {[valid_share, test_share]}")
+            raise ConfigError(f"cold_start_items needs two positive shares summing below 1, got {[valid_share, test_share]}")
         self._change_feat_format()
         items = self.inter_feat[self.iid_field].numpy()
         present = np.unique(items)
@@ -203,7 +203,8 @@ class MultiModalDataset(Dataset):
             path = os.path.join(self.dataset_path, file_name)
             matrix = load_matrix(path, modality, dims.get(modality))
             row_counts[file_name] = matrix.shape[0]
-            rows = rows_for_tokens(item_tokens, matrix.shape[0], id_map, source=path)
+            rows = rows_for_tokens(item_tokens, matrix.shape[0], id_map, source=path,
+                                   id_map_source=id_map_file and os.path.join(self.dataset_path, id_map_file))
             features[modality] = torch.from_numpy(align_rows(matrix, rows))
             self.logger.info(
                 set_color(f"modality {modality}", "blue") + f": {path} {tuple(matrix.shape)}"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mm.files import atomic_torch_save
+from recbole_mm.errors import ConfigError
 
 DEGREE_EPS = 1e-7
 KNN_CACHE_VERSION = 2  # 2: header with shape, entry count and checksum
@@ -123,7 +124,7 @@ class DegreeSensitiveEdgeSampler:
 
     def __init__(self, inter_matrix, n_users, n_items, dropout, device="cpu"):
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"edge dropout must lie in [0, 1), got {dropout}")
+            raise ConfigError(f"edge dropout must lie in [0, 1), got {dropout}")
         users, items = interaction_edges(inter_matrix)
         self.users, self.items = users.to(device), items.to(device)
         self.n_users, self.n_items = n_users, n_items
@@ -166,7 +167,7 @@ def knn_neighbours(features, k, budget_elements=2 ** 26):
     """
     n_rows = features.shape[0]
     if not 1 <= k <= n_rows:
-        raise ValueError(f"knn k must lie in [1, {n_rows}], got {k}")
+        raise ConfigError(f"knn k must lie in [1, {n_rows}], got {k}")
     features = features.float()
     norms = features.norm(dim=1).clamp_min(1e-12)
     chunk = _row_chunk(n_rows, budget_elements)
@@ -229,7 +230,7 @@ def item_knn_graph(features, weights, k, weighted=False, cache_dir=None, budget_
     """
     missing = sorted(set(weights) - set(features))
     if missing:
-        raise ValueError(f"kNN graph: no features for modalities {missing} (have {sorted(features)})")
+        raise ConfigError(f"kNN graph: no features for modalities {missing} (have {sorted(features)})")
     active = {name: float(w) for name, w in sorted(weights.items()) if float(w) != 0.0}
     device = next(iter(features.values())).device
     n_items = next(iter(features.values())).shape[0]
@@ -453,7 +454,7 @@ class UserGraphSampler:
 
     def __init__(self, inter_matrix, k=40, stored=200, device="cpu"):
         if k < 1:
-            raise ValueError(f"user graph k must be positive, got {k}")
+            raise ConfigError(f"user graph k must be positive, got {k}")
         neighbours, counts = user_cooccurrence_neighbours(inter_matrix, max(stored, k))
         self.neighbours = neighbours.to(device)
         self.logits = counts.to(device).masked_fill(counts.to(device) <= 0, float("-inf"))

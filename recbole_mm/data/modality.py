@@ -31,9 +31,13 @@ def read_id_map(path):
         raise FeatureFileError(f"Feature id map {path} not found.")
     with open(path, encoding="utf-8") as handle:
         tokens = [line.strip() for line in handle if line.strip()]
-    duplicates = len(tokens) - len(set(tokens))
-    if duplicates:
-        raise FeatureFileError(f"Feature id map {path}: {duplicates} item tokens appear twice.")
+    if len(tokens) != len(set(tokens)):
+        unique, first, counts = np.unique(np.asarray(tokens, dtype=str), return_index=True, return_counts=True)
+        repeated = unique[counts > 1][np.argsort(first[counts > 1])]
+        raise FeatureFileError(
+            f"Feature id map {path} (feature_id_map): item token {repeated[0]!s} is listed "
+            f"{counts[unique == repeated[0]][0]} times ({len(repeated)} tokens repeated: "
+            f"{repeated[:5].tolist()}); each line names the item of one feature row, so a token can appear once.")
     return tokens
 
 
@@ -124,7 +128,7 @@ def _check_finite(matrix, path, modality, chunk_rows=8192):
             )
 
 
-def rows_for_tokens(item_tokens, n_rows, id_map=None, source="feature file"):
+def rows_for_tokens(item_tokens, n_rows, id_map=None, source="feature file", id_map_source="the id map"):
     """Feature-row index of each item token.
 
     Args:
@@ -133,6 +137,7 @@ def rows_for_tokens(item_tokens, n_rows, id_map=None, source="feature file"):
         n_rows: number of rows in the feature matrices.
         id_map: list of str (row k -> token) or ``None`` for positional rows (token i -> row i).
         source: file name used in error messages.
+        id_map_source: the id map's file name, for the same.
 
     Returns:
         np.ndarray of int64, shape (len(item_tokens),).
@@ -142,7 +147,7 @@ def rows_for_tokens(item_tokens, n_rows, id_map=None, source="feature file"):
         if len(id_map) != n_rows:
             raise FeatureFileError(
                 f"{source}: the id map lists {len(id_map)} items but the feature file has "
-                f"{n_rows} rows."
+                f"{n_rows} rows (id map: {id_map_source}, one line per feature row)."
             )
         position = {token: row for row, token in enumerate(id_map)}
         rows = np.fromiter((position.get(token, -1) for token in tokens), np.int64, len(tokens))
@@ -153,10 +158,18 @@ def rows_for_tokens(item_tokens, n_rows, id_map=None, source="feature file"):
         rows[rows >= n_rows] = -1
     missing = tokens[rows < 0]
     if len(missing):
-        how = "the id map" if id_map is not None else f"positional rows 0..{n_rows - 1}"
+        if id_map is not None:
+            raise FeatureFileError(
+                f"{id_map_source}: {len(missing)} items of the interactions are not listed in this id map "
+                f"(e.g. item tokens {missing[:5].tolist()}), so they have no row in {source}."
+            )
+        hint = ""
+        if not np.char.isdigit(missing).all():
+            hint = (" The item tokens are not row numbers: list the item token of each feature row, one per "
+                    "line, in a file named by feature_id_map in the dataset config.")
         raise FeatureFileError(
-            f"{source}: {len(missing)} items of the interactions have no feature row in {how} "
-            f"(e.g. item tokens {list(missing[:5])})."
+            f"{source}: {len(missing)} items of the interactions have no feature row in positional rows "
+            f"0..{n_rows - 1} (e.g. item tokens {missing[:5].tolist()}).{hint}"
         )
     return rows
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from recbole.data.interaction import Interaction
 
+from recbole_mm.errors import ConfigError, DataError
+
 
 def pair_keys(users, items, item_num):
     """int64 keys ``user * item_num + item`` (numpy)."""
@@ -48,7 +50,7 @@ def checked_ratio(ratio):
     """``noise_ratio`` as a float in [0, 1), or a ValueError saying what was given."""
     valid = isinstance(ratio, numbers.Real) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0
     if not valid:
-        raise ValueError(f"noise_ratio must be a number in [0, 1) (the share of train rows to add "
+        raise ConfigError(f"noise_ratio must be a number in [0, 1) (the share of train rows to add "
                          f"as random pairs), got {ratio!r}")
     return float(ratio)
 
@@ -64,7 +66,7 @@ def draw_noise_pairs(train_users, candidate_items, existing_keys, n_pairs, item_
     users_pool = np.unique(train_users)
     capacity = len(users_pool) * len(candidate_items) - len(existing_keys)
     if n_pairs > capacity:
-        raise ValueError(f"noise_ratio asks for {n_pairs} new pairs but only {capacity} unobserved pairs exist")
+        raise DataError(f"noise_ratio asks for {n_pairs} new pairs but only {capacity} unobserved pairs exist")
     chosen = np.zeros(0, dtype=np.int64)
     while len(chosen) < n_pairs:
         draw = 2 * (n_pairs - len(chosen)) + 16

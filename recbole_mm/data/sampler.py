@@ -16,6 +16,7 @@ import itertools
 import numpy as np
 import torch
 from recbole.sampler import Sampler
+from recbole_mm.errors import ConfigError, DataError
 
 
 class PopularityDraw:
@@ -27,7 +28,7 @@ class PopularityDraw:
     def __init__(self, items, counts, alpha):
         seen = counts > 0
         if not seen.any():
-            raise ValueError("popularity negative sampling: no candidate item occurs in the data")
+            raise DataError("popularity negative sampling: no candidate item occurs in the data")
         self.items, weights = items[seen], counts[seen].astype(np.float64) ** float(alpha)
         self.cdf = np.cumsum(weights / weights.sum())
 
@@ -76,7 +77,7 @@ class MultiModalSampler(Sampler):
             counts = np.bincount(np.asarray(self._get_candidates_list(), dtype=np.int64), minlength=self.item_num)
             self.popularity = PopularityDraw(allowed, counts[allowed], self.alpha)
         else:
-            raise ValueError(f"the cold-start split supports uniform or popularity negative sampling, "
+            raise ConfigError(f"the cold-start split supports uniform or popularity negative sampling, "
                              f"not {self.distribution!r}")
 
     def vectorise_rejection(self):

@@ -27,6 +27,7 @@ import tempfile
 import numpy as np
 
 from recbole_mm.data.mmrec_format import write_mmrec_inter
+from recbole_mm.errors import ConfigError
 
 DEFAULTS = {
     "seed": 2026,
@@ -64,11 +65,11 @@ def resolve_arguments(arguments=None):
                 else:
                     merged["modalities"][name] = {**merged["modalities"].get(name, template), **spec}
         elif key not in DEFAULTS:
-            raise ValueError(f"synthetic_generator: unknown argument '{key}' (known: {sorted(DEFAULTS)})")
+            raise ConfigError(f"synthetic_generator: unknown argument '{key}' (known: {sorted(DEFAULTS)})")
         else:
             merged[key] = value
     if merged["layout"] not in ("mmrec", "atomic"):
-        raise ValueError(f"synthetic_generator: layout must be 'mmrec' or 'atomic', got {merged['layout']!r}")
+        raise ConfigError(f"synthetic_generator: layout must be 'mmrec' or 'atomic', got {merged['layout']!r}")
     return merged
 
 

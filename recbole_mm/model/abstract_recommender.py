@@ -7,6 +7,7 @@ from recbole.utils import InputType
 
 from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler, item_knn_graph, normalized_adjacency
 from recbole_mm.files import AUTO_CACHE, resolve_cache_dir
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.loss import BPRLoss
 
 
@@ -54,17 +55,17 @@ class MultiModalRecommender(GeneralRecommender):
         wanted = config["modalities"] or list(available)
         missing = [name for name in wanted if name not in available]
         if missing:
-            raise ValueError(
-                f"{type(self).__name__} needs modalities {missing}, which dataset "
-                f"'{config['dataset']}' does not provide (it has {sorted(available)}); "
-                "name them in modality_files of the dataset config."
+            raise ConfigError(
+                f"{type(self).__name__} needs modalities {missing} (config key modalities: {list(wanted)}), "
+                f"which dataset '{config['dataset']}' does not provide (it has {sorted(available)}); "
+                "set modalities to some of these, or add the files to modality_files of the dataset config."
             )
         return {name: available[name].to(self.device) for name in wanted}
 
     def require_features(self):
         """Raise a clear error when the dataset gave this content-based model no features."""
         if not self.modality_features:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} needs item features, but dataset '{self.config['dataset']}' "
                 "has none: set modality_files in its dataset config."
             )

@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.utils import InputType
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import propagate
 from recbole_mm.model.loss import EmbLoss
@@ -67,7 +68,7 @@ class BM3(MultiModalRecommender):
         self.cl_weight = config["cl_weight"]
         self.dropout = config["dropout"]
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"BM3: dropout must lie in [0, 1), got {self.dropout}")
+            raise ConfigError(f"BM3: dropout must lie in [0, 1), got {self.dropout}")
 
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))

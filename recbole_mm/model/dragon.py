@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from recbole_mm.data.graphs import UserGraphSampler
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import ModalityGCN, propagate
 
@@ -54,7 +55,7 @@ class DRAGON(MultiModalRecommender):
     def check_modalities(self):
         for modality in ("image", "text"):
             if modality not in self.modality_features:
-                raise ValueError(
+                raise ConfigError(
                     f"{type(self).__name__} needs 'image' and 'text' modalities; got {list(self.modality_features)}"
                 )
 

@@ -20,6 +20,7 @@ their features' neighbourhood.
 import torch
 import torch.nn as nn
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import propagate
 
@@ -30,7 +31,7 @@ class FREEDOM(MultiModalRecommender):
         self.require_features()
         for modality in ("image", "text"):
             if modality not in self.modality_features:
-                raise ValueError(f"FREEDOM needs 'image' and 'text' modalities; got {list(self.modality_features)}")
+                raise ConfigError(f"FREEDOM needs 'image' and 'text' modalities; got {list(self.modality_features)}")
         d = self.embedding_size
         self.n_ui_layers = config["n_ui_layers"]
         self.n_mm_layers = config["n_mm_layers"]

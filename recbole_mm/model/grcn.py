@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_mm.data.graphs import bipartite_edges, interaction_edges
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.loss import node_rows_l2
 from recbole_mm.model.layers import scatter_softmax, scatter_sum
@@ -122,7 +123,7 @@ class GRCN(MultiModalRecommender):
         self.require_features()
         for key in ("n_routing", "n_id_layers"):
             if not isinstance(config[key], int) or config[key] < 0:
-                raise ValueError(f"{key} must be a non-negative integer, got {config[key]!r}")
+                raise ConfigError(f"{key} must be a non-negative integer, got {config[key]!r}")
         self.n_id_layers = config["n_id_layers"]
         self.reg_weight = config["reg_weight"]
         self.pruning = bool(config["pruning"])

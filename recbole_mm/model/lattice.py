@@ -53,6 +53,7 @@ from recbole_mm.data.graphs import (
     learned_item_graph,
     random_walk_adjacency,
 )
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import propagate, sparse_dense_mm
 
@@ -75,12 +76,12 @@ class LATTICE(MultiModalRecommender):
         self.batch_size = config["train_batch_size"]
         self.cf_model = config["cf_model"]
         if self.cf_model not in CF_MODELS:
-            raise ValueError(f"cf_model must be one of {CF_MODELS}, got {self.cf_model!r}")
+            raise ConfigError(f"cf_model must be one of {CF_MODELS}, got {self.cf_model!r}")
         if not 0.0 <= self.lambda_coeff <= 1.0:
-            raise ValueError(f"lambda_coeff must lie in [0, 1], got {self.lambda_coeff}")
+            raise ConfigError(f"lambda_coeff must lie in [0, 1], got {self.lambda_coeff}")
         norm = config["adjacency_norm"]
         if norm not in ADJACENCY_NORMS:
-            raise ValueError(f"adjacency_norm must be one of {sorted(ADJACENCY_NORMS)}, got {norm!r}")
+            raise ConfigError(f"adjacency_norm must be one of {sorted(ADJACENCY_NORMS)}, got {norm!r}")
 
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))

@@ -4,6 +4,8 @@ import torch
 import torch.nn as nn
 from scipy import fft
 
+from recbole_mm.errors import ConfigError
+
 try:  # optional extra `scatter`; the native fallback gives the same result
     import torch_scatter
 except ImportError:  # pragma: no cover - depends on the environment
@@ -192,7 +194,7 @@ DCT_MODES = tuple(_DCT_TRANSFORMS)
 
 def _dct_transform(matrix, mode, inverse):
     if mode not in _DCT_TRANSFORMS:
-        raise ValueError(f"dct_mode must be one of {DCT_MODES}, got {mode!r}")
+        raise ConfigError(f"dct_mode must be one of {DCT_MODES}, got {mode!r}")
     return _DCT_TRANSFORMS[mode][int(inverse)](np.asarray(matrix, dtype=np.float64)).astype(np.float32)
 
 

@@ -52,6 +52,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import MLP, dct_features, propagate
 
@@ -96,7 +97,7 @@ class LIRDRec(MultiModalRecommender):
         if config["use_textual"] and "text" in self.modality_features:
             used.append("text")
         if not used:
-            raise ValueError("LIRDRec needs at least one of the 'image' and 'text' modalities")
+            raise ConfigError("LIRDRec needs at least one of the 'image' and 'text' modalities")
         inputs = {name: self.modality_features[name] for name in used}
         if self.dct_mode != "none":
             inputs["shared"] = self._shared_input(used)

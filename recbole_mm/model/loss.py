@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from recbole.model.loss import BPRLoss, EmbLoss
 
+from recbole_mm.errors import ConfigError
+
 
 def info_nce(anchor, positive, temperature=0.2, symmetric=False):
     r"""In-batch InfoNCE: row i of ``positive`` is the positive of row i of ``anchor``, the
@@ -115,7 +117,7 @@ class DenoisingBPRLoss(nn.Module):
     def __init__(self, mode, drop_rate=0.2, num_gradual=10000, beta=0.25):
         super().__init__()
         if mode not in self.MODES:
-            raise ValueError(f"denoising BPR mode must be one of {self.MODES}, got {mode!r}")
+            raise ConfigError(f"denoising BPR mode must be one of {self.MODES}, got {mode!r}")
         self.mode, self.drop_rate, self.num_gradual, self.beta = mode, drop_rate, max(1, num_gradual), beta
         self.iteration = 0
 
@@ -151,7 +153,7 @@ def install_denoising_loss(model, loss_module):
                 setattr(module, name, loss_module)
                 replaced += 1
     if not replaced:
-        raise ValueError(f"{type(model).__name__} computes its loss without a BPRLoss module; "
+        raise ConfigError(f"{type(model).__name__} computes its loss without a BPRLoss module; "
                          "denoise: tce / rce / bod cannot be applied to it")
     return replaced
 

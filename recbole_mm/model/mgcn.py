@@ -33,6 +33,7 @@ losses can replace it. The kNN graphs leave RecBole's padding item 0 out.
 import torch
 import torch.nn as nn
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import propagate
 from recbole_mm.model.loss import info_nce
@@ -56,7 +57,7 @@ class MGCN(MultiModalRecommender):
         self.cl_weight = config["cl_loss"]
         for key in ("n_ui_layers", "n_layers", "knn_k"):
             if not isinstance(config[key], int) or config[key] < (1 if key == "knn_k" else 0):
-                raise ValueError(f"MGCN: {key} must be a non-negative integer (knn_k >= 1), got {config[key]!r}")
+                raise ConfigError(f"MGCN: {key} must be a non-negative integer (knn_k >= 1), got {config[key]!r}")
         self.modality_names = list(self.modality_features)
 
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from recbole_mm.data.graphs import combine_graphs, learned_item_graph
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.lattice import LATTICE
 from recbole_mm.model.loss import grace_info_nce
 
@@ -49,7 +50,7 @@ class MICRO(LATTICE):
         self.cl_weight = config["cl_weight"]
         self.cl_temperature = config["cl_temperature"]
         if self.cl_temperature <= 0:
-            raise ValueError(f"cl_temperature must be positive, got {self.cl_temperature}")
+            raise ConfigError(f"cl_temperature must be positive, got {self.cl_temperature}")
 
     def build_fusion(self):
         """The attention query network shared by the modalities (no global modality weight)."""

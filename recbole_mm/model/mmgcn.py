@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_mm.data.graphs import bipartite_edges, interaction_edges, mean_adjacency
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.loss import node_rows_l2
 
@@ -121,17 +122,17 @@ class MMGCN(MultiModalRecommender):
         self.require_features()
         self.n_layers = config["n_layers"]
         if not isinstance(self.n_layers, int) or self.n_layers < 1:
-            raise ValueError(f"n_layers must be a positive integer, got {self.n_layers!r}")
+            raise ConfigError(f"n_layers must be a positive integer, got {self.n_layers!r}")
         self.concat = config["concat"]
         if not isinstance(self.concat, bool):
-            raise ValueError(f"concat must be True or False, got {self.concat!r} "
+            raise ConfigError(f"concat must be True or False, got {self.concat!r} "
                              "(MMRec's string 'False' is truthy: write a boolean)")
         self.frozen_quirk = bool(config["mmgcn_frozen_quirk"])
         self.reg_weight = config["reg_weight"]
         latent_dims = dict(config["modality_latent_dim"] or {})
         unknown = sorted(set(latent_dims) - set(self.modality_features))
         if unknown:
-            raise ValueError(f"modality_latent_dim names modalities {unknown} that the model does not "
+            raise ConfigError(f"modality_latent_dim names modalities {unknown} that the model does not "
                              f"use (modalities: {list(self.modality_features)})")
 
         users, items = interaction_edges(self.interaction_matrix)

@@ -34,6 +34,7 @@ cheaper than with the raw embedding, which is the point of the low-rank filter.
 import torch
 import torch.nn as nn
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 
 
@@ -61,11 +62,11 @@ class NFVLM(MultiModalRecommender):
         self.noise_weight = float(config["nfvlm_lambda"])
         self.noise_scope = config["nfvlm_noise_scope"]
         if self.noise_scope not in ("batch", "catalogue"):
-            raise ValueError(f"nfvlm_noise_scope must be 'batch' or 'catalogue', got {self.noise_scope!r}")
+            raise ConfigError(f"nfvlm_noise_scope must be 'batch' or 'catalogue', got {self.noise_scope!r}")
         self.item_features = self.concat_features()                 # X: (n_items, d), row 0 padding
         dim = self.item_features.shape[1]
         if not 1 <= self.rank <= dim:
-            raise ValueError(f"nfvlm_rank must lie in [1, {dim}] (the embedding size), got {self.rank}")
+            raise ConfigError(f"nfvlm_rank must lie in [1, {dim}] (the embedding size), got {self.rank}")
 
         real_items = self.item_features[1:]
         if config["nfvlm_init"] == "pca":
@@ -73,7 +74,7 @@ class NFVLM(MultiModalRecommender):
         elif config["nfvlm_init"] == "random":
             projection = random_orthonormal(dim, self.rank)
         else:
-            raise ValueError(f"nfvlm_init must be 'pca' or 'random', got {config['nfvlm_init']!r}")
+            raise ConfigError(f"nfvlm_init must be 'pca' or 'random', got {config['nfvlm_init']!r}")
         self.projection = nn.Parameter(projection.to(self.device))       # P: (d, r)
         self.user_embedding = nn.Parameter(torch.empty(self.n_users, self.rank, device=self.device))
         nn.init.normal_(self.user_embedding, std=config["nfvlm_user_init_std"])

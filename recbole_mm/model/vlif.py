@@ -57,6 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.loss import info_nce
 
@@ -176,14 +177,14 @@ class VLIF(DRAGON):
     def __init__(self, config, dataset):
         self.fusion = config["fusion"]
         if self.fusion not in FUSIONS:
-            raise ValueError(f"VLIF: fusion must be one of {FUSIONS}, got {self.fusion!r}")
+            raise ConfigError(f"VLIF: fusion must be one of {FUSIONS}, got {self.fusion!r}")
         self.n_tokens = int(config["fusion_tokens"])
         self.fusion_weight = config["fusion_weight"]
         self.ssl_temperature = config["ssl_temperature"]
         self.ssl_items = config["ssl_items"]
         self.fusion_checkpoint = bool(config["fusion_checkpoint"])
         if self.ssl_items not in ("batch", "all"):
-            raise ValueError(f"VLIF: ssl_items must be 'batch' or 'all', got {self.ssl_items!r}")
+            raise ConfigError(f"VLIF: ssl_items must be 'batch' or 'all', got {self.ssl_items!r}")
         self._fusion_outputs = {}
         super().__init__(config, dataset)
         if self.uses_fusion_module:
@@ -205,7 +206,7 @@ class VLIF(DRAGON):
             return {"text": text_dim, "image": image_dim}
         dim = self.fusion_dim()
         if dim % self.n_tokens:
-            raise ValueError(f"VLIF: fusion_dim {dim} is not divisible by fusion_tokens {self.n_tokens}")
+            raise ConfigError(f"VLIF: fusion_dim {dim} is not divisible by fusion_tokens {self.n_tokens}")
         return {"text": dim, "synergy": dim, "image": dim if self.fusion == "pid" else image_dim}
 
     def build_fusion_module(self, config):

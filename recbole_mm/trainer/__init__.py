@@ -9,6 +9,7 @@ from recbole.utils import ModelType
 
 from recbole_mm.trainer.guider import GUIDERTrainer
 from recbole_mm.trainer.trainer import MultiModalTrainer
+from recbole_mm.errors import ConfigError
 
 __all__ = ["GUIDERTrainer", "MultiModalTrainer", "get_trainer"]
 
@@ -26,7 +27,7 @@ def get_trainer(model_type, model_name, guider=False):
     plugin_trainers = importlib.import_module("recbole_mm.trainer")
     if guider:
         if model_type != ModelType.GENERAL:
-            raise ValueError(f"guider: true trains general models only; {model_name} is {model_type.name.lower()}")
+            raise ConfigError(f"guider: true trains general models only; {model_name} is {model_type.name.lower()}")
         return plugin_trainers.GUIDERTrainer
     if hasattr(plugin_trainers, model_name + "Trainer"):
         return getattr(plugin_trainers, model_name + "Trainer")

@@ -94,6 +94,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_mm.errors import ConfigError
+
 # key -> (check, what it must be); the defaults are in properties/overall.yaml
 BOD_KEYS = {
     "bod_generator_lr": (lambda v: _real(v) and v > 0, "a number > 0"),
@@ -119,7 +121,7 @@ def checked_bod_config(config):
     for key, (valid, wanted) in BOD_KEYS.items():
         value = config[key]
         if not valid(value):
-            raise ValueError(f"{key} must be {wanted} for denoise: bod, got {value!r}")
+            raise ConfigError(f"{key} must be {wanted} for denoise: bod, got {value!r}")
         values[key] = value
     return values
 
@@ -224,7 +226,7 @@ def representation_route(model):
         return "forward"
     if callable(getattr(model, "get_user_embedding", None)) and callable(getattr(model, "get_item_embedding", None)):
         return "embeddings"
-    raise ValueError(
+    raise ConfigError(
         f"denoise: bod needs {type(model).__name__}'s user and item representations for its weight "
         "generator, but the model has neither forward() without arguments returning (users, items) "
         "nor get_user_embedding / get_item_embedding"
@@ -247,7 +249,7 @@ def representations(model, route):
         shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                   for t in (output if isinstance(output, (tuple, list)) else [output])]
         source = "forward()" if route == "forward" else "get_user_embedding/get_item_embedding"
-        raise ValueError(
+        raise ConfigError(
             f"denoise: bod weighs a pair by its user and item vectors, so it needs (users "
             f"({model.n_users} x d), items ({model.n_items} x d)) from {type(model).__name__}.{source}, "
             f"which gave {shapes}: {type(model).__name__} cannot be trained with denoise: bod"

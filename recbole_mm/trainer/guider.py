@@ -49,6 +49,7 @@ from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import InputType, set_color
 
 from recbole_mm.config import Config
+from recbole_mm.errors import ConfigError
 from recbole_mm.trainer import guider_ops as ops
 from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
 from recbole_mm.utils import get_model
@@ -91,7 +92,7 @@ class GUIDERTrainer(MultiModalTrainer):
         # positive-only batches (BM3): the teacher draws its own negatives (see negatives())
         self.draws_negatives = config["train_neg_sample_args"]["distribution"] == "none"
         if model.input_type != InputType.PAIRWISE and not self.draws_negatives:
-            raise ValueError(f"GUIDER needs a pairwise (u, i+, i-) student or positive-only batches; "
+            raise ConfigError(f"GUIDER needs a pairwise (u, i+, i-) student or positive-only batches; "
                              f"{type(model).__name__} is {model.input_type.name.lower()} with negative sampling")
         self.kd_mode = self._choice("guider_kd", KD_MODES, "none")
         self.kd_weight = config["guider_kd_weight"]
@@ -123,7 +124,7 @@ class GUIDERTrainer(MultiModalTrainer):
         """``config[key]`` (``default`` when unset), which must be one of ``choices``."""
         value = self.config[key] or default
         if value not in choices:
-            raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
         return value
 
     def _build_optimizer(self, **kwargs):
@@ -191,15 +192,19 @@ class GUIDERTrainer(MultiModalTrainer):
         if self.use_amsc:
             missing = [name for name in wanted if name not in features]
             if missing or not wanted:
-                raise ValueError(
+                raise ConfigError(
                     f"GUIDER's AMSC needs the modalities in guider_modalities {wanted}; dataset "
                     f"'{self.config['dataset']}' " + (f"lacks {missing} " if missing else "")
                     + f"(it has {sorted(features)}). Set guider_modalities to the dataset's modalities, "
                     "or guider_amsc: false to keep the loss split alone.")
             if len(wanted) == 1:
                 self.logger.warning(f"GUIDER: one modality in guider_modalities ({wanted[0]}): S_modal is its "
-                                    "cosine alone and S_conf = 1 (no cross-modal hash)")
+                                    "cosine alone")
         names = [name for name in wanted if name in features]
+        if self.config["guider_hash_confidence"] and len(names) < 2:
+            self.logger.warning(f"GUIDER: guider_hash_confidence: true hashes two modalities against each other, "
+                                f"but guider_modalities gives {names} here: the cross-modal hash confidence "
+                                "S_conf (Eq. 6) is dropped (S_conf = 1)")
         self.modalities = [torch.nn.functional.normalize(features[name].float(), dim=1).to(self.device)
                            for name in names]
         if len(names) >= 2 and self.config["guider_hash_confidence"]:
@@ -351,7 +356,7 @@ class GUIDERTrainer(MultiModalTrainer):
             finally:
                 self.model = student
             self.teacher_results.append(teacher_result)
-            self.logger.info(set_color("GUIDER teacher ", "blue") + str(dict(teacher_result)))
+            self.logger.info(set_color("GUIDER teacher ", "blue") + str({k: float(v) for k, v in teacher_result.items()}))
         return result
 
     # ------------------------------------------------------------------ AMSC

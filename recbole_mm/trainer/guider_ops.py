@@ -16,6 +16,7 @@ import ot
 import torch
 import torch.nn.functional as F
 
+from recbole_mm.errors import ConfigError, DataError
 from recbole_mm.model.layers import scatter_mean
 
 
@@ -112,7 +113,7 @@ def per_interaction_loss(user_embeddings, item_embeddings, users, items, score="
         (E,) float tensor, larger = more suspicious.
     """
     if score not in SPLIT_SCORES:
-        raise ValueError(f"guider_split_score must be one of {SPLIT_SCORES}, got {score!r}")
+        raise ConfigError(f"guider_split_score must be one of {SPLIT_SCORES}, got {score!r}")
     n_items = item_embeddings.shape[0]
     if score == "logsigmoid":
         return -F.logsigmoid((user_embeddings[users] * item_embeddings[items]).sum(-1))
@@ -303,7 +304,7 @@ def amsc_split(users, items, reliable, modalities, confidence, threshold, n_user
         (E,) bool, the clean set :math:`I_{true}` (the rest is :math:`I_{false}`).
     """
     if mode not in THRESHOLD_MODES:
-        raise ValueError(f"guider_threshold_mode must be one of {THRESHOLD_MODES}, got {mode!r}")
+        raise ConfigError(f"guider_threshold_mode must be one of {THRESHOLD_MODES}, got {mode!r}")
     clean = reliable.clone()
     spurious_rows = torch.nonzero(~reliable).squeeze(1)
     if mode == "absolute" and threshold >= 0:
@@ -314,7 +315,7 @@ def amsc_split(users, items, reliable, modalities, confidence, threshold, n_user
                                            element_budget, pairs)
     if mode == "quantile":
         if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"guider_threshold is a quantile under guider_threshold_mode: quantile; got {threshold}")
+            raise ConfigError(f"guider_threshold is a quantile under guider_threshold_mode: quantile; got {threshold}")
         kept = int(round(threshold * len(score)))  # the `kept` lowest scores stay in I_false
         order = torch.argsort(score, stable=True)
         clean[spurious_rows[order[kept:]]] = True
@@ -393,7 +394,7 @@ def transform_rows(scores, transform="zscore"):
         return torch.softmax(scores, 1)
     if transform == "raw":
         return scores
-    raise ValueError(f"guider_kd_transform must be one of {ROW_TRANSFORMS}, got {transform!r}")
+    raise ConfigError(f"guider_kd_transform must be one of {ROW_TRANSFORMS}, got {transform!r}")
 
 
 def half_squared_distances(x, y):
@@ -518,5 +519,5 @@ def sample_unobserved(users, candidates, observed_keys, n_items, generator=None,
             return items
         items[pending] = draw(len(pending))
         pending = pending[key_membership(users[pending], items[pending], observed_keys, n_items)]
-    raise ValueError(f"no unobserved negative found for users {users[pending][:10].tolist()} in {max_rounds} "
+    raise DataError(f"no unobserved negative found for users {users[pending][:10].tolist()} in {max_rounds} "
                      "draws: they have interacted with (nearly) every candidate item")

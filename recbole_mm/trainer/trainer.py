@@ -13,7 +13,7 @@ from recbole.utils import set_color
 from torch import optim
 from torch.optim.lr_scheduler import LambdaLR
 
-from recbole_mm.errors import RecboleMMError
+from recbole_mm.errors import ConfigError, RecboleMMError
 from recbole_mm.files import atomic_torch_save
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
 from recbole_mm.trainer.bod import BOD
@@ -56,7 +56,7 @@ def build_optimizer(learner, params, impl="fused", sparse_grads=False, **hyper):
         **hyper: the optimiser's keyword arguments (``lr``, ``weight_decay``, ...).
     """
     if impl not in OPTIMIZER_IMPLS:
-        raise ValueError(f"optimizer_impl must be one of {list(OPTIMIZER_IMPLS)}, got {impl!r}")
+        raise ConfigError(f"optimizer_impl must be one of {list(OPTIMIZER_IMPLS)}, got {impl!r}")
     optimizer_class = TORCH_OPTIMIZERS[learner.lower()]
     params = list(params)
     accepted = inspect.signature(optimizer_class).parameters
@@ -150,7 +150,7 @@ class MultiModalTrainer(Trainer):
         through :class:`~recbole_mm.trainer.bod.BOD` (set up before this runs)."""
         mode = config["denoise"]
         if mode not in DENOISE_MODES:
-            raise ValueError(f"denoise must be one of {[m for m in DENOISE_MODES if m]} or unset, got {mode!r}")
+            raise ConfigError(f"denoise must be one of {[m for m in DENOISE_MODES if m]} or unset, got {mode!r}")
         if mode not in DenoisingBPRLoss.MODES:
             return None
         loss = DenoisingBPRLoss(mode, config["tce_drop_rate"], config["tce_num_gradual"], config["rce_beta"])
