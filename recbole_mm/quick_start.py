@@ -94,7 +94,9 @@ def held_log_records():
 
 def plain_result(result):
     """A metrics mapping with plain Python floats (RecBole's are numpy scalars, whose repr
-    ``np.float64(0.1)`` would leak into printed results)."""
+    ``np.float64(0.1)`` would leak into printed results); ``None`` (nothing evaluated) stays."""
+    if result is None:
+        return None
     return type(result)((name, float(value)) for name, value in result.items())
 
 
