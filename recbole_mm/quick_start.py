@@ -174,8 +174,8 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     best_valid_result, test_result = plain_result(best_valid_result), plain_result(test_result)
 
-    logger.info(set_color("best valid ", "yellow") + f": {dict(best_valid_result)}")
-    logger.info(set_color("test result", "yellow") + f": {dict(test_result)}")
+    logger.info(set_color("best valid ", "yellow") + f": {dict(best_valid_result or {})}")
+    logger.info(set_color("test result", "yellow") + f": {dict(test_result or {})}")
     return {
         "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
