@@ -17,6 +17,12 @@ call sites, and covered by a test in ``tests/test_compat.py`` that fails without
    it also uses ``np.float``. The replacement assigns the filled column back.
 5. ``ray``: ``import recbole.quick_start`` imports ray, which fails on setuptools >= 81
    and numpy 2. recbole_mm never imports ``recbole.quick_start``; nothing to patch.
+6. ``distributed_backend``: RecBole's distributed path (``local_rank`` in the config) always
+   joins an NCCL process group and puts the rank on ``cuda:<local_rank>``, and its trainer
+   wraps the model in ``DistributedDataParallel(device_ids=[local_rank])``, which torch
+   refuses for a CPU module. ``Config._init_device`` and ``AbstractTrainer.__init__`` are
+   replaced by versions that choose NCCL/CUDA on GPUs and gloo/CPU otherwise
+   (:func:`recbole_mm.distributed.init_device`, :func:`recbole_mm.distributed.wrap_model`).
 """
 import types
 
@@ -97,6 +103,27 @@ def patch_fill_nan():
     Dataset._fill_nan = _fill_nan
 
 
+def _trainer_init(self, config, model):
+    """``AbstractTrainer.__init__`` with the DDP wrapper of :func:`recbole_mm.distributed.wrap_model`."""
+    from recbole_mm.distributed import wrap_model
+
+    self.config = config
+    self.model = model
+    if not config["single_spec"]:
+        self.model, self.distributed_model = wrap_model(model, config)
+
+
+def patch_distributed_backend():
+    """NCCL on GPUs, gloo on CPUs, for RecBole's process group and its DDP wrapper."""
+    from recbole.config import Config
+    from recbole.trainer.trainer import AbstractTrainer
+
+    from recbole_mm.distributed import init_device
+
+    Config._init_device = init_device
+    AbstractTrainer.__init__ = _trainer_init
+
+
 def apply_patches():
     """Apply every patch once; safe to call again."""
     global _APPLIED
@@ -106,5 +133,6 @@ def apply_patches():
     patch_trusted_checkpoint_load()
     patch_dok_update()
     patch_fill_nan()
+    patch_distributed_backend()
     _APPLIED = True
 

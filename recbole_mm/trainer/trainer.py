@@ -5,10 +5,12 @@ import logging
 
 import numpy as np
 import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.trainer import Trainer
 from torch import optim
 from torch.optim.lr_scheduler import LambdaLR
 
+from recbole_mm import distributed
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
 from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
@@ -82,6 +84,9 @@ class MultiModalTrainer(Trainer):
       tables; see :func:`build_optimizer`).
     - GAUC's mean ranks are counted instead of sorted (:class:`MultiModalCollector`): the
       same metric values, without an O(I log I) sort of every user's scores.
+    - On a distributed run (:mod:`recbole_mm.distributed`) the per-epoch hook draws from the
+      same seed on every rank, full-sort metrics are computed over every rank's users at
+      once, and every rank reads rank 0's checkpoint once it is written.
     """
 
     def __init__(self, config, model):
@@ -92,6 +97,10 @@ class MultiModalTrainer(Trainer):
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
         self.denoising_loss = self._install_denoising(config, model)
+        # --- distributed runs (recbole_mm.distributed); nothing changes in one process
+        if distributed.is_distributed(config):
+            self.eval_collector = distributed.distributed_collector(MultiModalCollector)(config)
+            self.saved_model_file = distributed.broadcast_object(self.saved_model_file, config)
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimiser choice (``learner``, ``learning_rate``, ``weight_decay``, or the
@@ -129,7 +138,8 @@ class MultiModalTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         hook = getattr(self.model, "pre_epoch_processing", None)
         if callable(hook):
-            hook()
+            with distributed.same_random_state(self.config, epoch_idx):
+                hook()
         loss_func = loss_func or self.model.calculate_loss
         if self.denoising_loss is not None:
             loss_func = self._counting_iterations(loss_func)
@@ -156,7 +166,18 @@ class MultiModalTrainer(Trainer):
             excluded = np.ones(eval_data._dataset.item_num, dtype=bool)
             excluded[candidates] = False
             self._excluded_items = torch.from_numpy(excluded).to(self.device)
+        # distributed: gather full-sort rows per user; read the checkpoint once rank 0 wrote it
+        self.eval_collector.gather_users = isinstance(eval_data, FullSortEvalDataLoader)
+        if eval_data and load_best_model:
+            distributed.barrier(self.config)
         return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _map_reduce(self, result, num_sample):
+        """RecBole's reduction of each rank's metrics, skipped where the collector already
+        computed them over every rank's users (:class:`~recbole_mm.distributed.GatheringCollector`)."""
+        if getattr(self.eval_collector, "gathered", False):
+            return result
+        return super()._map_reduce(result, num_sample)
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
