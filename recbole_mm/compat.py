@@ -23,6 +23,13 @@ call sites, and covered by a test in ``tests/test_compat.py`` that fails without
    refuses for a CPU module. ``Config._init_device`` and ``AbstractTrainer.__init__`` are
    replaced by versions that choose NCCL/CUDA on GPUs and gloo/CPU otherwise
    (:func:`recbole_mm.distributed.init_device`, :func:`recbole_mm.distributed.wrap_model`).
+7. ``rank_checkpoint``: on a distributed run only rank 0 writes the checkpoint, but every rank
+   reloads it (``evaluate(load_best_model=True)``) from a path it named itself,
+   ``<model>-<local time to the second>.pth``: a rank whose trainer starts in another second
+   than rank 0's looks for a file that does not exist, and any rank may open the file while
+   rank 0 is still writing it (no barrier). After ``Trainer.__init__`` every rank takes rank
+   0's ``saved_model_file``; ``Trainer.evaluate`` waits for every rank before it loads a
+   checkpoint. (Loading it needs ``weights_only=False`` on torch >= 2.6: patch 2.)
 """
 import types
 
@@ -124,6 +131,34 @@ def patch_distributed_backend():
     AbstractTrainer.__init__ = _trainer_init
 
 
+def patch_rank_checkpoint():
+    """Every rank reads rank 0's checkpoint, and only once it is written."""
+    from recbole.trainer.trainer import Trainer
+
+    if getattr(Trainer, "_recbole_mm_rank_checkpoint", False):
+        return
+    init, evaluate = Trainer.__init__, Trainer.evaluate
+
+    def __init__(self, config, model):
+        from recbole_mm.distributed import broadcast_object
+
+        init(self, config, model)
+        self.saved_model_file = broadcast_object(self.saved_model_file, config)
+
+    def evaluate_after_rank_zero(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        from recbole_mm.distributed import barrier
+
+        if eval_data and load_best_model:
+            barrier(self.config)
+        return evaluate(self, eval_data, load_best_model, model_file, show_progress)
+
+    __init__.__doc__ = init.__doc__
+    evaluate_after_rank_zero.__doc__ = evaluate.__doc__
+    Trainer.__init__ = __init__
+    Trainer.evaluate = evaluate_after_rank_zero
+    Trainer._recbole_mm_rank_checkpoint = True
+
+
 def apply_patches():
     """Apply every patch once; safe to call again."""
     global _APPLIED
@@ -134,5 +169,6 @@ def apply_patches():
     patch_dok_update()
     patch_fill_nan()
     patch_distributed_backend()
+    patch_rank_checkpoint()
     _APPLIED = True
 

@@ -85,8 +85,8 @@ class MultiModalTrainer(Trainer):
     - GAUC's mean ranks are counted instead of sorted (:class:`MultiModalCollector`): the
       same metric values, without an O(I log I) sort of every user's scores.
     - On a distributed run (:mod:`recbole_mm.distributed`) the per-epoch hook draws from the
-      same seed on every rank, full-sort metrics are computed over every rank's users at
-      once, and every rank reads rank 0's checkpoint once it is written.
+      same seed on every rank and full-sort metrics are computed over every rank's users at
+      once.
     """
 
     def __init__(self, config, model):
@@ -100,7 +100,6 @@ class MultiModalTrainer(Trainer):
         # --- distributed runs (recbole_mm.distributed); nothing changes in one process
         if distributed.is_distributed(config):
             self.eval_collector = distributed.distributed_collector(MultiModalCollector)(config)
-            self.saved_model_file = distributed.broadcast_object(self.saved_model_file, config)
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimiser choice (``learner``, ``learning_rate``, ``weight_decay``, or the
@@ -166,10 +165,8 @@ class MultiModalTrainer(Trainer):
             excluded = np.ones(eval_data._dataset.item_num, dtype=bool)
             excluded[candidates] = False
             self._excluded_items = torch.from_numpy(excluded).to(self.device)
-        # distributed: gather full-sort rows per user; read the checkpoint once rank 0 wrote it
+        # distributed runs: full-sort rows are gathered per user over the ranks
         self.eval_collector.gather_users = isinstance(eval_data, FullSortEvalDataLoader)
-        if eval_data and load_best_model:
-            distributed.barrier(self.config)
         return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 
     def _map_reduce(self, result, num_sample):

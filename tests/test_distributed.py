@@ -1,0 +1,184 @@
+"""Distributed training (recbole_mm.distributed and compat patches 6-7).
+
+The fast tests join a one-process gloo group inside pytest; the ``slow`` ones start two gloo
+processes on the CPU, as ``run_recbole_mm.py --nproc=2`` does."""
+import hashlib
+import os
+import socket
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from recbole_mm import distributed
+from recbole_mm.config import Config
+from recbole_mm.data import create_dataset, data_preparation
+from recbole_mm.model.vbpr import VBPR
+from recbole_mm.trainer import MultiModalTrainer
+
+ADDRESS = "127.0.0.1"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind((ADDRESS, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def one_rank(run_config):
+    """Config dict of rank 0 in a one-process group; the group is torn down afterwards."""
+
+    def make(**overrides):
+        return run_config(local_rank=0, world_size=1, nproc=1, offset=0, ip=ADDRESS, port=free_port(), **overrides)
+
+    yield make
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_config_joins_gloo_on_cpu(one_rank):
+    # RecBole asks for NCCL and cuda:<local_rank>: on a CPU machine init_process_group fails
+    config = Config("VBPR", "synthetic", config_dict=one_rank())
+    assert dist.is_initialized() and dist.get_backend() == "gloo"
+    assert config["device"] == torch.device("cpu") and config["single_spec"] is False
+    assert distributed.backend_for(use_cuda=True) == "nccl"
+
+
+def test_single_process_config_is_untouched(run_config):
+    config = Config("VBPR", "synthetic", config_dict=run_config())
+    assert config["single_spec"] is True and config["local_rank"] == 0 and not dist.is_initialized()
+
+
+def _build(config_dict):
+    config = Config("VBPR", "synthetic", config_dict=config_dict)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    torch.manual_seed(0)
+    return config, (train, valid, test), VBPR(config, train._dataset)
+
+
+def test_cpu_trainer_under_ddp_evaluates_as_one_process(one_rank, run_config):
+    # RecBole's DistributedDataParallel(model, device_ids=[0]) refuses a CPU module
+    config, (train, valid, _), model = _build(one_rank(epochs=1))
+    trainer = MultiModalTrainer(config, model)
+    assert isinstance(trainer.distributed_model, torch.nn.parallel.DistributedDataParallel)
+    trainer.fit(train, valid, saved=False)
+    gathered = trainer.evaluate(valid, load_best_model=False)
+    assert trainer.eval_collector.gathered
+    dist.destroy_process_group()
+    # the same weights evaluated by a one-process trainer: the same metrics
+    single_config, (_, single_valid, _), single_model = _build(run_config(epochs=1))
+    single_model.load_state_dict(model.state_dict())
+    single = MultiModalTrainer(single_config, single_model).evaluate(single_valid, load_best_model=False)
+    assert dict(gathered) == pytest.approx(dict(single), abs=1e-4)
+
+
+def test_gather_rows_keeps_each_user_once(one_rank):
+    Config("VBPR", "synthetic", config_dict=one_rank())
+    users = torch.tensor([5, 2, 9, 5])  # the sampler pads a rank by repeating a user
+    rows = {"rec.topk": torch.tensor([[1, 3], [0, 2], [1, 1], [1, 3]])}
+    gathered, kept = distributed.gather_rows(rows, users)
+    assert kept.tolist() == [2, 5, 9]
+    assert gathered["rec.topk"].tolist() == [[0, 2], [1, 3], [1, 1]]
+
+
+def test_same_random_state_is_a_no_op_in_one_process(run_config):
+    config = Config("VBPR", "synthetic", config_dict=run_config())
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    with distributed.same_random_state(config, epoch=4):
+        drawn = torch.rand(3)
+    assert torch.equal(drawn, expected)
+
+
+def test_same_random_state_seeds_by_epoch_and_restores(one_rank):
+    config = Config("VBPR", "synthetic", config_dict=one_rank())
+    torch.manual_seed(123)
+    with distributed.same_random_state(config, epoch=2):
+        first = torch.rand(4)
+    after = torch.rand(4)
+    torch.manual_seed(999)  # another rank's stream
+    with distributed.same_random_state(config, epoch=2):
+        second = torch.rand(4)
+    with distributed.same_random_state(config, epoch=3):
+        other_epoch = torch.rand(4)
+    torch.manual_seed(123)
+    assert torch.equal(first, second) and not torch.equal(first, other_epoch)
+    assert torch.equal(after, torch.rand(4))  # the rank's own stream continues as if untouched
+
+
+def test_torchrun_environment_gives_the_rank_keys():
+    env = {"LOCAL_RANK": "1", "RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
+           "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    assert distributed.torchrun_config(env) == {"local_rank": 1, "world_size": 8, "nproc": 4, "offset": 4,
+                                                "ip": "10.0.0.1", "port": "29500"}
+    assert distributed.torchrun_config({}) == {}
+
+
+# ---------------------------------------------------------------------- two processes
+def state_digest(model):
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _rank_worker(local_rank, root, port, model, config_dict, queue):
+    """One rank: ``run_recbole_mm`` in ``root``, then what the test compares across ranks."""
+    sys.argv = ["pytest"]
+    os.chdir(root)
+    import recbole_mm  # noqa: F401
+    from recbole_mm.quick_start import run_recbole_mm
+
+    ranks = dict(local_rank=local_rank, world_size=2, nproc=2, ip=ADDRESS, port=port, offset=0)
+    config_dict = dict(config_dict)
+    if config_dict.pop("rank_clock_skew", False) and local_rank == 1:
+        import recbole.trainer.trainer as recbole_trainer
+
+        recbole_trainer.get_local_time = lambda: "a-second-later"  # RecBole names checkpoints by it
+    try:
+        result = run_recbole_mm(model, "synthetic", None, {**config_dict, **ranks})
+        trainer = result.pop("trainer")
+        extra = {"digest": state_digest(trainer.model)}
+        if getattr(trainer.model, "train_adjacency", None) is not None:
+            extra["train_edges"] = trainer.model.train_adjacency.coalesce().indices().numpy().tobytes()
+        if getattr(trainer, "false_keys", None) is not None:
+            extra["false_keys"] = trainer.false_keys.cpu().numpy().tolist()
+            extra["calibrations"] = trainer.calibration_history
+        queue.put((local_rank, result, extra))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_two_ranks(root, model, config_dict):
+    """Both ranks' (result, extra) of a two-process gloo run, indexed by rank."""
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_rank_worker, args=(str(root), free_port(), model, config_dict, queue), nprocs=2, join=True)
+    by_rank = {}
+    while not queue.empty():
+        rank, result, extra = queue.get()
+        by_rank[rank] = (result, extra)
+    return by_rank
+
+
+@pytest.mark.slow
+def test_ranks_read_rank_zeros_checkpoint(tmp_path):
+    """Rank 1's trainer names its checkpoint in another second than rank 0's: without compat
+    patch 7 it looks for a file nobody wrote."""
+    config = {"data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"), "state": "WARNING",
+              "epochs": 1, "synthetic_generator": {"seed": 7, "n_users": 300, "n_items": 200,
+                                                   "mean_interactions": 12},
+              "rank_clock_skew": True}
+    ranks = run_two_ranks(tmp_path, "VBPR", config)
+    assert set(ranks) == {0, 1}
+    (r0, e0), (r1, e1) = ranks[0], ranks[1]
+    assert r0["saved_model_file"] == r1["saved_model_file"]
+    assert dict(r0["test_result"]) == dict(r1["test_result"]) and e0["digest"] == e1["digest"]
