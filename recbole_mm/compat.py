@@ -30,7 +30,12 @@ call sites, and covered by a test in ``tests/test_compat.py`` that fails without
    rank 0 is still writing it (no barrier). After ``Trainer.__init__`` every rank takes rank
    0's ``saved_model_file``; ``Trainer.evaluate`` waits for every rank before it loads a
    checkpoint. (Loading it needs ``weights_only=False`` on torch >= 2.6: patch 2.)
+8. ``ensure_dir``: RecBole's ``ensure_dir`` tests for the folder, then creates it; two ranks
+   starting together (``log/``, ``saved/``) race, and the loser dies with ``FileExistsError``.
+   The copies imported by RecBole's logger, trainer and data utilities become
+   ``os.makedirs(path, exist_ok=True)``.
 """
+import os
 import types
 
 import numpy as np
@@ -159,6 +164,23 @@ def patch_rank_checkpoint():
     Trainer._recbole_mm_rank_checkpoint = True
 
 
+def _ensure_dir(dir_path):
+    """``recbole.utils.ensure_dir`` without the check-then-create race between processes."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def patch_ensure_dir():
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    for module in (recbole.utils.utils, recbole.utils, recbole.utils.logger, recbole.trainer.trainer,
+                   recbole.data.utils):
+        module.ensure_dir = _ensure_dir
+
+
 def apply_patches():
     """Apply every patch once; safe to call again."""
     global _APPLIED
@@ -170,5 +192,6 @@ def apply_patches():
     patch_fill_nan()
     patch_distributed_backend()
     patch_rank_checkpoint()
+    patch_ensure_dir()
     _APPLIED = True
 

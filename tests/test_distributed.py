@@ -182,3 +182,15 @@ def test_ranks_read_rank_zeros_checkpoint(tmp_path):
     (r0, e0), (r1, e1) = ranks[0], ranks[1]
     assert r0["saved_model_file"] == r1["saved_model_file"]
     assert dict(r0["test_result"]) == dict(r1["test_result"]) and e0["digest"] == e1["digest"]
+
+
+def test_ensure_dir_tolerates_a_folder_made_meanwhile(tmp_path, monkeypatch):
+    """Two ranks creating log/ at once: the second finds it made between its check and makedirs."""
+    import recbole.utils.logger as recbole_logger
+
+    target = tmp_path / "log"
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda path: False if str(path) == str(target) else real_exists(path))
+    target.mkdir()  # the other rank was faster
+    recbole_logger.ensure_dir(str(target))
+    assert target.is_dir()
