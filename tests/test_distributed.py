@@ -243,3 +243,42 @@ def test_two_processes_train_like_one_and_their_checkpoint_reloads_in_one(tmp_pa
     (g0, f0), (g1, f1) = runs[-1][0], runs[-1][1]
     assert f0["false_keys"][0] > 0 and f0["false_keys"] == f1["false_keys"]  # one clean/noisy split
     assert f0["calibrations"] == f1["calibrations"] and f0["digest"] == f1["digest"]
+
+
+def _cli():
+    import importlib.util
+
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("run_recbole_mm_cli", os.path.join(REPO_ROOT, "run_recbole_mm.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FAKE_RESULT = {"best_valid_result": {"recall@20": 0.5}, "test_result": {"recall@20": 0.4}}
+
+
+def test_command_line_starts_nproc_processes(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(distributed, "run_distributed", lambda **kwargs: calls.append(kwargs) or FAKE_RESULT)
+    for key in ("LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert _cli().main(["--model=FREEDOM", "--nproc=2", "--port=29999", "--ip=10.0.0.1"]) == 0
+    assert calls == [{"model": "FREEDOM", "dataset": "synthetic", "config_file_list": None, "nproc": 2,
+                      "world_size": -1, "ip": "10.0.0.1", "port": "29999", "group_offset": 0}]
+    assert "test result: recall@20: 0.4000" in capsys.readouterr().out
+
+
+def test_command_line_under_torchrun_runs_its_rank(monkeypatch, capsys):
+    import recbole_mm.quick_start as quick_start
+
+    calls = []
+    monkeypatch.setattr(quick_start, "run_recbole_mm", lambda **kwargs: calls.append(kwargs) or FAKE_RESULT)
+    env = {"LOCAL_RANK": "1", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1",
+           "MASTER_PORT": "29500"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _cli().main(["--model=VBPR"]) == 0
+    assert calls[0]["config_dict"] == distributed.torchrun_config(env)
+    assert "test result" not in capsys.readouterr().out  # rank 3: rank 0 prints the results
