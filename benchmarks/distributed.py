@@ -73,6 +73,42 @@ def run(model, config_dict, nproc):
     return queue.get()
 
 
+def _mean_std(values):
+    import statistics
+
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summary(rows, command):
+    """The markdown table of results/distributed.md from the jsonl rows."""
+    import statistics
+
+    lines = ["| model | procs | valid Recall@20 | test Recall@20 | mean abs gap to 1 proc, same seed (valid / test) "
+             "| train s/epoch | valid s/pass |", "|---|---|---|---|---|---|---|"]
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    for model in models:
+        single = {row["seed"]: row for row in rows if row["model"] == model and row["nproc"] == 1}
+        for nproc in sorted({row["nproc"] for row in rows if row["model"] == model}):
+            mine = [row for row in rows if row["model"] == model and row["nproc"] == nproc]
+            cells = []
+            for key in ("valid_recall@20", "test_recall@20"):
+                mean, std = _mean_std([row[key] for row in mine])
+                cells.append(f"{mean:.4f} ± {std:.4f}")
+            if nproc == 1:
+                gap = "-"
+            else:
+                gaps = [[abs(row[key] - single[row["seed"]][key]) for row in mine if row["seed"] in single]
+                        for key in ("valid_recall@20", "test_recall@20")]
+                gap = " / ".join(f"{statistics.mean(values):.4f}" for values in gaps)
+            train = statistics.median(row["train_s"] for row in mine)
+            valid = statistics.median(row["valid_s"] for row in mine)
+            cells += [gap, f"{train:.2f}", f"{valid:.2f}"]
+            lines.append(f"| {model} | {nproc} | " + " | ".join(cells) + " |")
+    seeds = sorted({row["seed"] for row in rows})
+    return "\n".join(lines) + f"\n\nmean ± standard deviation over seeds {seeds}; seconds: median over seeds " \
+        f"of the mean epoch. Command: `{command}`\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["VBPR", "FREEDOM", "LIRDRec"])
@@ -82,7 +118,14 @@ def main():
     parser.add_argument("--gpu", action="store_true", help="ranks on GPUs (NCCL); CPUs (gloo) otherwise")
     parser.add_argument("--workdir", default=os.path.join(REPO_ROOT, "results", "saved", "distributed"))
     parser.add_argument("--jsonl", default=os.path.join(REPO_ROOT, "results", "distributed.jsonl"))
+    parser.add_argument("--summary", action="store_true", help="print the markdown table of --jsonl and exit")
     args = parser.parse_args()
+    if args.summary:
+        with open(args.jsonl) as handle:
+            rows = [json.loads(line) for line in handle if line.strip()]
+        print(summary(rows, "python benchmarks/distributed.py --models VBPR FREEDOM LIRDRec --epochs 5 "
+                            "--seeds 2020 2021 2022 2023"))
+        return
     os.makedirs(args.workdir, exist_ok=True)
     os.chdir(args.workdir)
     for model in args.models:
