@@ -65,6 +65,63 @@ def _worker(local_rank, model, config_dict, nproc, port, queue):
             dist.destroy_process_group()
 
 
+def _digest(model):
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _smoke_worker(local_rank, models, root, nproc, port, queue):
+    """Every model for 2 epochs on the small synthetic dataset; reports each rank's weight digest."""
+    sys.path.insert(0, REPO_ROOT)
+    sys.argv = [sys.argv[0]]
+    import torch.distributed as dist
+
+    import recbole_mm  # noqa: F401
+    from recbole_mm.quick_start import run_recbole_mm
+
+    ranks = dict(local_rank=local_rank, world_size=nproc, nproc=nproc, offset=0, ip="127.0.0.1", port=port)
+    config = {"data_path": os.path.join(root, "data"), "checkpoint_dir": root, "state": "WARNING", "epochs": 2,
+              "synthetic_generator": {"seed": 7, "n_users": 300, "n_items": 200, "mean_interactions": 12}}
+    try:
+        for model in models:
+            try:
+                result = run_recbole_mm(model, "synthetic", None, {**config, **ranks})
+                queue.put((model, local_rank, _digest(result["trainer"].model),
+                           float(result["test_result"]["recall@20"])))
+            except Exception as error:  # reported, then the run stops (the other ranks would wait forever)
+                queue.put((model, local_rank, f"error: {error!r}"[:300], None))
+                raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def smoke(models, nproc, root):
+    """Which models train under ``nproc`` ranks with every rank holding the same weights."""
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    try:
+        mp.spawn(_smoke_worker, args=(models, root, nproc, free_port(), queue), nprocs=nproc, join=True)
+    finally:
+        reports = {}
+        while not queue.empty():
+            model, rank, digest, recall = queue.get()
+            reports.setdefault(model, {})[rank] = (digest, recall)
+        print("| model | ranks agree on the weights | test Recall@20 (2 epochs) |\n|---|---|---|")
+        for model in models:
+            ranks = reports.get(model, {})
+            digests = {digest for digest, _ in ranks.values()}
+            agree = len(ranks) == nproc and len(digests) == 1 and not next(iter(digests)).startswith("error")
+            recall = ranks.get(0, (None, None))[1]
+            print(f"| {model} | {'yes' if agree else 'NO: ' + str(digests)} | "
+                  f"{'-' if recall is None else f'{recall:.4f}'} |")
+
+
 def run(model, config_dict, nproc):
     import torch.multiprocessing as mp
 
@@ -119,7 +176,17 @@ def main():
     parser.add_argument("--workdir", default=os.path.join(REPO_ROOT, "results", "saved", "distributed"))
     parser.add_argument("--jsonl", default=os.path.join(REPO_ROOT, "results", "distributed.jsonl"))
     parser.add_argument("--summary", action="store_true", help="print the markdown table of --jsonl and exit")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every plugin model (or --models) 2 epochs under --nproc ranks on a small dataset")
     args = parser.parse_args()
+    if args.smoke:
+        sys.path.insert(0, REPO_ROOT)
+        from recbole_mm.utils import available_models
+
+        models = args.models if "--models" in sys.argv else available_models(plugin=True)
+        os.makedirs(args.workdir, exist_ok=True)
+        smoke(models, args.nproc, args.workdir)
+        return
     if args.summary:
         with open(args.jsonl) as handle:
             rows = [json.loads(line) for line in handle if line.strip()]
