@@ -34,7 +34,7 @@ def _run(args, config_file_list, run_recbole_mm):
         finally:
             if distributed.dist.is_initialized():
                 distributed.dist.destroy_process_group()
-        return result if ranks["local_rank"] + ranks["offset"] == 0 else None
+        return result if ranks["local_rank"] == 0 else None  # one print per machine, as with --nproc
     if args.nproc > 1 or args.world_size > 0:
         return distributed.run_distributed(model=args.model, dataset=args.dataset, config_file_list=config_file_list,
                                            nproc=args.nproc, world_size=args.world_size, ip=args.ip,
@@ -66,7 +66,7 @@ def main(argv=None):
     except (DatasetNotFoundError, FeatureFileError, UnknownModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if result is None:  # a machine without rank 0: rank 0's machine prints the results
+    if result is None:  # a torchrun process other than its machine's first: that one prints
         return 0
     print(f"best valid: {format_metrics(result['best_valid_result'])}")
     print(f"test result: {format_metrics(result['test_result'])}")

@@ -48,6 +48,11 @@ def is_distributed(config):
     return single is False and dist.is_available() and dist.is_initialized()
 
 
+def global_rank(config):
+    """``local_rank + offset``: the rank over all machines (0 in one process)."""
+    return int(config["local_rank"] or 0) + int(config["offset"] or 0) if is_distributed(config) else 0
+
+
 def backend_for(use_cuda):
     """``nccl`` for ranks on GPUs, ``gloo`` for ranks on CPUs."""
     return "nccl" if use_cuda else "gloo"

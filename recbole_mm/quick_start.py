@@ -20,13 +20,14 @@ from recbole_mm.utils import get_model, get_trainer
 
 
 def _build(config):
-    """Dataset, split loaders and model for a config (seeded as RecBole does). On a distributed
-    run local rank 0 builds first (dataset files, graph caches), the other ranks then."""
+    """Dataset, split loaders and model for a config (seeded as RecBole does, by the global rank
+    where RecBole adds the local one: ranks of two machines draw different negatives). On a
+    distributed run local rank 0 builds first (dataset files, graph caches), the other ranks then."""
     with distributed.local_rank_zero_first(config):
         init_seed(config["seed"], config["reproducibility"])
         dataset = create_dataset(config)
         train_data, valid_data, test_data = data_preparation(config, dataset)
-        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        init_seed(config["seed"] + distributed.global_rank(config), config["reproducibility"])
         model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     return dataset, (train_data, valid_data, test_data), model
 

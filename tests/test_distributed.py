@@ -288,4 +288,4 @@ def test_command_line_under_torchrun_runs_its_rank(monkeypatch, capsys):
         monkeypatch.setenv(key, value)
     assert _cli().main(["--model=VBPR"]) == 0
     assert calls[0]["config_dict"] == distributed.torchrun_config(env)
-    assert "test result" not in capsys.readouterr().out  # rank 3: rank 0 prints the results
+    assert "test result" not in capsys.readouterr().out  # local rank 1: local rank 0 prints
