@@ -157,6 +157,8 @@ def _rank_worker(local_rank, root, port, jobs, queue):
                 extra["item_graph"] = tensor_digest(graph.indices()) + tensor_digest(graph.values())
             if getattr(trainer.model, "edge_sampler", None) is not None:
                 extra["train_edges"] = tensor_digest(trainer.model.train_adjacency.coalesce().indices())
+            if getattr(trainer, "bod", None) is not None:
+                extra["generator"] = state_digest(trainer.bod.generator)
             if getattr(trainer, "false_keys", None) is not None:
                 extra["false_keys"] = (len(trainer.false_keys), tensor_digest(trainer.false_keys))
                 extra["calibrations"] = trainer.calibration_history
@@ -226,7 +228,9 @@ def test_two_processes_train_like_one_and_their_checkpoint_reloads_in_one(tmp_pa
               "guider_warmup_epochs": 0}
     guider_files = [os.path.join(os.path.dirname(os.path.dirname(__file__)), "properties", "guider.yaml")]
     single = {model: run_recbole_mm(model, "synthetic", None, dict(shared)) for model in DISTRIBUTED_MODELS}
-    jobs = [(model, None, shared) for model in DISTRIBUTED_MODELS] + [("VBPR", guider_files, guider)]
+    jobs = [(model, None, shared) for model in DISTRIBUTED_MODELS] + [("VBPR", guider_files, guider),
+                                                                       ("VBPR", None, {**shared, "denoise": "bod",
+                                                                                       "epochs": 2})]
     runs = run_two_ranks(tmp_path, jobs)
 
     for model, ranks in zip(DISTRIBUTED_MODELS, runs):
@@ -247,9 +251,13 @@ def test_two_processes_train_like_one_and_their_checkpoint_reloads_in_one(tmp_pa
     # FREEDOM prunes edges, FREEDOM and LIRDRec hold kNN item graphs: the comparisons are not vacuous
     assert "train_edges" in runs[1][0][1] and "item_graph" in runs[1][0][1] and "item_graph" in runs[2][0][1]
 
-    (g0, f0), (g1, f1) = runs[-1][0], runs[-1][1]
+    (g0, f0), (g1, f1) = runs[-2][0], runs[-2][1]
     assert f0["false_keys"][0] > 0 and f0["false_keys"] == f1["false_keys"]  # one clean/noisy split
     assert f0["calibrations"] == f1["calibrations"] and f0["digest"] == f1["digest"]
+
+    # BOD: one weight generator (rank 0's start, averaged gradients), one student
+    (_, b0), (_, b1) = runs[-1][0], runs[-1][1]
+    assert b0["generator"] == b1["generator"] and b0["digest"] == b1["digest"]
 
 
 def _cli():
