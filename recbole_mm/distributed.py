@@ -20,7 +20,10 @@ plugin:
   each rank's metrics weighted by ``len(batched_data)``, which is 4 for every batch, and the
   sampler's padding counts some users twice.)
 - :func:`broadcast_object` gives every rank rank 0's checkpoint path; :func:`barrier` keeps
-  ranks from reading a checkpoint before rank 0 has written it.
+  ranks from reading a checkpoint before rank 0 has written it (compat patch 7).
+- :func:`broadcast_module`, :func:`average_gradients`, :func:`broadcast_tensor`: models that
+  train outside DDP stay one model over the ranks (GUIDER's teacher and its clean/noisy split,
+  BOD's weight generator).
 - :func:`run_distributed` starts ``nproc`` processes on this machine (RecBole's ``run``);
   :func:`torchrun_config` reads the ranks ``torchrun`` gives.
 
