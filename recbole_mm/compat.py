@@ -26,8 +26,26 @@ call sites, and covered by a test in ``tests/test_compat.py`` that fails without
 8. ``explicit_sparse_checks``: torch 2.13 warns at the first sparse tensor built while the
    invariant checks are off by default ("implicitly disabled"). The plugin's graphs are built
    from indices it computes, so the checks stay off, now explicitly (unless already enabled).
+9. ``distributed_backend``: RecBole's distributed path (``local_rank`` in the config) always
+   joins an NCCL process group and puts the rank on ``cuda:<local_rank>``, and its trainer
+   wraps the model in ``DistributedDataParallel(device_ids=[local_rank])``, which torch
+   refuses for a CPU module. ``Config._init_device`` and ``AbstractTrainer.__init__`` are
+   replaced by versions that choose NCCL/CUDA on GPUs and gloo/CPU otherwise
+   (:func:`recbole_mm.distributed.init_device`, :func:`recbole_mm.distributed.wrap_model`).
+10. ``rank_checkpoint``: on a distributed run only rank 0 writes the checkpoint, but every rank
+   reloads it (``evaluate(load_best_model=True)``) from a path it named itself,
+   ``<model>-<local time to the second>.pth``: a rank whose trainer starts in another second
+   than rank 0's looks for a file that does not exist, and any rank may open the file while
+   rank 0 is still writing it (no barrier). After ``Trainer.__init__`` every rank takes rank
+   0's ``saved_model_file``; ``Trainer.evaluate`` waits for every rank before it loads a
+   checkpoint. (Loading it needs ``weights_only=False`` on torch >= 2.6: patch 2.)
+11. ``ensure_dir``: RecBole's ``ensure_dir`` tests for the folder, then creates it; two ranks
+   starting together (``log/``, ``saved/``) race, and the loser dies with ``FileExistsError``.
+   The copies imported by RecBole's logger, trainer and data utilities become
+   ``os.makedirs(path, exist_ok=True)``.
 """
 import functools
+import os
 import types
 import warnings
 
@@ -145,6 +163,70 @@ def patch_explicit_sparse_checks():
     checks = torch.sparse.check_sparse_tensor_invariants
     if not checks.is_enabled():
         checks.disable()
+def _trainer_init(self, config, model):
+    """``AbstractTrainer.__init__`` with the DDP wrapper of :func:`recbole_mm.distributed.wrap_model`."""
+    from recbole_mm.distributed import wrap_model
+
+    self.config = config
+    self.model = model
+    if not config["single_spec"]:
+        self.model, self.distributed_model = wrap_model(model, config)
+
+
+def patch_distributed_backend():
+    """NCCL on GPUs, gloo on CPUs, for RecBole's process group and its DDP wrapper."""
+    from recbole.config import Config
+    from recbole.trainer.trainer import AbstractTrainer
+
+    from recbole_mm.distributed import init_device
+
+    Config._init_device = init_device
+    AbstractTrainer.__init__ = _trainer_init
+
+
+def patch_rank_checkpoint():
+    """Every rank reads rank 0's checkpoint, and only once it is written."""
+    from recbole.trainer.trainer import Trainer
+
+    if getattr(Trainer, "_recbole_mm_rank_checkpoint", False):
+        return
+    init, evaluate = Trainer.__init__, Trainer.evaluate
+
+    def __init__(self, config, model):
+        from recbole_mm.distributed import broadcast_object
+
+        init(self, config, model)
+        self.saved_model_file = broadcast_object(self.saved_model_file, config)
+
+    def evaluate_after_rank_zero(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        from recbole_mm.distributed import barrier
+
+        if eval_data and load_best_model:
+            barrier(self.config)
+        return evaluate(self, eval_data, load_best_model, model_file, show_progress)
+
+    __init__.__doc__ = init.__doc__
+    evaluate_after_rank_zero.__doc__ = evaluate.__doc__
+    Trainer.__init__ = __init__
+    Trainer.evaluate = evaluate_after_rank_zero
+    Trainer._recbole_mm_rank_checkpoint = True
+
+
+def _ensure_dir(dir_path):
+    """``recbole.utils.ensure_dir`` without the check-then-create race between processes."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def patch_ensure_dir():
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    for module in (recbole.utils.utils, recbole.utils, recbole.utils.logger, recbole.trainer.trainer,
+                   recbole.data.utils):
+        module.ensure_dir = _ensure_dir
 
 
 def apply_patches():
@@ -159,5 +241,8 @@ def apply_patches():
     patch_amp_without_deprecation()
     patch_quiet_readonly_arrays()
     patch_explicit_sparse_checks()
+    patch_distributed_backend()
+    patch_rank_checkpoint()
+    patch_ensure_dir()
     _APPLIED = True
 

@@ -20,6 +20,7 @@ from logging import getLogger
 import torch
 from recbole.utils import init_logger, init_seed, set_color
 
+from recbole_mm import distributed
 from recbole_mm.config import Config
 from recbole_mm.data import create_dataset, data_preparation
 from recbole_mm.trainer import get_trainer
@@ -118,12 +119,15 @@ def run_summary(config, dataset, loaders, model):
 
 
 def _build(config):
-    """Dataset, split loaders and model for a config (seeded as RecBole does)."""
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    """Dataset, split loaders and model for a config (seeded as RecBole does, by the global rank
+    where RecBole adds the local one: ranks of two machines draw different negatives). On a
+    distributed run local rank 0 builds first (dataset files, graph caches), the other ranks then."""
+    with distributed.local_rank_zero_first(config):
+        init_seed(config["seed"], config["reproducibility"])
+        dataset = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+        init_seed(config["seed"] + distributed.global_rank(config), config["reproducibility"])
+        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     return dataset, (train_data, valid_data, test_data), model
 
 
@@ -272,7 +276,7 @@ def load_data_and_model(model_file):
         (config, model, dataset, train_data, valid_data, test_data)
     """
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
-    config = checkpoint["config"]
+    config = distributed.single_process_config(checkpoint["config"])  # saved by a distributed run
     init_logger(config)
     dataset, (train_data, valid_data, test_data), model = _build(config)
     model.load_state_dict(checkpoint["state_dict"])

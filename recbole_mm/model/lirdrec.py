@@ -58,6 +58,10 @@ from recbole_mm.model.layers import MLP, dct_features, propagate
 
 
 class LIRDRec(MultiModalRecommender):
+    # PWC's state outside the weights, saved in checkpoints (RecBole's other_parameter): a reloaded
+    # model scores with the copy weights of the epoch it was saved at, not the initial ones
+    other_parameter_name = ("copy_weights", "copy_epoch", "last_attention")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()
