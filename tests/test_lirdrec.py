@@ -28,6 +28,27 @@ def test_dct_round_trip_and_orthonormality(mode):
         assert not np.allclose(shuffled[1:], y[1:]), "2-D depends on the item order"
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_frozen_sparse_gives_torch_sparse_products_and_gradients(symmetric):
+    from recbole_mm.model.layers import FrozenSparse, propagate
+
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.rand(30, 30, generator=generator) * (torch.rand(30, 30, generator=generator) < 0.2)
+    matrix = (dense + dense.T if symmetric else dense).to_sparse()
+    frozen = FrozenSparse(matrix, symmetric=symmetric)
+    x = torch.randn(30, 5, generator=generator, requires_grad=True)
+    weights = torch.randn(30, 5, generator=generator)
+    for combine in ("sum", "mean", "last"):
+        ours = propagate(frozen, x, 2, combine)
+        (grad,) = torch.autograd.grad((ours * weights).sum(), x)
+        layers = [x, torch.sparse.mm(matrix, x)]
+        layers.append(torch.sparse.mm(matrix, layers[-1]))
+        expected = {"sum": sum(layers), "mean": sum(layers) / 3, "last": layers[-1]}[combine]
+        (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+        assert torch.allclose(ours, expected, atol=1e-5) and torch.allclose(grad, expected_grad, atol=1e-5)
+    assert torch.equal(frozen.to_dense(), matrix.to_dense())
+
+
 def build(run_config, model_class=LIRDRec, **overrides):
     config, _, loaders, model = build_model(run_config(**overrides), model_class)
     return config, loaders, model

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from recbole_mm.features.dct import dct_features
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.layers import MLP, propagate
+from recbole_mm.model.layers import MLP, FrozenSparse, propagate
 
 
 class LIRDRec(MultiModalRecommender):
@@ -101,8 +101,11 @@ class LIRDRec(MultiModalRecommender):
         # α of the last training forward; θ itself until then, so the first copy changes nothing
         self.register_buffer("last_attention", self.target_weights.detach().clone())
 
-        self.item_graph = self.item_knn_graph(config["knn_k"], self._graph_weights(config["mm_image_weight"]))
+        # both graphs are fixed: CSR copies whose backward needs no transposing (FrozenSparse)
+        self.item_graph = FrozenSparse(
+            self.item_knn_graph(config["knn_k"], self._graph_weights(config["mm_image_weight"])))
         self.setup_edge_pruning(config["dropout"])
+        self.full_adjacency = self.train_adjacency = FrozenSparse(self.full_adjacency, symmetric=True)
 
     def _branch_inputs(self, config):
         """Input matrix of each branch: 'image', 'text' and the DCT 'shared' branch (Eq. 12)."""
@@ -147,6 +150,11 @@ class LIRDRec(MultiModalRecommender):
             with torch.no_grad():
                 self.target_weights.copy_(self.last_attention)
         self.resample_edges()
+
+    def resample_edges(self):
+        """This epoch's pruned training graph (symmetric, like the full one), as a FrozenSparse."""
+        if self.edge_sampler is not None:
+            self.train_adjacency = FrozenSparse(self.edge_sampler.sample(), symmetric=True)
 
     def user_attention(self, user_parts):
         """α = softmax(w1 · a_u + w2 · θ) over the branches, a_u from each branch's scorer, (U x M)."""
