@@ -23,10 +23,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 VARIANTS = {
-    "LIRDRec": {},
     "LIRDRec, decay_weight 0.99": {"decay_weight": 0.99},
     "LIRDRec, decay_weight 0.9": {"decay_weight": 0.9},
-    "LIRDRec, shared scorer": {"pwc_shared_scorer": True},
+    "LIRDRec, decay_weight 0.9, shared scorer": {"decay_weight": 0.9, "pwc_shared_scorer": True},
     "w/o PWC": {"use_pwc": False},
     "w/o PWC, users x 1/3": {"use_pwc": False, "user_scale": 1 / 3},
 }
@@ -73,7 +72,7 @@ def write_table(path, rows, command):
         by_variant.setdefault(row["variant"], []).append(row)
     mean = lambda group, key: np.mean([r[key] for r in group]) if all(r[key] is not None for r in group) else None  # noqa: E731
     fmt = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
-    lines = ["| variant | seeds | valid R@20 | valid N@20 | test R@20 | test N@20 | best epoch | "
+    lines = ["| variant | seeds | valid R@20 | valid N@20 | test R@20 | test N@20 | best epoch (1-based) | "
              "mean max α | w1 |", "|---|---|---|---|---|---|---|---|---|"]
     for label, group in by_variant.items():
         lines.append(f"| {label} | {len(group)} | {fmt(mean(group, 'valid_recall@20'), '.4f')} | "
@@ -81,7 +80,7 @@ def write_table(path, rows, command):
                      f"{fmt(mean(group, 'test_ndcg@20'), '.4f')} | {fmt(mean(group, 'best_epoch'), '.1f')} | "
                      f"{fmt(mean(group, 'max_alpha'), '.3f')} | {fmt(mean(group, 'w1'), '.2e')} |")
     with open(path, "w") as handle:
-        handle.write("| variant | seed | valid R@20 | valid N@20 | test R@20 | test N@20 | best epoch | epochs run |\n"
+        handle.write("| variant | seed | valid R@20 | valid N@20 | test R@20 | test N@20 | best epoch (1-based) | epochs run |\n"
                      "|---|---|---|---|---|---|---|---|\n")
         for row in rows:
             handle.write(f"| {row['variant']} | {row['seed']} | {row['valid_recall@20']:.4f} | "
@@ -100,6 +99,7 @@ def main():
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default=os.path.join(REPO, "results"))
     args = parser.parse_args()
+    command = "python benchmarks/lirdrec_pwc.py " + " ".join(sys.argv[1:])
     torch.set_num_threads(1)
     rows_path = os.path.join(args.out, f"lirdrec_pwc_{args.dataset}.jsonl")
     for seed in args.seeds:
@@ -111,8 +111,7 @@ def main():
                 handle.write(json.dumps(row) + "\n")
     with open(rows_path) as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
-    write_table(os.path.join(args.out, f"lirdrec_pwc_{args.dataset}.md"), rows,
-                "python benchmarks/lirdrec_pwc.py " + " ".join(sys.argv[1:]))
+    write_table(os.path.join(args.out, f"lirdrec_pwc_{args.dataset}.md"), rows, command)
 
 
 if __name__ == "__main__":
