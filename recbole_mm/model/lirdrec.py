@@ -31,6 +31,9 @@ item ID embeddings: items come from feature branches, users from one free table 
    compounds), then :math:`\theta \leftarrow \alpha` of the last training forward.
    The PWC state between epochs, (w1, w2), the epoch counter e and the last α, are buffers,
    so a checkpoint restores the exact scorer of its epoch (θ is a parameter).
+   As in the code, w1 falls below 1e-3 by epoch ~15 and copying a softmax output into θ
+   pulls α to uniform within a few epochs, after which the fusion is users × 1/M
+   (``results/lirdrec_pwc.md``; the control ``use_pwc: False, user_scale: 1/M`` shows it).
 7. **Loss**: BPR + ``reg_weight`` · (mean(U_all²) + mean(I_all²)), element means over the full
    user and item output matrices (the code's).
 
