@@ -1,4 +1,6 @@
 """LIRDRec and FREEDOM: DCT, progressive weight copying, ablation switches, accuracy."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -47,6 +49,7 @@ def test_frozen_sparse_gives_torch_sparse_products_and_gradients(symmetric):
         (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
         assert torch.allclose(ours, expected, atol=1e-5) and torch.allclose(grad, expected_grad, atol=1e-5)
     assert torch.equal(frozen.to_dense(), matrix.to_dense())
+    assert copy.deepcopy({"graph": frozen})["graph"] is frozen, "a copied model shares the fixed graph"
 
 
 def build(run_config, model_class=LIRDRec, **overrides):

@@ -78,6 +78,11 @@ class FrozenSparse:
     def to_dense(self):
         return self.matrix.to_dense()
 
+    def __deepcopy__(self, memo):
+        """Shared, not copied: the matrix is never changed in place (and torch cannot deep-copy
+        a CSR tensor), so a copied model may use the same one."""
+        return self
+
 
 class _SparseDenseProduct(torch.autograd.Function):
     """``A @ X`` for a sparse A given by (indices, values), differentiable in the values without
