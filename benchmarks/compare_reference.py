@@ -7,7 +7,8 @@ each), one markdown table.
         --out results/reference/synthetic.md
 
 ``--reference``: an MMRec checkout (the directory holding ``src/``, ``src/`` itself, or the bare
-git directory, whose HEAD is exported with ``git archive``), or a MICRO one (``codes/``).
+git directory, whose HEAD is exported with ``git archive``), a repository in MMRec's layout
+(enoche/LIRDRec: ``--model LIRDRec``), or a MICRO one (``codes/``).
 Everything runs in a temporary directory: a copy of their code (to which only a dataset yaml
 is added), and the data folder linked file by file, with what one side needs and lacks
 (DRAGON's ``user_graph_dict.npy``; with ``--fake-features``, random feature matrices).
@@ -48,6 +49,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_REF_PYTHON = "/work/refvenv/bin/python"
 
+# reference code in MMRec's layout that is not MMRec itself, by model (the table's label)
+REFERENCE_OWNER = {"LIRDRec": "enoche/LIRDRec"}
 # MMRec key -> our key, per model, where the names differ.
 KEY_MAP = {
     "DRAGON": {"n_layers": "n_ui_layers"},
@@ -456,7 +459,8 @@ def run(args):
         if code != 0:
             tail = "\n".join(text.splitlines()[-25:])
             print(f"--- {side} failed ({code}); the end of its log:\n{tail}", file=sys.stderr)
-        owner = {"mmrec": "MMRec", "micro": "MICRO"}.get(kind) if side == "reference" else "recbole_mm"
+        owner = {"mmrec": REFERENCE_OWNER.get(args.model, "MMRec"), "micro": "MICRO"}.get(kind) \
+            if side == "reference" else "recbole_mm"
         label = f"{owner} {args.model}"
         status = "ok" if code == 0 else f"exit {code}: see {workdir}/{side}.log"
         rows.append(summarise(label, log, valid, test, rss, status))

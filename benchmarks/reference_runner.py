@@ -18,6 +18,9 @@ Compatibility shims, applied here at run time (MMRec's files are never edited):
 - ``torch_scatter`` (no wheel for this torch), when absent, is a module of ours with the two
   functions MMRec / MICRO call, ``scatter_add`` and ``scatter`` (sum / mean), on
   ``Tensor.scatter_add_``;
+- ``torch_dct`` (enoche/LIRDRec's type-II DCT; not in the reference venv), when absent, is a
+  module of ours whose ``dct(x, norm=...)`` is ``scipy.fft.dct(x, type=2, norm=..., axis=-1)``
+  (LIRDRec calls it once, in ``__init__``);
 - MICRO only: ``multiprocessing.cpu_count()`` reads 5, so its ranking Pool
   (``cpu_count() // 5`` workers) has one worker on small machines instead of failing;
 - without CUDA, DRAGON's / DualGNN's ``result_embed`` is a plain tensor as on CUDA (see
@@ -65,6 +68,10 @@ def install_shims():
         import torch_scatter  # noqa: F401
     except ImportError:
         sys.modules["torch_scatter"] = scatter_module()
+    try:
+        import torch_dct  # noqa: F401
+    except ImportError:
+        sys.modules["torch_dct"] = dct_module()
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
         torch.nn.Module.cuda = lambda self, *args, **kwargs: self
@@ -104,6 +111,22 @@ def scatter_module():
 
     module = types.ModuleType("torch_scatter")
     module.scatter_add, module.scatter = scatter_add, scatter
+    return module
+
+
+def dct_module():
+    """``torch_dct.dct``: the type-II DCT along the last dimension (``norm=None`` or ``'ortho'``),
+    by ``scipy.fft.dct``; the result keeps the input's dtype and device."""
+    import torch
+    from scipy import fft
+
+    def dct(x, norm=None):
+        # both scale the unnormalised DCT-II as 2 Σ_n x_n cos(π k (2n + 1) / 2N)
+        values = fft.dct(x.detach().cpu().numpy(), type=2, norm=norm, axis=-1)
+        return torch.from_numpy(values).to(device=x.device, dtype=x.dtype)
+
+    module = types.ModuleType("torch_dct")
+    module.dct = dct
     return module
 
 

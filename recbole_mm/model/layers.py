@@ -16,7 +16,7 @@ def propagate(adjacency, embeddings, n_layers, combine="mean"):
     r"""LightGCN propagation :math:`E^{(l+1)} = \hat A E^{(l)}` on a sparse adjacency.
 
     Args:
-        adjacency: sparse (N x N) normalised adjacency.
+        adjacency: sparse (N x N) normalised adjacency, or a :class:`FrozenSparse` of one.
         embeddings: dense (N x d) layer-0 embeddings.
         n_layers: number of propagation steps L.
         combine: ``"mean"`` (LightGCN, FREEDOM: mean of layers 0..L), ``"sum"`` (LIRDRec: sum
@@ -25,17 +25,67 @@ def propagate(adjacency, embeddings, n_layers, combine="mean"):
     Returns:
         dense (N x d) tensor.
     """
+    if combine not in ("mean", "sum", "last"):
+        raise ValueError(f"combine must be 'mean', 'sum' or 'last', got {combine!r}")
+    product = adjacency.mm if isinstance(adjacency, FrozenSparse) else lambda x: torch.sparse.mm(adjacency, x)
+    if combine == "sum":  # a running sum: the same additions as stacking, without the (L+1) copies
+        layer = total = embeddings
+        for _ in range(n_layers):
+            layer = product(layer)
+            total = total + layer
+        return total
     layers = [embeddings]
     for _ in range(n_layers):
-        layers.append(torch.sparse.mm(adjacency, layers[-1]))
+        layers.append(product(layers[-1]))
     if combine == "last":
         return layers[-1]
-    stacked = torch.stack(layers, dim=0)
-    if combine == "mean":
-        return stacked.mean(dim=0)
-    if combine == "sum":
-        return stacked.sum(dim=0)
-    raise ValueError(f"combine must be 'mean', 'sum' or 'last', got {combine!r}")
+    return torch.stack(layers, dim=0).mean(dim=0)
+
+
+class _FrozenSparseProduct(torch.autograd.Function):
+    """``A @ X`` for a fixed sparse A; the gradient ``Aᵀ G`` uses a stored CSR copy of Aᵀ."""
+
+    @staticmethod
+    def forward(ctx, dense, frozen):
+        ctx.frozen = frozen
+        return torch.sparse.mm(frozen.matrix, dense)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.sparse.mm(ctx.frozen.transposed, grad), None
+
+
+class FrozenSparse:
+    r"""A fixed sparse (n x m) matrix A (a graph that is not learned) for products :math:`A X`
+    that back-propagate into the dense X only.
+
+    ``torch.sparse.mm`` on a COO matrix transposes (and sorts) A again in every backward pass;
+    here A and :math:`A^\top` are stored once in CSR (one copy when ``symmetric``, e.g. a
+    symmetric-normalised user–item adjacency), so forward and backward are one CSR product each.
+    The values are those of A: same products, same gradients.
+
+    Args:
+        matrix: sparse COO (n x m) tensor.
+        symmetric: A equals :math:`A^\top` (not checked).
+    """
+
+    def __init__(self, matrix, symmetric=False):
+        matrix = matrix.coalesce()
+        self.shape = matrix.shape
+        self.matrix = matrix.to_sparse_csr()
+        self.transposed = self.matrix if symmetric else matrix.t().coalesce().to_sparse_csr()
+
+    def mm(self, dense):
+        """:math:`A X` for a dense (m x d) X, differentiable in X; (n x d)."""
+        return _FrozenSparseProduct.apply(dense, self)
+
+    def to_dense(self):
+        return self.matrix.to_dense()
+
+    def __deepcopy__(self, memo):
+        """Shared, not copied: the matrix is never changed in place (and torch cannot deep-copy
+        a CSR tensor), so a copied model may use the same one."""
+        return self
 
 
 class _SparseDenseProduct(torch.autograd.Function):

@@ -18,16 +18,22 @@ item ID embeddings: items come from feature branches, users from one free table 
    ``n_ui_layers`` = L. Prediction uses the full graph.
 5. **Items (Eq. 16–17)**: :math:`R_i + G^{L_{mm}} R_i`, G the frozen kNN item graph on the
    raw image/text features (k = ``knn_k``, image weight ``mm_image_weight``).
-6. **Users: progressive weight copying (Eq. 18–20)**. A scorer ("WeCopy", 64 → 16 → 1,
-   LeakyReLU, shared by the branches) gives logits :math:`a_u \in \mathbb R^{U \times M}` for
-   the M branch parts of :math:`R_u`; with target weights :math:`\theta \in \mathbb R^{U \times M}`
-   (xavier-normal, trained), :math:`\alpha = \mathrm{softmax}(w_1 a_u + w_2 \theta)` and the
-   user is :math:`[\alpha_1 r_1 \| \dots \| \alpha_M r_M]`, so the score is
+6. **Users: progressive weight copying (Eq. 18–20)**. One scorer per branch ("WeCopy",
+   64 → 16 → 1, LeakyReLU; the code's ``weco_a/b/c``) gives the logit of that branch's part of
+   :math:`R_u`, together :math:`a_u \in \mathbb R^{U \times M}`; with target weights
+   :math:`\theta \in \mathbb R^{U \times M}` (xavier-normal, trained),
+   :math:`\alpha = \mathrm{softmax}(w_1 a_u + w_2 \theta)` and the user is
+   :math:`[\alpha_1 r_1 \| \dots \| \alpha_M r_M]`, so the score is
    :math:`\sum_m \alpha_m \langle r^u_m, r^i_m\rangle`. Each training forward stores α.
    At the start of each epoch e = 1, 2, ... (:meth:`pre_epoch_processing`):
    :math:`w_1 \leftarrow w_1 b^e / (w_1 b^e + w_2)`, :math:`w_2 \leftarrow w_2 / (w_1 b^e + w_2)`
    (starting from (``decay_weight``, 1 − ``decay_weight``), b = ``decay_base``; the decay
    compounds), then :math:`\theta \leftarrow \alpha` of the last training forward.
+   The PWC state between epochs, (w1, w2), the epoch counter e and the last α, are buffers,
+   so a checkpoint restores the exact scorer of its epoch (θ is a parameter).
+   As in the code, w1 falls below 1e-3 by epoch ~15 and copying a softmax output into θ
+   pulls α to uniform within a few epochs, after which the fusion is users × 1/M
+   (``results/lirdrec_pwc.md``; the control ``use_pwc: False, user_scale: 1/M`` shows it).
 7. **Loss**: BPR + ``reg_weight`` · (mean(U_all²) + mean(I_all²)), element means over the full
    user and item output matrices (the code's).
 
@@ -45,7 +51,10 @@ Choices where paper and code differ (the code's is the default):
 Ablations (paper Tables III–IV) are switches on this class: ``use_pwc: False`` (users are the
 plain concatenation of the branch parts, no weights), ``dct_mode: none`` (no shared branch),
 ``use_visual: False`` / ``use_textual: False`` (drop that branch; with one modality left the
-shared branch is the DCT of that one).
+shared branch is the DCT of that one). Two more switches serve as controls:
+``pwc_shared_scorer: True`` (one WeCopy scorer shared by the branches, this port's earlier
+reading, instead of one per branch) and ``user_scale`` (users multiplied by it after the
+fusion; ``use_pwc: False, user_scale: 1/M`` is "w/o PWC" with the logit scale of a uniform α).
 """
 import numpy as np
 import torch
@@ -54,14 +63,10 @@ import torch.nn.functional as F
 
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.layers import MLP, dct_features, propagate
+from recbole_mm.model.layers import MLP, FrozenSparse, dct_features, propagate
 
 
 class LIRDRec(MultiModalRecommender):
-    # PWC's state outside the weights, saved in checkpoints (RecBole's other_parameter): a reloaded
-    # model scores with the copy weights of the epoch it was saved at, not the initial ones
-    other_parameter_name = ("copy_weights", "copy_epoch", "last_attention")
-
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()
@@ -84,14 +89,26 @@ class LIRDRec(MultiModalRecommender):
             name: nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, d))) for name in inputs
         })
         n_branches = len(inputs)
-        self.weight_scorer = MLP([d, config["pwc_hidden_size"], 1], activation="leakyrelu")
+        self.user_scale = float(config["user_scale"])
+        scorer_dims = [d, config["pwc_hidden_size"], 1]
+        if config["pwc_shared_scorer"]:
+            shared = MLP(scorer_dims, activation="leakyrelu")
+            self.weight_scorers = nn.ModuleDict({name: shared for name in inputs})
+        else:
+            self.weight_scorers = nn.ModuleDict({name: MLP(scorer_dims, activation="leakyrelu") for name in inputs})
         self.target_weights = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, n_branches)))
-        self.copy_weights = [float(config["decay_weight"]), 1.0 - float(config["decay_weight"])]
-        self.copy_epoch = 0
-        self.last_attention = None
+        # PWC state carried from epoch to epoch: buffers, so that checkpoints hold it
+        decay_weight = float(config["decay_weight"])
+        self.register_buffer("copy_weights", torch.tensor([decay_weight, 1.0 - decay_weight], dtype=torch.float64))
+        self.register_buffer("copy_epoch", torch.zeros((), dtype=torch.long))
+        # α of the last training forward; θ itself until then, so the first copy changes nothing
+        self.register_buffer("last_attention", self.target_weights.detach().clone())
 
-        self.item_graph = self.item_knn_graph(config["knn_k"], self._graph_weights(config["mm_image_weight"]))
+        # both graphs are fixed: CSR copies whose backward needs no transposing (FrozenSparse)
+        self.item_graph = FrozenSparse(
+            self.item_knn_graph(config["knn_k"], self._graph_weights(config["mm_image_weight"])))
         self.setup_edge_pruning(config["dropout"])
+        self.full_adjacency = self.train_adjacency = FrozenSparse(self.full_adjacency, symmetric=True)
 
     def _branch_inputs(self, config):
         """Input matrix of each branch: 'image', 'text' and the DCT 'shared' branch (Eq. 12)."""
@@ -130,18 +147,23 @@ class LIRDRec(MultiModalRecommender):
         """Progressive weight copying (Eq. 18–20) and edge resampling at the start of an epoch."""
         self.copy_epoch += 1
         if self.use_pwc:
-            w1, w2 = self.copy_weights
-            decayed = w1 * self.decay_base ** self.copy_epoch
-            self.copy_weights = [decayed / (decayed + w2), w2 / (decayed + w2)]
-            if self.last_attention is not None:
-                with torch.no_grad():
-                    self.target_weights.copy_(self.last_attention)
+            w1, w2 = self.copy_weights.tolist()
+            decayed = w1 * self.decay_base ** int(self.copy_epoch)
+            self.copy_weights.copy_(torch.tensor([decayed / (decayed + w2), w2 / (decayed + w2)]))
+            with torch.no_grad():
+                self.target_weights.copy_(self.last_attention)
         self.resample_edges()
 
+    def resample_edges(self):
+        """This epoch's pruned training graph (symmetric, like the full one), as a FrozenSparse."""
+        if self.edge_sampler is not None:
+            self.train_adjacency = FrozenSparse(self.edge_sampler.sample(), symmetric=True)
+
     def user_attention(self, user_parts):
-        """α = softmax(w1 · a_u + w2 · θ) over the branches, (U x M)."""
-        logits = torch.cat([self.weight_scorer(part) for part in user_parts], dim=1)
-        w1, w2 = self.copy_weights
+        """α = softmax(w1 · a_u + w2 · θ) over the branches, a_u from each branch's scorer, (U x M)."""
+        logits = torch.cat([self.weight_scorers[name](part) for name, part in zip(self.branch_names, user_parts)],
+                           dim=1)
+        w1, w2 = self.copy_weights.to(logits.dtype)
         return F.softmax(w1 * logits + w2 * self.target_weights, dim=1)
 
     # ------------------------------------------------------------------ representations
@@ -157,13 +179,14 @@ class LIRDRec(MultiModalRecommender):
         nodes = propagate(self.user_item_adjacency(), self.node_features(), self.n_ui_layers, combine="sum")
         users, items = torch.split(nodes, [self.n_users, self.n_items])
         items = items + propagate(self.item_graph, items, self.n_mm_layers, combine="last")
-        if not self.use_pwc:
-            return users, items
-        parts = torch.chunk(users, len(self.branch_names), dim=1)
-        attention = self.user_attention(parts)
-        if self.training:
-            self.last_attention = attention.detach()
-        users = torch.cat([attention[:, m:m + 1] * part for m, part in enumerate(parts)], dim=1)
+        if self.use_pwc:
+            parts = torch.chunk(users, len(self.branch_names), dim=1)
+            attention = self.user_attention(parts)
+            if self.training:
+                self.last_attention.copy_(attention.detach())
+            users = torch.cat([attention[:, m:m + 1] * part for m, part in enumerate(parts)], dim=1)
+        if self.user_scale != 1.0:
+            users = users * self.user_scale
         return users, items
 
     def calculate_loss(self, interaction):
