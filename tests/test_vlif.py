@@ -52,7 +52,7 @@ def test_single_token_attention_shortcut_equals_full_attention():
     torch.manual_seed(0)
     block = TransformerBlock(16, heads=2)
     x, context = torch.randn(7, 1, 16), torch.randn(7, 1, 16)
-    query, keys = block.norm_query(x), block.norm_context(context)
+    query, keys = block.norm_attention(x), block.norm_attention(context)
     full = block.attention(query, keys, keys, need_weights=False)[0]
     assert torch.allclose(block.attend(query, keys), full, atol=1e-6)
 

@@ -75,24 +75,28 @@ def orthogonal_residual(v, r, eps=1e-8):
 
 
 class TransformerBlock(nn.Module):
-    r"""A MulT-style pre-LayerNorm transformer block (dropouts 0):
-    :math:`x \leftarrow x + \mathrm{Attn}(\mathrm{LN}(x), \mathrm{LN}(c), \mathrm{LN}(c))`,
-    :math:`x \leftarrow x + \mathrm{FFN}(\mathrm{LN}(x))` (ReLU, 4x), where the context c is
-    another modality (cross-attention) or x itself (self-attention).
+    r"""One MulT-style pre-LayerNorm transformer layer (dropouts 0):
+    :math:`x \leftarrow x + \mathrm{Attn}(\mathrm{LN}_a(x), \mathrm{LN}_a(c), \mathrm{LN}_a(c))`,
+    :math:`x \leftarrow x + \mathrm{FFN}(\mathrm{LN}_f(x))` (ReLU, 4x), where the context c is
+    another modality (cross-attention) or x itself (self-attention). As in MulT, the query and
+    the context go through the *same* LayerNorm :math:`\mathrm{LN}_a` (one module), and the
+    linear maps are Xavier-uniform with zero biases.
 
     Shapes: x (N x k_q x D), context (N x k_kv x D)."""
 
     def __init__(self, dim, heads=1):
         super().__init__()
-        self.norm_query = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(dim)
+        self.norm_attention = nn.LayerNorm(dim)
         self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, dim))
+        for linear in (self.attention.out_proj, self.ffn[0], self.ffn[2]):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
 
     def forward(self, x, context=None):
-        query = self.norm_query(x)
-        keys = query if context is None else self.norm_context(context)
+        query = self.norm_attention(x)
+        keys = query if context is None else self.norm_attention(context)
         x = x + self.attend(query, keys)
         return x + self.ffn(self.norm_ffn(x))
 
@@ -107,15 +111,37 @@ class TransformerBlock(nn.Module):
         return self.attention.out_proj(values).expand(-1, query.shape[1], -1)
 
 
+class MulTEncoder(nn.Module):
+    r"""MulT's one-layer transformer encoder ("Trans" of Eq. 7–10):
+    :math:`\mathrm{LN}(\mathrm{Block}(\sqrt{D}\,x, \sqrt{D}\,c))`, i.e. the inputs (and the
+    context) scaled by :math:`\sqrt D` first, a :class:`TransformerBlock`, and a final
+    LayerNorm after it. Two encoders in a row therefore put a LayerNorm *and* a √D rescaling
+    between the blocks, so that the second block sees inputs of norm √D, like the first.
+
+    Shapes: x (N x k_q x D), context (N x k_kv x D) or None -> (N x k_q x D)."""
+
+    def __init__(self, dim, heads=1):
+        super().__init__()
+        self.scale = math.sqrt(dim)
+        self.block = TransformerBlock(dim, heads)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x, context=None):
+        context = None if context is None else context * self.scale
+        return self.norm(self.block(x * self.scale, context))
+
+
 def to_tokens(x, n_tokens):
     """(N x D) -> (N x k x D/k)."""
     return x.reshape(x.shape[0], n_tokens, x.shape[1] // n_tokens)
 
 
 class SynergyEncoder(nn.Module):
-    r"""Cross-modal synergy estimation (Eq. 7–8): for each direction a cross-attention block
-    (query = one modality, keys/values = the other), a self-attention block and a final
-    LayerNorm, MulT-style (inputs scaled by :math:`\sqrt{D/k}`).
+    r"""Cross-modal synergy estimation (Eq. 7–8): for each direction a cross-modal MulT encoder
+    (query = one modality, keys/values = the other) followed by a self-attention MulT encoder:
+    :math:`h_{v\to t} = \mathrm{Self}(\mathrm{Cross}(v, t))`, with
+    :math:`\mathrm{Enc}(x, c) = \mathrm{LN}(\mathrm{Block}(\sqrt d\,x, \sqrt d\,c))`
+    (:class:`MulTEncoder`, d = D/k the token width).
 
     ``forward(v, t)`` with (N x D) inputs returns :math:`h_{v\to t}, h_{t\to v}`, (N x D)."""
 
@@ -123,15 +149,12 @@ class SynergyEncoder(nn.Module):
         super().__init__()
         self.n_tokens = n_tokens
         token_dim = dim // n_tokens
-        self.scale = math.sqrt(token_dim)
-        self.cross = nn.ModuleDict({"v_t": TransformerBlock(token_dim, heads), "t_v": TransformerBlock(token_dim, heads)})
-        self.self_attention = nn.ModuleDict({"v_t": TransformerBlock(token_dim, heads),
-                                             "t_v": TransformerBlock(token_dim, heads)})
-        self.norm = nn.ModuleDict({"v_t": nn.LayerNorm(token_dim), "t_v": nn.LayerNorm(token_dim)})
+        self.cross = nn.ModuleDict({"v_t": MulTEncoder(token_dim, heads), "t_v": MulTEncoder(token_dim, heads)})
+        self.self_attention = nn.ModuleDict({"v_t": MulTEncoder(token_dim, heads),
+                                             "t_v": MulTEncoder(token_dim, heads)})
 
     def direction(self, name, query, context):
-        x = self.cross[name](query * self.scale, context * self.scale)
-        x = self.norm[name](self.self_attention[name](x))
+        x = self.self_attention[name](self.cross[name](query, context))
         return x.reshape(x.shape[0], -1)
 
     def forward(self, v, t):
@@ -139,27 +162,46 @@ class SynergyEncoder(nn.Module):
         return self.direction("v_t", v_tokens, t_tokens), self.direction("t_v", t_tokens, v_tokens)
 
 
-class RedundancyEncoder(nn.Module):
-    r"""Transformer-based redundancy estimation (Eq. 9–11).
+REDUNDANCY_VARIANTS = ("paper", "redu2")
 
-    The three inputs :math:`X = [v, t]`, :math:`X_v = [v, \mathrm{MASK}_t]`,
-    :math:`X_t = [\mathrm{MASK}_v, t]` are sequences of 2k tokens (learnable mask tokens,
-    initialised to zero, i.e. the public code's zero masking); one shared self-attention
-    block F with a final LayerNorm, then a projection g: flattened (2D) -> D.
+
+class RedundancyEncoder(nn.Module):
+    r"""Transformer-based redundancy estimation (Eq. 9–11), two orderings (``variant``):
+
+    - ``paper`` (§2.3's text): the three inputs :math:`X = [v, t]`, :math:`X_v = [v,
+      \mathrm{MASK}_t]`, :math:`X_t = [\mathrm{MASK}_v, t]` are sequences of 2k tokens
+      (learnable mask tokens, initialised to zero); one shared MulT self-attention encoder F,
+      then a projection g: flattened (2D) -> D, i.e. :math:`h = g(F(X))`.
+    - ``redu2`` (the public code's ``redu2`` branch): the projection first, on the
+      concatenations with *zero* masks, :math:`[t \| v]`, :math:`[0 \| v]`, :math:`[t \| 0]`,
+      then the shared encoder on the resulting single D-wide vector (k tokens of D/k):
+      :math:`h = F(g(X))`. Since :math:`g([t \| v]) = W_t t + W_v v + b`, the three
+      projections are formed from :math:`W_t t` and :math:`W_v v`, computed once.
+
+    Both return :math:`h, h_v, h_t`; ``anchored_on_mean`` says how :math:`\mathcal L_r` pairs
+    them (see :meth:`VLIF.fusion_losses`): the paper's text pairs (h, h_v), (h, h_t), (h_v, h_t);
+    ``redu2`` pairs (h_t, r̄), (h_v, r̄), (h_v, h_t) with :math:`\bar r = \tfrac13 (h + h_v + h_t)`.
 
     ``forward(v, t)`` with (N x D) inputs returns :math:`h, h_v, h_t`, (N x D) each."""
 
-    def __init__(self, dim, n_tokens=1, heads=1):
+    def __init__(self, dim, n_tokens=1, heads=1, variant="paper"):
         super().__init__()
+        if variant not in REDUNDANCY_VARIANTS:
+            raise ValueError(f"VLIF: redundancy_variant must be one of {REDUNDANCY_VARIANTS}, got {variant!r}")
+        self.variant = variant
+        self.anchored_on_mean = variant == "redu2"
         self.n_tokens = n_tokens
+        self.dim = dim
         token_dim = dim // n_tokens
-        self.mask_v = nn.Parameter(torch.zeros(n_tokens, token_dim))
-        self.mask_t = nn.Parameter(torch.zeros(n_tokens, token_dim))
-        self.encoder = TransformerBlock(token_dim, heads)
-        self.norm = nn.LayerNorm(token_dim)
-        self.projection = nn.Linear(2 * dim, dim)
+        if variant == "paper":
+            self.mask_v = nn.Parameter(torch.zeros(n_tokens, token_dim))
+            self.mask_t = nn.Parameter(torch.zeros(n_tokens, token_dim))
+        self.encoder = MulTEncoder(token_dim, heads)
+        self.projection = nn.Linear(2 * dim, dim)  # paper: (2D -> D) after F; redu2: on [t ‖ v] before F
 
     def forward(self, v, t):
+        if self.variant == "redu2":
+            return self.forward_project_first(v, t)
         n = v.shape[0]
         v_tokens, t_tokens = to_tokens(v, self.n_tokens), to_tokens(t, self.n_tokens)
         mask_v, mask_t = self.mask_v.expand(n, -1, -1), self.mask_t.expand(n, -1, -1)
@@ -168,8 +210,17 @@ class RedundancyEncoder(nn.Module):
             torch.cat([v_tokens, mask_t], dim=1),
             torch.cat([mask_v, t_tokens], dim=1),
         ])
-        encoded = self.norm(self.encoder(sequences)).reshape(3 * n, -1)
+        encoded = self.encoder(sequences).reshape(3 * n, -1)
         return torch.split(self.projection(encoded), n)
+
+    def forward_project_first(self, v, t):
+        n = v.shape[0]
+        weight, bias = self.projection.weight, self.projection.bias
+        text_part = F.linear(t, weight[:, :self.dim])   # W_t t
+        visual_part = F.linear(v, weight[:, self.dim:])  # W_v v
+        projected = torch.cat([text_part + visual_part, visual_part, text_part]) + bias  # g([t‖v]), g([0‖v]), g([t‖0])
+        encoded = self.encoder(to_tokens(projected, self.n_tokens)).reshape(3 * n, -1)
+        return torch.split(encoded, n)
 
 
 class VLIF(DRAGON):
@@ -182,6 +233,8 @@ class VLIF(DRAGON):
         self.ssl_temperature = config["ssl_temperature"]
         self.ssl_items = config["ssl_items"]
         self.fusion_checkpoint = bool(config["fusion_checkpoint"])
+        self.redundancy_variant = config["redundancy_variant"] or "paper"
+        self.log2_bpr = bool(config["log2_bpr"])
         if self.ssl_items not in ("batch", "all"):
             raise ValueError(f"VLIF: ssl_items must be 'batch' or 'all', got {self.ssl_items!r}")
         self._fusion_outputs = {}
@@ -190,6 +243,7 @@ class VLIF(DRAGON):
             self.build_fusion_module(config)
         if self.fusion in ("concat", "pooling"):
             self.user_modality_weight = None
+        self.use_linear_branches(config["linear_branches"] or [])
 
     @property
     def uses_fusion_module(self):
@@ -208,6 +262,18 @@ class VLIF(DRAGON):
             raise ValueError(f"VLIF: fusion_dim {dim} is not divisible by fusion_tokens {self.n_tokens}")
         return {"text": dim, "synergy": dim, "image": dim if self.fusion == "pid" else image_dim}
 
+    def use_linear_branches(self, names):
+        """The public code's one-layer item MLP, ``Linear(dim -> d)`` + LeakyReLU, for the named
+        branches (``redu2``: the visual one; ``master``: all three) instead of
+        ``dim -> 4d -> d``."""
+        unknown = set(names) - set(self.branches)
+        if unknown:
+            raise ValueError(f"VLIF: linear_branches names {sorted(unknown)}; the branches are {list(self.branches)}")
+        for name in names:
+            first = self.branches[name].mlp[0]
+            linear = nn.Linear(first.in_features, self.embedding_size).to(first.weight.device)
+            self.branches[name].mlp = nn.Sequential(linear, nn.LeakyReLU())
+
     def build_fusion_module(self, config):
         dim, heads = self.fusion_dim(), config["fusion_heads"]
         self.input_projection = nn.ModuleDict({
@@ -215,7 +281,8 @@ class VLIF(DRAGON):
             for name, features in self.modality_features.items() if name in ("image", "text")
         })
         self.synergy_encoder = SynergyEncoder(dim, self.n_tokens, heads)
-        self.redundancy_encoder = RedundancyEncoder(dim, self.n_tokens, heads) if self.fusion == "pid" else None
+        self.redundancy_encoder = (RedundancyEncoder(dim, self.n_tokens, heads, self.redundancy_variant)
+                                   if self.fusion == "pid" else None)
 
     # ------------------------------------------------------------------ forward
     def branch_features(self):
@@ -260,10 +327,17 @@ class VLIF(DRAGON):
 
     # ------------------------------------------------------------------ loss
     def recommendation_loss(self, pos_scores, neg_scores):
+        """BPR with the natural log (paper) or, with ``log2_bpr``, the public code's log₂."""
+        if self.log2_bpr:
+            return super().recommendation_loss(pos_scores, neg_scores)
         return self.bpr_loss(pos_scores, neg_scores)
 
     def fusion_losses(self, items):
-        """dict name -> InfoNCE term over the given item ids (Eq. 15–16); empty without fusion."""
+        """dict name -> InfoNCE term over the given item ids (Eq. 15–16); empty without fusion.
+
+        :math:`\\mathcal L_s = \\mathrm{NCE}(h_{v\\to t}, h_{t\\to v})`; :math:`\\mathcal L_r` =
+        NCE(h, h_v) + NCE(h, h_t) + NCE(h_v, h_t) (paper), or NCE(h_t, r̄) + NCE(h_v, r̄) +
+        NCE(h_v, h_t) anchored on :math:`\\bar r` (``redundancy_variant: redu2``)."""
         out = self._fusion_outputs
         if not out:
             return {}
@@ -273,7 +347,8 @@ class VLIF(DRAGON):
 
         losses = {"synergy": nce("h_vt", "h_tv")}
         if self.fusion == "pid":
-            losses["redundancy"] = nce("h", "h_v") + nce("h", "h_t") + nce("h_v", "h_t")
+            anchor = ("redundancy", "redundancy") if self.redundancy_encoder.anchored_on_mean else ("h", "h")
+            losses["redundancy"] = nce("h_t", anchor[0]) + nce("h_v", anchor[1]) + nce("h_v", "h_t")
         return losses
 
     def ssl_item_ids(self, interaction):
