@@ -322,3 +322,21 @@ def test_checkpoint_restores_the_sampled_user_graph(tmp_path, data_root):
     _, model, _, _, _, test_data = load_data_and_model(trainer.saved_model_file)
     fresh = get_trainer(model.config["MODEL_TYPE"], "VLIF")(model.config, model)
     assert fresh.evaluate(test_data, load_best_model=False) == run["test_result"]
+
+
+@pytest.mark.parametrize("ssl_items", ["all", "batch"])
+def test_fused_infonce_schedule_gives_the_same_loss_and_gradients(run_config, ssl_items):
+    """The InfoNCE terms with their gradients formed in the forward pass (``fused_infonce``)
+    against plain autograd, on the whole model's loss."""
+    results = []
+    for fused in (False, True):
+        _, _, loaders, model = build(run_config, fused_infonce=fused, ssl_items=ssl_items)
+        batch = first_batch(loaders)
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and any("synergy_encoder" in n for n in grads_a)
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4), name
