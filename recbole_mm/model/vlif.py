@@ -1,21 +1,45 @@
 r"""VLIF: VLM-enriched visual features and information-aware fusion (arXiv 2511.02113, §2).
 
+Two profiles. The paper's Table 1 was produced by its public code, whose settings differ
+from the paper's text; the packaged default (``VLIF.yaml``) is the code's (branch ``redu2``),
+``properties/vlif_paper.yaml`` the text's (and ``properties/vlif_master.yaml`` the
+synergy-only ``master`` branch):
+
+=======================  ==========================  ==============================
+key                      code (default)              paper's text
+=======================  ==========================  ==============================
+learning_rate            1e-4                        1e-3
+train_batch_size         2048                        1024
+fusion_weight (λ)        0.01 (master: 0.001)        0.1
+n_mm_layers/n_uu_layers  1 / 1                       2 / 2
+stopping_step            30                          20
+log2_bpr                 True (−log₂ σ)              False (−ln σ)
+ssl_items                all (InfoNCE over I items)  batch
+linear_branches          [image]                     []
+user_graph_sampling      fixed (top 40)              resample (each epoch)
+redundancy_variant       redu2                       paper
+=======================  ==========================  ==============================
+
 Built on DRAGON's skeleton (:class:`~recbole_mm.model.dragon.DRAGON`): per-branch GCNs on the
 user–item graph (Eq. 1–2), the frozen kNN item–item graph with
 :math:`S = \tfrac12 (S_v + S_t)` and k = 10 (Eq. 3), the user–user co-occurrence graph, and
 the score :math:`z_i^\top z_u` (Eq. 4). The visual modality is the dataset's ``image``
 modality; with VLIF's features it holds the encoded VLM descriptions
-(:mod:`recbole_mm.features.vlm`, Eq. 5).
+(:mod:`recbole_mm.features.vlm`, Eq. 5). Each branch's item MLP is ``dim -> 4d -> d``;
+``linear_branches`` names those that use the code's single ``Linear(dim -> d)`` + LeakyReLU
+(``redu2``: the visual branch).
 
 Information-aware fusion (§2.3), on the item features ``t``, ``v`` (both brought to
 ``fusion_dim`` by a linear map when their width differs):
 
-- synergy (Eq. 7–8): :math:`h_{v\to t} = \mathrm{Trans}(v, t)`, :math:`h_{t\to v} =
-  \mathrm{Trans}(t, v)` with MulT-style pre-LN cross-modal transformer blocks
-  (:class:`SynergyEncoder`), :math:`s = \tfrac12 (h_{v\to t} + h_{t\to v})`;
-- redundancy (Eq. 9–11): a shared encoder :math:`g(F(\cdot))` over the token sequences
-  ``[v, t]``, ``[v, MASK_t]``, ``[MASK_v, t]`` (:class:`RedundancyEncoder`),
-  :math:`r = \tfrac13 (h + h_v + h_t)`;
+- synergy (Eq. 7–8): :math:`h_{v\to t} = \mathrm{Self}(\mathrm{Cross}(v, t))`,
+  :math:`h_{t\to v} = \mathrm{Self}(\mathrm{Cross}(t, v))` with MulT encoders
+  (:class:`MulTEncoder`: inputs scaled by √d, a pre-LN block whose query and context share
+  one LayerNorm, a LayerNorm after the block), :math:`s = \tfrac12 (h_{v\to t} + h_{t\to v})`;
+- redundancy (Eq. 9–11), :class:`RedundancyEncoder`: the paper's ordering, a shared encoder
+  over the token sequences ``[v, t]``, ``[v, MASK_t]``, ``[MASK_v, t]`` then a projection
+  (``redundancy_variant: paper``), or the code's, the projection of ``[t ‖ v]``,
+  ``[0 ‖ v]``, ``[t ‖ 0]`` then the encoder (``redu2``); :math:`r = \tfrac13 (h + h_v + h_t)`;
 - unique visual part (Eq. 12): :math:`v' = v - \frac{v^\top r}{\|r\|^2} r`
   (:func:`orthogonal_residual`, then L2-normalised as in the public code);
 - item :math:`i_f = [t \| s \| v']` and user :math:`u_f = [w_{u0} t \| w_{u1} s \| w_{u2} v']`
@@ -23,24 +47,26 @@ Information-aware fusion (§2.3), on the item features ``t``, ``v`` (both brough
   item features, and w is a free U x 3 table (softmax-of-Xavier initialisation, as DRAGON).
 
 Homogeneous graphs: :math:`z_i = i_f + G^{L} i_f`, :math:`z_u = \tfrac12 (u_f + U^{L} u_f)`
-(the public code's residuals), L = ``n_mm_layers`` / ``n_uu_layers`` = 2 per the paper (the
-public code uses 1).
+(the public code's residuals), L = ``n_mm_layers`` / ``n_uu_layers``.
 
 Loss (Eq. 15–17): :math:`\mathcal L_{rec} + \lambda (\mathcal L_s + \mathcal L_r)` with
 :math:`\mathcal L_s = \mathrm{InfoNCE}(h_{v\to t}, h_{t\to v})` and :math:`\mathcal L_r =
-\mathrm{InfoNCE}(h, h_v) + \mathrm{InfoNCE}(h, h_t) + \mathrm{InfoNCE}(h_v, h_t)`
-(symmetric, cosine / τ, τ = ``ssl_temperature`` = 0.1), λ = ``fusion_weight`` = 0.1 (paper;
-the public code uses 0.001 on the synergy-only branch and 0.01 on the PID branch), plus
+\mathrm{InfoNCE}(h, h_v) + \mathrm{InfoNCE}(h, h_t) + \mathrm{InfoNCE}(h_v, h_t)` (paper) or
+:math:`\mathrm{InfoNCE}(h_t, \bar r) + \mathrm{InfoNCE}(h_v, \bar r) + \mathrm{InfoNCE}(h_v, h_t)`
+(``redu2``), symmetric, cosine / τ, τ = ``ssl_temperature`` = 0.1, λ = ``fusion_weight``, plus
 DRAGON's L2 on the batch users' preferences and on w (``reg_weight``). The InfoNCE terms run
-over the batch's items (``ssl_items: batch``; ``all`` = every item, as the public code, which
-needs an I x I logit matrix). L_rec is the natural-log BPR (the public code uses log₂).
+over the batch's items (``ssl_items: batch``) or every item (``all``, an I x I logit matrix per
+term, whose gradient :func:`symmetric_info_nce` forms in the forward pass so that it never
+outlives it: ``fused_infonce``).
+
+One forward pass computes the fusion over the catalogue once per batch; the GCN branches
+and the InfoNCE terms read the same outputs.
 
 Sequence length. The public code feeds each modality vector to its transformers as a
 sequence of one token, so every attention weight is 1 and cross-attention reduces to a
 projection of the other modality plus the residual. ``fusion_tokens: 1`` does exactly that;
 ``fusion_tokens: k`` splits each ``fusion_dim`` vector into k tokens of ``fusion_dim / k``
-so that attention has k keys to weigh. (The redundancy encoder always sees the 2k tokens of
-both modalities, per Eq. 9–10.)
+so that attention has k keys to weigh.
 
 Ablation switches (paper Table 2), ``fusion``:
 
