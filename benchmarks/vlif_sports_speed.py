@@ -135,7 +135,10 @@ def run_reference(root, branch, n_batches):
         if isinstance(config[key], list):
             config[key] = config[key][0]
     init_seed(config["seed"])
-    train = RecDataset(config).split()[0]
+    dataset = RecDataset(config)
+    str(dataset)  # VIRAL's RecDataset sets inter_num in __str__, which its quick_start logs
+    train = dataset.split()[0]
+    str(train)
     loader = TrainDataLoader(config, train, batch_size=config["train_batch_size"], shuffle=True)
     loader.pretrain_setup()
     model = reference_runner.cuda_parity(get_model)("VLIF")(config, loader).to(config["device"])
