@@ -63,6 +63,11 @@ def test_single_token_attention_shortcut_equals_full_attention():
     query, keys = block.norm_attention(x), block.norm_attention(context)
     full = block.attention(query, keys, keys, need_weights=False)[0]
     assert torch.allclose(block.attend(query, keys), full, atol=1e-6)
+    # over more rows than the width, W_o and W_v are applied as one map: the same values
+    many, many_context = torch.randn(40, 1, 16), torch.randn(40, 1, 16)
+    keys = block.norm_attention(many_context)
+    full = block.attention(block.norm_attention(many), keys, keys, need_weights=False)[0]
+    assert torch.allclose(block.attend(block.norm_attention(many), keys), full, atol=1e-5)
 
 
 def test_token_split_makes_attention_depend_on_the_query():

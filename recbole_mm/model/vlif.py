@@ -128,13 +128,20 @@ class TransformerBlock(nn.Module):
 
     def attend(self, query, keys):
         """Multi-head attention; with a single key every attention weight is 1, so the output
-        is the projected value alone and the query/key projections are skipped (same result,
-        same gradients: theirs are zero)."""
+        is the projected value alone, :math:`W_o (W_v c + b_v) + b_o`: the query/key
+        projections are skipped (same result, same gradients: theirs are zero), and over more
+        rows than the width the two maps are applied as one, :math:`(W_o W_v) c + (W_o b_v +
+        b_o)` (one N x D x D product instead of two, for a D x D x D one)."""
         if keys.shape[1] > 1:
             return self.attention(query, keys, keys, need_weights=False)[0]
         dim = keys.shape[-1]
-        values = F.linear(keys, self.attention.in_proj_weight[2 * dim:], self.attention.in_proj_bias[2 * dim:])
-        return self.attention.out_proj(values).expand(-1, query.shape[1], -1)
+        value_weight, value_bias = self.attention.in_proj_weight[2 * dim:], self.attention.in_proj_bias[2 * dim:]
+        out = self.attention.out_proj
+        if keys.shape[0] > dim:
+            values = F.linear(keys, out.weight @ value_weight, out.weight @ value_bias + out.bias)
+        else:
+            values = out(F.linear(keys, value_weight, value_bias))
+        return values.expand(-1, query.shape[1], -1)
 
 
 class MulTEncoder(nn.Module):
