@@ -67,6 +67,38 @@ def feature_files(root):
         return json.load(handle)
 
 
+def receptive_field(folder, batch_sizes=(1024, 2048), seed=0, user_graph_k=40):
+    """Share of the catalogue a batch's BPR terms read (lower bound: without the kNN item
+    graph, which only widens it): a batch item's output after :math:`x + \\hat A x + \\hat A^2 x`
+    reads the items two hops away, a batch user's reads its own items, and the user graph adds
+    its ``user_graph_k`` neighbours' items. Returns {batch size: share}."""
+    import scipy.sparse as sp
+
+    frame = pd.read_csv(os.path.join(folder, "sports.inter"), sep="\t", usecols=["userID", "itemID", "x_label"])
+    train = frame[frame.x_label == 0]
+    n_users, n_items = int(frame.userID.max()) + 1, int(frame.itemID.max()) + 1
+    incidence = sp.csr_matrix((np.ones(len(train)), (train.userID, train.itemID)), shape=(n_users, n_items))
+    graph = np.load(os.path.join(folder, "user_graph_dict.npy"), allow_pickle=True).item()
+    rng = np.random.default_rng(seed)
+    shares = {}
+    for size in batch_sizes:
+        rows = rng.choice(len(train), size, replace=False)
+        users = train.userID.to_numpy()[rows]
+        items = np.zeros(n_items, bool)
+        items[train.itemID.to_numpy()[rows]] = True
+        items[rng.integers(0, n_items, size)] = True  # negatives
+        item_users = np.asarray(incidence[:, items].sum(1)).ravel() > 0
+        read = items | (np.asarray(incidence[item_users].sum(0)).ravel() > 0)
+        neighbours = set(users.tolist())
+        for user in set(users.tolist()):
+            neighbours.update(graph[user][0][:user_graph_k])
+        chosen = np.zeros(n_users, bool)
+        chosen[list(neighbours)] = True
+        read |= np.asarray(incidence[chosen].sum(0)).ravel() > 0
+        shares[size] = float(read.mean())
+    return shares
+
+
 # ----------------------------------------------------------------------------- one side
 def time_batches(model, optimizer, batches, n_batches, calculate_loss):
     seconds, losses = [], []
@@ -81,7 +113,7 @@ def time_batches(model, optimizer, batches, n_batches, calculate_loss):
         loss.backward()
         optimizer.step()
         seconds.append(time.perf_counter() - start)
-        losses.append(float(loss))
+        losses.append(loss.item())
     return seconds, losses
 
 
@@ -227,9 +259,15 @@ def main():
                                                       "reference:master"])
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--receptive-field", action="store_true",
+                        help="only print the share of items a batch's BPR terms read")
     parser.add_argument("--child", dest="side", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.side:
+    if args.receptive_field:
+        root = args.root or tempfile.mkdtemp(prefix="vlif_sports_")
+        prepare_folder(args.data, root)
+        print(json.dumps(receptive_field(os.path.join(root, "sports"))))
+    elif args.side:
         child(args)
     else:
         driver(args)
