@@ -56,9 +56,12 @@ KEY_MAP = {
     "DRAGON": {"n_layers": "n_ui_layers"},
 }
 # models whose MMRec version reads user_graph_dict.npy (built offline there; here by user_graph_dict)
-USER_GRAPH_MODELS = ("DRAGON", "DualGNN")
+USER_GRAPH_MODELS = ("DRAGON", "DualGNN", "VLIF")
+# models whose reference hard-codes the feature widths: {model: (image width, text width)}; other
+# widths are brought to these by a fixed random projection (see fixed_width_features)
+FEATURE_WIDTHS = {"VLIF": (384, 384)}
 # MMRec grid keys with no counterpart on our side (passed to MMRec only).
-REFERENCE_ONLY = {"DRAGON": {"aggr_mode"}, "MMGCN": {"aggr_mode", "concat"}, "GRCN": {"aggr_mode"}}
+REFERENCE_ONLY = {"DRAGON": {"aggr_mode"}, "VLIF": {"aggr_mode", "k", "u_layers"}, "MMGCN": {"aggr_mode", "concat"}, "GRCN": {"aggr_mode"}}
 METRICS = ("recall@20", "ndcg@20")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRAIN_LINE = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s")
@@ -242,13 +245,26 @@ def user_graph_dict(users, items, n_users, max_neighbours=200):
 
 
 # ----------------------------------------------------------------------------- set-up
-def export_reference(path, workdir):
+def present_files(git_dir, revision=None):
+    """The files of ``revision`` whose blobs the (possibly partial) mirror holds: a mirror may
+    lack its largest files, and ``git archive`` fails on a missing blob."""
+    listing = subprocess.run(["git", "--git-dir", git_dir, "ls-tree", "-r", revision or "HEAD"], check=True,
+                             capture_output=True, text=True).stdout.splitlines()
+    entries = [(line.split("\t", 1)[0].split()[2], line.split("\t", 1)[1]) for line in listing]
+    check = subprocess.run(["git", "--git-dir", git_dir, "cat-file", "--batch-check"], input="\n".join(o for o, _ in entries),
+                           capture_output=True, text=True).stdout.splitlines()
+    return [name for (_, name), answer in zip(entries, check) if not answer.endswith("missing")]
+
+
+def export_reference(path, workdir, branch=None):
     """Copy the reference code into ``workdir``; returns (kind, root) with kind 'mmrec'
-    (root = the copy's ``src/``) or 'micro' (root = the copy's ``codes/``)."""
+    (root = the copy's ``src/``) or 'micro' (root = the copy's ``codes/``). A bare git
+    directory is exported at ``branch`` (default its HEAD)."""
     path = os.path.abspath(path)
     target = os.path.join(workdir, "reference")
     if os.path.isfile(os.path.join(path, "HEAD")) and os.path.isdir(os.path.join(path, "objects")):
-        archive = subprocess.run(["git", "--git-dir", path, "archive", "HEAD"], check=True, capture_output=True).stdout
+        archive = subprocess.run(["git", "--git-dir", path, "archive", branch or "HEAD", "--", *present_files(path, branch)],
+                                 check=True, capture_output=True).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(target, filter="data")
     elif os.path.isdir(os.path.join(path, "src")) or os.path.isdir(os.path.join(path, "codes")):
@@ -291,6 +307,29 @@ def link_data(folder, workdir, fake_features, seed):
     return os.path.join(workdir, "data") + os.sep, name, train.userID.to_numpy(), train.itemID.to_numpy(), n_users
 
 
+def fixed_width_features(folder, widths, seed):
+    """Feature files of the widths a reference hard-codes (VLIF: 384-d MiniLM encodings of the
+    VLM descriptions as the visual modality, 384-d text), written into ``folder`` beside the
+    originals: a file already that wide is used as it is, another is mapped by a fixed
+    Gaussian projection (seeded), the visual one L2-normalised per row as the MiniLM
+    encodings are. Returns {"image": file name, "text": file name}."""
+    rng = np.random.default_rng(seed)
+    names = {}
+    for modality, source, width, normalise in (("image", "image_feat.npy", widths[0], True),
+                                               ("text", "text_feat.npy", widths[1], False)):
+        features = np.load(os.path.join(folder, source)).astype(np.float32)
+        if features.shape[1] == width:
+            names[modality] = source
+            continue
+        projection = rng.standard_normal((features.shape[1], width)).astype(np.float32) / np.sqrt(features.shape[1])
+        mapped = features @ projection
+        if normalise:
+            mapped /= np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
+        names[modality] = f"{modality}_feat_{width}.npy"
+        np.save(os.path.join(folder, names[modality]), mapped)
+    return names
+
+
 def mmrec_grid(src, model):
     """MMRec's grid for ``model``: {key: list of values} over ``hyper_parameters`` (seed aside)."""
     import yaml
@@ -306,13 +345,13 @@ def mmrec_grid(src, model):
             for key in dict.fromkeys(keys) if key != "seed"}
 
 
-def write_mmrec_dataset_yaml(src, name):
+def write_mmrec_dataset_yaml(src, name, image_file="image_feat.npy", text_file="text_feat.npy"):
     with open(os.path.join(src, "configs", "dataset", f"{name}.yaml"), "w") as handle:
         handle.write("# written by recbole_mm's benchmarks/compare_reference.py\n"
                      "USER_ID_FIELD: userID\nITEM_ID_FIELD: itemID\nTIME_FIELD: timestamp\n"
                      "filter_out_cod_start_users: True\n"
                      f"inter_file_name: '{name}.inter'\n"
-                     "vision_feature_file: 'image_feat.npy'\ntext_feature_file: 'text_feat.npy'\n"
+                     f"vision_feature_file: '{image_file}'\ntext_feature_file: '{text_file}'\n"
                      "user_graph_dict_file: 'user_graph_dict.npy'\nfield_separator: \"\\t\"\n")
 
 
@@ -395,12 +434,13 @@ def reference_command(args, kind, src, data, grid, values, unresolved):
         for key, value in values.items():
             argv += [f"--{key}", str(value)]
         return [python, runner, "--micro", src, *argv], {"argv": argv}
-    write_mmrec_dataset_yaml(src, name)
+    write_mmrec_dataset_yaml(src, name, args.feature_files["image"], args.feature_files["text"])
     graph_file = os.path.join(data_root, name, "user_graph_dict.npy")
     if args.model in USER_GRAPH_MODELS and not os.path.exists(graph_file):
         np.save(graph_file, user_graph_dict(train_users, train_items, n_users), allow_pickle=True)
     config = {"gpu_id": 0, "use_gpu": False, "data_path": data_root, "seed": [args.seed],
-              "save_recommended_topk": False, "stopping_step": 20, "valid_metric": "Recall@20"}
+              "save_recommended_topk": False, "stopping_step": args.stopping_step,
+              "valid_metric": "Recall@20"}
     # one value per grid key, as one-element lists (MMRec iterates over them): no grid search
     config.update({key: [value] if key in grid else value for key, value in values.items()})
     config.update({key: grid[key][:1] for key in unresolved})
@@ -413,9 +453,9 @@ def our_command(args, data, values):
     data_root, name = data[:2]
     workdir = os.path.dirname(data_root.rstrip(os.sep))
     config = {"data_path": data_root, "checkpoint_dir": os.path.join(workdir, "saved"),
-              "seed": args.seed, "eval_protocol": "mmrec", "stopping_step": 20, "valid_metric": "Recall@20",
+              "seed": args.seed, "eval_protocol": "mmrec", "stopping_step": args.stopping_step, "valid_metric": "Recall@20",
               "eval_step": 1, "epochs": args.epochs or 1000, "metrics": ["Recall", "NDCG", "Precision", "MAP"],
-              "synthetic_generator": None, "modality_files": {"image": "image_feat.npy", "text": "text_feat.npy"},
+              "synthetic_generator": None, "modality_files": dict(args.feature_files),
               "modality_dims": None, "state": "INFO", "show_progress": False, **values}
     return [sys.executable, os.path.join(HERE, "ours_runner.py"), args.model, name, json.dumps(config)], config
 
@@ -439,10 +479,14 @@ def run(args):
     workdir = tempfile.mkdtemp(prefix="compare_reference_")
     sides = ("reference", "ours") if args.only == "both" else (args.only,)
     data = link_data(args.data, workdir, args.fake_features, args.seed)
-    kind, src = export_reference(args.reference, workdir) if args.reference else (None, None)
+    args.feature_files = {"image": "image_feat.npy", "text": "text_feat.npy"}
+    if args.model in FEATURE_WIDTHS:
+        args.feature_files = fixed_width_features(os.path.join(data[0], data[1]), FEATURE_WIDTHS[args.model], args.seed)
+    kind, src = export_reference(args.reference, workdir, args.ref_branch) if args.reference else (None, None)
     grid = mmrec_grid(src, args.model) if kind == "mmrec" else {}
     ref_values, our_values, unresolved = split_configs(args.model, fixed, list(grid), our_defaults(args.model, data[1]))
-    meta = {"workdir": workdir, "reference_kind": kind, "reference_values": ref_values, "our_values": our_values,
+    meta = {"workdir": workdir, "reference_kind": kind, "reference_branch": args.ref_branch,
+            "feature_files": args.feature_files, "reference_values": ref_values, "our_values": our_values,
             "grid_left": {key: grid[key][:1] for key in unresolved}}
     processes = {}
     for side in sides:
@@ -461,7 +505,9 @@ def run(args):
             print(f"--- {side} failed ({code}); the end of its log:\n{tail}", file=sys.stderr)
         owner = {"mmrec": REFERENCE_OWNER.get(args.model, "MMRec"), "micro": "MICRO"}.get(kind) \
             if side == "reference" else "recbole_mm"
-        label = f"{owner} {args.model}"
+        if side == "reference" and args.ref_name:
+            owner = args.ref_name
+        label = f"{owner} {args.model}" + (f" ({args.ref_branch})" if side == "reference" and args.ref_branch else "")
         status = "ok" if code == 0 else f"exit {code}: see {workdir}/{side}.log"
         rows.append(summarise(label, log, valid, test, rss, status))
     return rows, meta
@@ -501,6 +547,9 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed value, both sides")
     parser.add_argument("--epochs", type=int, default=None, help="epoch cap, both sides")
     parser.add_argument("--seed", type=int, default=999)
+    parser.add_argument("--ref-branch", default=None, help="branch (or commit) of a bare git --reference (default HEAD)")
+    parser.add_argument("--ref-name", default=None, help="the reference's name in the table (default MMRec / MICRO)")
+    parser.add_argument("--stopping-step", type=int, default=20, help="early-stopping patience, both sides")
     parser.add_argument("--only", choices=("reference", "ours", "both"), default="both")
     parser.add_argument("--ref-python", default=None,
                         help=f"interpreter for the reference (default {DEFAULT_REF_PYTHON} if present)")

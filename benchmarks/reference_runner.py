@@ -5,7 +5,8 @@
     python benchmarks/reference_runner.py --micro CODES_DIR ARG...            # CRIPAC-DIG/MICRO
 
 ``SRC_DIR`` is MMRec's ``src/`` (a temporary copy: the runner changes into it, since MMRec
-reads ``configs/`` from the working directory); ``CONFIG_JSON`` is MMRec's ``config_dict``.
+reads ``configs/`` from the working directory, or into its parent for a fork that reads
+``src/configs/``, dangkh/VIRAL); ``CONFIG_JSON`` is MMRec's ``config_dict``.
 ``CODES_DIR`` is MICRO's ``codes/`` (a temporary copy), whose ``main.py`` runs with ``ARG...``.
 
 Compatibility shims, applied here at run time (MMRec's files are never edited):
@@ -23,7 +24,7 @@ Compatibility shims, applied here at run time (MMRec's files are never edited):
   (LIRDRec calls it once, in ``__init__``);
 - MICRO only: ``multiprocessing.cpu_count()`` reads 5, so its ranking Pool
   (``cpu_count() // 5`` workers) has one worker on small machines instead of failing;
-- without CUDA, DRAGON's / DualGNN's ``result_embed`` is a plain tensor as on CUDA (see
+- without CUDA, DRAGON's / DualGNN's / VLIF's ``result_embed`` is a plain tensor as on CUDA (see
   :data:`GPU_PLAIN_TENSORS`);
 - without CUDA, ``Tensor.cuda()`` / ``Module.cuda()`` (hard-coded in LATTICE, MGCN, GRCN)
   return the object on the CPU.
@@ -142,7 +143,7 @@ def _missing(name, attr):
 # Parameters MMRec creates as ``nn.Parameter(...).to(device)``: on CUDA ``.to`` returns a plain
 # tensor (unregistered, untrained, later overwritten in forward); on the CPU it returns the
 # registered Parameter itself, and the overwrite fails. Made plain tensors, as on CUDA.
-GPU_PLAIN_TENSORS = {"DRAGON": ("result_embed",), "DualGNN": ("result_embed",)}
+GPU_PLAIN_TENSORS = {"DRAGON": ("result_embed",), "DualGNN": ("result_embed",), "VLIF": ("result_embed",)}
 
 
 def cuda_parity(get_model):
@@ -171,7 +172,11 @@ def cuda_parity(get_model):
 def main(src_dir, model, dataset, config_json):
     install_shims()
     config_dict = json.loads(config_json)
-    os.chdir(src_dir)
+    # MMRec reads configs/ from the working directory; forks that read src/configs/ (dangkh/VIRAL)
+    # run from the directory above src/
+    with open(os.path.join(src_dir, "utils", "configurator.py")) as handle:
+        from_parent = "'src/configs'" in handle.read()
+    os.chdir(os.path.dirname(os.path.abspath(src_dir)) if from_parent else src_dir)
     sys.path.insert(0, src_dir)
     import utils.quick_start
 

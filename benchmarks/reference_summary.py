@@ -18,9 +18,10 @@ MIN_EPOCHS_FOR_FIDELITY = 20
 
 
 def switches(record):
-    """The ``--set`` pairs of a run, as one string (empty when none)."""
+    """The ``--set`` pairs of a run (and its ``--ref-branch``), as one string (empty when none)."""
     command = record["command"]
-    return " ".join(command[i + 1] for i, word in enumerate(command) if word == "--set")
+    pairs = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    return " ".join(pairs + [f"ref-branch={command[i + 1]}" for i, word in enumerate(command) if word == "--ref-branch"])
 
 
 def latest_runs(records):
@@ -28,7 +29,7 @@ def latest_runs(records):
     latest = {}
     for record in records:
         sides = tuple(row["side"].split()[0] for row in record["rows"])
-        model = record["rows"][0]["side"].split()[-1]
+        model = record["rows"][0]["side"].split()[1]  # "<owner> <model>[ (<branch>)]"
         latest[(model, switches(record), sides)] = record
     return latest
 

@@ -6,16 +6,28 @@ DRAGON, VBPR and BPR, on one dataset.
 Each variant is a switch on the same class; results/vlif_ablation_<dataset>.md gets valid
 and test Recall@20 / NDCG@20 (test at the best valid epoch).
 """
+import os
+
+import yaml
 from ablation_table import ablation_main
 
+PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+
+
+def profile(name):
+    """The keys of ``properties/<name>.yaml`` (a VLIF profile), as overrides."""
+    with open(os.path.join(PROPERTIES, f"{name}.yaml")) as handle:
+        return yaml.safe_load(handle)
+
+
 VARIANTS = [
-    ("VLIF (PID fusion, 1 token: the public code's sequence length)", "VLIF", {}),
-    ("VLIF (PID fusion, fusion_tokens 4)", "VLIF", {"fusion_tokens": 4}),
-    ("VLIF synergy only (public master)", "VLIF", {"fusion": "synergy"}),
+    ("VLIF, code profile (public redu2: PID fusion, 1 token; the default)", "VLIF", {}),
+    ("VLIF, paper profile (properties/vlif_paper.yaml)", "VLIF", profile("vlif_paper")),
+    ("VLIF, code profile, fusion_tokens 4", "VLIF", {"fusion_tokens": 4}),
+    ("VLIF synergy only (public master: properties/vlif_master.yaml)", "VLIF", profile("vlif_master")),
     ("VLIF weighted concat", "VLIF", {"fusion": "weighted"}),
     ("VLIF concat", "VLIF", {"fusion": "concat"}),
     ("VLIF pooling", "VLIF", {"fusion": "pooling"}),
-    ("VLIF PID, lambda 0.01 (public redu2)", "VLIF", {"fusion_weight": 0.01}),
     ("DRAGON", "DRAGON", {}),
     ("VBPR", "VBPR", {}),
     ("BPR", "BPR", {}),

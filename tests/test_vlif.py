@@ -1,10 +1,18 @@
 """DRAGON and VLIF: the fusion module, its losses and ablation switches, the homogeneous graphs."""
+import math
+import os
+
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from recbole_mm.model.dragon import DRAGON
-from recbole_mm.model.vlif import TransformerBlock, VLIF, orthogonal_residual
-from tests.conftest import build_model
+from recbole_mm.model.loss import info_nce
+from recbole_mm.model.vlif import SynergyEncoder, TransformerBlock, VLIF, orthogonal_residual
+from tests.conftest import REPO_ROOT, build_model
+
+PAPER_PROFILE = os.path.join(REPO_ROOT, "properties", "vlif_paper.yaml")
 
 
 def build(run_config, model_class=VLIF, **overrides):
@@ -52,9 +60,14 @@ def test_single_token_attention_shortcut_equals_full_attention():
     torch.manual_seed(0)
     block = TransformerBlock(16, heads=2)
     x, context = torch.randn(7, 1, 16), torch.randn(7, 1, 16)
-    query, keys = block.norm_query(x), block.norm_context(context)
+    query, keys = block.norm_attention(x), block.norm_attention(context)
     full = block.attention(query, keys, keys, need_weights=False)[0]
     assert torch.allclose(block.attend(query, keys), full, atol=1e-6)
+    # over more rows than the width, W_o and W_v are applied as one map: the same values
+    many, many_context = torch.randn(40, 1, 16), torch.randn(40, 1, 16)
+    keys = block.norm_attention(many_context)
+    full = block.attention(block.norm_attention(many), keys, keys, need_weights=False)[0]
+    assert torch.allclose(block.attend(block.norm_attention(many), keys), full, atol=1e-5)
 
 
 def test_token_split_makes_attention_depend_on_the_query():
@@ -160,3 +173,175 @@ def test_fusion_checkpointing_gives_the_same_loss_and_gradients(run_config):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def randomise_layer_norms(module):
+    """Non-trivial affine parameters, so that each LayerNorm's place in the computation shows."""
+    for norm in module.modules():
+        if isinstance(norm, nn.LayerNorm):
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.normal_()
+
+
+def test_synergy_encoder_follows_mult_norm_and_scaling_order():
+    """Self(Cross(v, t)) with Enc(x, c) = LN_out(Block(sqrt(d) x, sqrt(d) c)): a LayerNorm after
+    the cross block, the sqrt(d) scaling again before the self block, one LayerNorm for query
+    and context inside a block; checked against a computation written out by hand."""
+    torch.manual_seed(0)
+    dim = 8
+    encoder = SynergyEncoder(dim)
+    randomise_layer_norms(encoder)
+    v, t = torch.randn(5, dim), torch.randn(5, dim)
+
+    def layer_norm(norm, x):
+        return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps) \
+            * norm.weight + norm.bias
+
+    def block(b, x, context):
+        query = layer_norm(b.norm_attention, x)
+        keys = layer_norm(b.norm_attention, context)  # the same module as the query's
+        weight, bias = b.attention.in_proj_weight[2 * dim:], b.attention.in_proj_bias[2 * dim:]
+        x = x + (keys @ weight.T + bias) @ b.attention.out_proj.weight.T + b.attention.out_proj.bias
+        hidden = torch.relu(layer_norm(b.norm_ffn, x) @ b.ffn[0].weight.T + b.ffn[0].bias)
+        return x + hidden @ b.ffn[2].weight.T + b.ffn[2].bias
+
+    def mult(enc, x, context):
+        return layer_norm(enc.norm, block(enc.block, math.sqrt(dim) * x, math.sqrt(dim) * context))
+
+    cross, self_attention = encoder.cross["v_t"], encoder.self_attention["v_t"]
+    expected = mult(self_attention, mult(cross, v, t), mult(cross, v, t))
+    h_vt, h_tv = encoder(v, t)
+    assert torch.allclose(h_vt, expected, atol=1e-5)
+    other = encoder.cross["t_v"], encoder.self_attention["t_v"]
+    assert torch.allclose(h_tv, mult(other[1], mult(other[0], t, v), mult(other[0], t, v)), atol=1e-5)
+    # one LayerNorm module for query and context: a block holds exactly two (attention, FFN)
+    for name in ("v_t", "t_v"):
+        for enc in (encoder.cross[name], encoder.self_attention[name]):
+            assert [n for n, m in enc.block.named_modules() if isinstance(m, nn.LayerNorm)] == ["norm_attention",
+                                                                                                  "norm_ffn"]
+    # with several tokens the full attention also reads the shared norm of the context
+    block_ = TransformerBlock(dim)
+    randomise_layer_norms(block_)
+    x, context = torch.randn(3, 2, dim), torch.randn(3, 4, dim)
+    attended = block_.attention(block_.norm_attention(x), block_.norm_attention(context),
+                                block_.norm_attention(context), need_weights=False)[0]
+    after = x + attended
+    assert torch.allclose(block_(x, context), after + block_.ffn(block_.norm_ffn(after)), atol=1e-5)
+
+
+def test_redundancy_variant_changes_only_the_redundancy_encoder_and_its_loss(run_config):
+    torch.manual_seed(0)
+    paper = build(run_config, redundancy_variant="paper")[3]
+    redu2 = build(run_config, redundancy_variant="redu2")[3]
+    names = lambda m: {n for n, _ in m.named_parameters()}  # noqa: E731
+    assert names(paper) - names(redu2) == {"redundancy_encoder.mask_v", "redundancy_encoder.mask_t"}
+    assert names(redu2) <= names(paper)
+    copy_shared_parameters(paper, redu2)
+    randomise_layer_norms(paper.redundancy_encoder)
+    copy_shared_parameters(paper, redu2)
+    items = torch.arange(1, paper.n_items)
+    with torch.no_grad():
+        features = {"paper": paper.branch_features(), "redu2": redu2.branch_features()}
+        out = {"paper": paper._fusion_outputs, "redu2": redu2._fusion_outputs}
+        losses = {"paper": paper.fusion_losses(items), "redu2": redu2.fusion_losses(items)}
+    # the synergy side and the text branch are untouched
+    assert torch.allclose(features["paper"]["synergy"], features["redu2"]["synergy"])
+    assert torch.allclose(features["paper"]["text"], features["redu2"]["text"])
+    assert torch.allclose(losses["paper"]["synergy"], losses["redu2"]["synergy"])
+    # redu2: the projection first, on [t ‖ v], [0 ‖ v], [t ‖ 0] (zero masks), then the encoder
+    encoder = redu2.redundancy_encoder
+    v_f = redu2.input_projection["image"](redu2.modality_features["image"])
+    t_f = redu2.input_projection["text"](redu2.modality_features["text"])
+    with torch.no_grad():
+        for key, (text, visual) in {"h": (t_f, v_f), "h_v": (0 * t_f, v_f), "h_t": (t_f, 0 * v_f)}.items():
+            expected = encoder.encoder(encoder.projection(torch.cat([text, visual], 1)).unsqueeze(1)).squeeze(1)
+            assert torch.allclose(out["redu2"][key], expected, atol=1e-5), key
+        # the paper's text: the encoder first, over [v, t] token pairs, then the projection
+        enc = paper.redundancy_encoder
+        pair = torch.stack([v_f, t_f], dim=1)
+        expected_h = enc.projection(enc.encoder(pair).reshape(len(v_f), -1))
+        assert torch.allclose(out["paper"]["h"], expected_h, atol=1e-5)
+        # L_r: anchored on r-bar (redu2) or on h (paper)
+
+        def nce(o, a, b):
+            return info_nce(o[a][items], o[b][items], paper.ssl_temperature, symmetric=True)
+
+        r = out["redu2"]
+        assert torch.allclose(losses["redu2"]["redundancy"], nce(r, "h_t", "redundancy") + nce(r, "h_v", "redundancy")
+                              + nce(r, "h_v", "h_t"), atol=1e-5)
+        p = out["paper"]
+        assert torch.allclose(losses["paper"]["redundancy"], nce(p, "h", "h_v") + nce(p, "h", "h_t")
+                              + nce(p, "h_v", "h_t"), atol=1e-5)
+    assert not torch.allclose(out["paper"]["redundancy"], out["redu2"]["redundancy"])
+
+
+def test_code_profile_is_the_default_and_paper_profile_switches_it(run_config):
+    code = build(run_config)[0]
+    paper = build_model(run_config(), VLIF, config_files=[PAPER_PROFILE])[0]
+    expected = {"learning_rate": (1e-4, 1e-3), "train_batch_size": (2048, 1024), "fusion_weight": (0.01, 0.1),
+                "n_mm_layers": (1, 2), "n_uu_layers": (1, 2), "log2_bpr": (True, False),
+                "ssl_items": ("all", "batch"), "linear_branches": (["image"], []),
+                "user_graph_sampling": ("fixed", "resample"), "redundancy_variant": ("redu2", "paper")}
+    for key, (code_value, paper_value) in expected.items():
+        assert (code[key], paper[key]) == (code_value, paper_value), key
+    # (stopping_step: 30 in VLIF.yaml, 20 in the paper profile; the synthetic dataset's yaml overrides the former)
+    assert paper["stopping_step"] == 20
+
+
+def test_code_profile_model_parts(run_config):
+    """redu2's visual branch is one Linear + LeakyReLU; the loss uses log2; the user graph is
+    each user's fixed top-k by co-interaction count with softmax weights."""
+    _, _, loaders, model = build(run_config, user_graph_k=3)
+    mlp = model.branches["image"].mlp
+    assert [type(m) for m in mlp] == [nn.Linear, nn.LeakyReLU] and mlp[0].out_features == model.embedding_size
+    assert len([m for m in model.branches["text"].mlp if isinstance(m, nn.Linear)]) == 2
+    pos, neg = torch.randn(6), torch.randn(6)
+    assert torch.allclose(model.recommendation_loss(pos, neg), -torch.log2(torch.sigmoid(pos - neg)).mean(), atol=1e-6)
+    graph = model.user_graph.to_dense()
+    counts = torch.from_numpy((model.interaction_matrix.tocsr() > 0).astype("float32").toarray())
+    counts = counts @ counts.T
+    counts.fill_diagonal_(0)
+    for user in range(1, 30):
+        row = counts[user]
+        chosen = graph[user].nonzero().flatten()
+        assert len(chosen) == min(3, int((row > 0).sum()))
+        if len(chosen):
+            assert row[chosen].min() >= row[row > 0].sort(descending=True).values[len(chosen) - 1]
+            assert torch.allclose(graph[user, chosen], torch.softmax(row[chosen], 0), atol=1e-6)
+    model.pre_epoch_processing()
+    assert torch.equal(graph, model.user_graph.to_dense()), "fixed: not redrawn"
+
+
+def test_checkpoint_restores_the_sampled_user_graph(tmp_path, data_root):
+    """A resampled user graph is part of the checkpoint: a fresh model loaded from the saved
+    file gives the run's own test metrics exactly."""
+    from recbole_mm.quick_start import load_data_and_model, run_recbole_mm
+    from recbole_mm.trainer import get_trainer
+
+    config = {"data_path": data_root, "checkpoint_dir": str(tmp_path / "saved"), "state": "WARNING",
+              "synthetic_generator": {"seed": 7, "n_users": 300, "n_items": 200, "mean_interactions": 12},
+              "epochs": 3, "show_progress": False, "fusion_dim": 16}
+    run = run_recbole_mm("VLIF", "synthetic", [PAPER_PROFILE], config, saved=True)
+    trainer = run["trainer"]
+    assert "user_graph" in trainer.model.state_dict()
+    _, model, _, _, _, test_data = load_data_and_model(trainer.saved_model_file)
+    fresh = get_trainer(model.config["MODEL_TYPE"], "VLIF")(model.config, model)
+    assert fresh.evaluate(test_data, load_best_model=False) == run["test_result"]
+
+
+@pytest.mark.parametrize("ssl_items", ["all", "batch"])
+def test_fused_infonce_schedule_gives_the_same_loss_and_gradients(run_config, ssl_items):
+    """The InfoNCE terms with their gradients formed in the forward pass (``fused_infonce``)
+    against plain autograd, on the whole model's loss."""
+    results = []
+    for fused in (False, True):
+        _, _, loaders, model = build(run_config, fused_infonce=fused, ssl_items=ssl_items)
+        batch = first_batch(loaders)
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and any("synergy_encoder" in n for n in grads_a)
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4), name

@@ -8,7 +8,9 @@ Zhou et al., ECAI 2023, as MMRec implements it (``src/models/dragon.py`` of enoc
   the softmax of a Xavier draw (not re-normalised during training, as in MMRec), then
   :math:`u \leftarrow u + \mathrm{agg}(u)` over the user–user co-occurrence graph (each user's
   top-200 co-interaction neighbours stored, ``user_graph_k`` = 40 drawn each epoch, softmax
-  weights over the counts; :class:`~recbole_mm.data.graphs.UserGraphSampler`).
+  weights over the counts; :class:`~recbole_mm.data.graphs.UserGraphSampler`), or each user's
+  fixed top 40 (``user_graph_sampling: fixed``). The graph in use is a buffer, so a checkpoint
+  restores the one its epoch trained and evaluated with.
 - Items: :math:`i = [v_i \| t_i] + G^{L_{mm}} [v_i \| t_i]` with the frozen kNN item graph
   G (``knn_k`` = 10, ``mm_image_weight`` = 0.1).
 - Score :math:`z_u^\top z_i`; loss :math:`-\mathrm{mean}\,\log_2 \sigma(s^+ - s^-) + \lambda
@@ -49,7 +51,11 @@ class DRAGON(MultiModalRecommender):
         self.user_graph_sampler = UserGraphSampler(
             self.interaction_matrix, config["user_graph_k"], config["user_graph_stored"], self.device
         )
-        self.user_graph = self.user_graph_sampler.sample()
+        self.user_graph_sampling = config["user_graph_sampling"] or "resample"
+        if self.user_graph_sampling not in ("resample", "fixed"):
+            raise ConfigError(f"user_graph_sampling must be 'resample' or 'fixed', got {self.user_graph_sampling!r}")
+        # a buffer: the graph the saved epoch used travels with the checkpoint (state_dict)
+        self.register_buffer("user_graph", self.draw_user_graph())
 
     # ------------------------------------------------------------------ structure
     def check_modalities(self):
@@ -69,9 +75,25 @@ class DRAGON(MultiModalRecommender):
         draw = nn.init.xavier_normal_(torch.empty(self.n_users, n_parts, device=self.device))
         return nn.Parameter(torch.softmax(draw, dim=1))
 
+    def draw_user_graph(self):
+        """The user–user graph, sparse (U x U): a fresh draw (``user_graph_sampling: resample``)
+        or every user's top-``user_graph_k`` neighbours by co-interaction count with the
+        softmax of their counts as weights (``fixed``: what the public VLIF code uses for
+        every user with at least k neighbours)."""
+        sampler = self.user_graph_sampler
+        if self.user_graph_sampling == "resample":
+            return sampler.sample()
+        logits = sampler.logits[:, :sampler.k]  # rows are sorted by decreasing count
+        keep = torch.isfinite(logits)
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)
+        rows = torch.arange(sampler.n_users, device=logits.device).unsqueeze(1).expand_as(logits)
+        indices = torch.stack([rows[keep], sampler.neighbours[:, :sampler.k][keep]])
+        return torch.sparse_coo_tensor(indices, weights[keep], (sampler.n_users, sampler.n_users)).coalesce()
+
     def pre_epoch_processing(self):
-        """Draw this epoch's user–user graph."""
-        self.user_graph = self.user_graph_sampler.sample()
+        """Draw this epoch's user–user graph (nothing to do when it is fixed)."""
+        if self.user_graph_sampling == "resample":
+            self.user_graph = self.draw_user_graph()
 
     # ------------------------------------------------------------------ forward
     def branch_features(self):
