@@ -2,6 +2,7 @@
 learning-rate schedule."""
 import datetime
 import inspect
+import itertools
 import logging
 import os
 import secrets
@@ -77,14 +78,18 @@ class CheckpointError(RecboleMMError, OSError):
 
 def new_run_id(now=None):
     """A name for one trainer's files that no other trainer gets: the local time to the
-    microsecond, the process id and 4 random hex digits (two trainers of one process in the
-    same microsecond, or two machines sharing a folder, still differ).
+    microsecond, the process id, the trainer's number in this process and 4 random hex digits
+    (two trainers of one process in the same microsecond, or two machines sharing a folder,
+    still differ).
 
     Returns:
-        str, e.g. ``"Mar-05-2025_14-03-22.123456-p4242-9f3a"``.
+        str, e.g. ``"Mar-05-2025_14-03-22.123456-p4242-0-9f3a"``.
     """
     now = now or datetime.datetime.now()
-    return f"{now:%b-%d-%Y_%H-%M-%S.%f}-p{os.getpid()}-{secrets.token_hex(2)}"
+    return f"{now:%b-%d-%Y_%H-%M-%S.%f}-p{os.getpid()}-{next(_RUN_NUMBERS)}-{secrets.token_hex(2)}"
+
+
+_RUN_NUMBERS = itertools.count()  # trainers created in this process
 
 
 class MultiModalTrainer(Trainer):
