@@ -86,7 +86,7 @@ class Experiment:
 
         self.args = args
         self.base = {
-            "data_path": args.data_path, "checkpoint_dir": os.path.join(args.out, "saved", str(os.getpid())),  # one per process: checkpoint names carry only the second,
+            "data_path": args.data_path, "checkpoint_dir": os.path.join(args.out, "saved", str(os.getpid())),  # per process: names carry only the second
             "epochs": args.epochs, "eval_step": args.eval_step, "stopping_step": 10 ** 6, "state": "WARNING",
         }
         if args.device:
