@@ -71,6 +71,7 @@ def parse_args():
     parser.add_argument("--reverse", action="store_true", help="walk the grid from the largest rank down "
                         "(a second process sharing runs.jsonl then meets the first one in the middle)")
     parser.add_argument("--report-only", action="store_true", help="only rewrite tables and figures from runs.jsonl")
+    parser.add_argument("--note", action="append", default=[], help="a line for summary.md (repeatable)")
     parser.add_argument("--out", default=os.path.join(REPO, "results", "nfvlm"))
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
@@ -353,6 +354,8 @@ def write_reports(args):
                         handle.write(f"- {label}: GAUC {test['gauc']:.3f} (paper AUC {paper[0]:.3f}), NDCG@10 "
                                      f"{fmt(test['ndcg@10'])} ({paper[1]:.3f}), Recall@10 "
                                      f"{fmt(test['recall@10'])} ({paper[2]:.3f})\n")
+            if args.note:
+                handle.write("\nNotes:\n\n" + "".join(f"- {line}\n" for line in args.note))
             handle.write("\nTables: table1.md, table2.md, noise_scope.md; figures fig1-3; every run: runs.jsonl.\n")
 
 
