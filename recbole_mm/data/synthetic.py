@@ -11,10 +11,18 @@ Generative story (all from one seed, so the same arguments always give the same 
   a modality-specific linear map of the item factors, modality-specific nuisance factors
   ``Z_m`` that carry no preference signal, and white noise. By default text is the more
   informative modality (higher signal, lower nuisance), as in real Amazon data.
+  ``normalize: true`` in a modality's spec L2-normalises each feature row (unit norm, as the
+  embeddings of CLIP and most pre-trained encoders are); ``clip_synthetic`` sets it for its
+  simulated CLIP embeddings, whose raw rows would otherwise have squared norm ~2,700.
 - ``layout: mmrec`` (default): a random per-user 8:1:1 split (at least one valid and one
   test item) in MMRec's folder layout; ``layout: atomic``: a RecBole atomic ``.inter`` with
   a per-user random ``timestamp`` order instead (for leave-one-out by time, NF-VLM's
-  protocol). Feature row i belongs to item token i in both layouts.
+  protocol) and a ``<token>.item`` file listing every item token, so that items nobody
+  interacted with are still loaded and ranked as candidates (RecBole otherwise keeps only
+  the items of ``.inter``). Feature row i belongs to item token i in both layouts.
+
+A folder written by an older generator version or with other arguments is regenerated on
+next use (``synthetic_meta.json`` records both), never silently reused.
 
 The long tail produced by the popularity skew leaves many items with few training
 interactions, where content features help: content-aware models beat ID-only ones here.
@@ -40,16 +48,17 @@ DEFAULTS = {
     "popularity_skew": 1.0,
     "layout": "mmrec",
     "modalities": {
-        "text": {"dim": 64, "signal": 1.0, "nuisance": 0.5, "noise": 0.5, "nuisance_dim": 16},
-        "image": {"dim": 128, "signal": 0.6, "nuisance": 1.5, "noise": 0.8, "nuisance_dim": 16},
+        "text": {"dim": 64, "signal": 1.0, "nuisance": 0.5, "noise": 0.5, "nuisance_dim": 16, "normalize": False},
+        "image": {"dim": 128, "signal": 0.6, "nuisance": 1.5, "noise": 0.8, "nuisance_dim": 16, "normalize": False},
         # a CLIP-like joint embedding: the preference signal lies beneath higher-variance
         # nuisance directions (NF-VLM's premise)
-        "clip": {"dim": 128, "signal": 1.0, "nuisance": 2.0, "noise": 0.5, "nuisance_dim": 32},
+        "clip": {"dim": 128, "signal": 1.0, "nuisance": 2.0, "noise": 0.5, "nuisance_dim": 32, "normalize": False},
     },
 }
 META_FILE = "synthetic_meta.json"
 FACTORS_FILE = "planted_factors.npz"
-GENERATOR_VERSION = 1
+# 2: per-modality ``normalize``; atomic layout writes ``<token>.item`` with every item token
+GENERATOR_VERSION = 2
 
 
 def resolve_arguments(arguments=None):
@@ -115,8 +124,17 @@ def write_atomic_inter(path, rng, users, items):
     frame.to_csv(path, sep="\t", index=False)
 
 
+def write_atomic_item(path, n_items):
+    """RecBole atomic ``.item`` file with one row per item token 0 .. n_items - 1."""
+    import pandas as pd
+
+    pd.DataFrame({"item_id:token": np.arange(n_items)}).to_csv(path, sep="\t", index=False)
+
+
 def modality_features(rng, item_factors, spec):
-    """``signal * Q M + nuisance * Z N + noise * E`` for one modality.
+    """``signal * Q M + nuisance * Z N + noise * E`` for one modality, each row then scaled to
+    unit L2 norm when ``spec["normalize"]`` (a positive per-item scale, so the planted
+    subspace is unchanged and each item's direction is kept).
 
     Returns:
         (features, signal_map): float32 (I x dim) and the planted map M (k x dim), whose row
@@ -132,12 +150,14 @@ def modality_features(rng, item_factors, spec):
         + spec["nuisance"] * nuisance @ nuisance_map
         + spec["noise"] * rng.standard_normal((n_items, dim))
     )
+    if spec.get("normalize"):
+        features = features / np.linalg.norm(features, axis=1, keepdims=True)
     return features.astype(np.float32), signal_map
 
 
 def generate_synthetic(folder, token="synthetic", arguments=None):
-    """Write an MMRec-layout folder: ``<token>.inter``, ``<modality>_feat.npy`` per modality,
-    the planted factors (``planted_factors.npz``) and ``synthetic_meta.json``.
+    """Write the dataset folder: ``<token>.inter`` (and ``<token>.item`` in the atomic layout),
+    ``<modality>_feat.npy`` per modality, the planted factors (``planted_factors.npz``) and ``synthetic_meta.json``.
 
     Returns:
         dict: the resolved generator arguments.
@@ -164,6 +184,7 @@ def generate_synthetic(folder, token="synthetic", arguments=None):
     staging = tempfile.mkdtemp(prefix=f".{token}-", dir=os.path.dirname(os.path.abspath(folder)))
     if labels is None:
         write_atomic_inter(os.path.join(staging, f"{token}.inter"), rng, users, items)
+        write_atomic_item(os.path.join(staging, f"{token}.item"), n_items)
     else:
         write_mmrec_inter(os.path.join(staging, f"{token}.inter"), users, items, labels)
     for name, matrix in features.items():
@@ -184,7 +205,8 @@ def ensure_synthetic_dataset(folder, token, arguments):
     """Generate the dataset into ``folder`` unless an identical one is there.
 
     A folder without ``synthetic_meta.json`` is somebody's own data: it is used as it is and
-    never overwritten. A folder this generator wrote with other arguments is regenerated.
+    never overwritten. A folder this generator wrote with other arguments, or by another
+    ``GENERATOR_VERSION`` (e.g. unnormalised features, no ``.item`` file), is regenerated.
     """
     wanted = {"version": GENERATOR_VERSION, "arguments": resolve_arguments(arguments)}
     meta_path = os.path.join(folder, META_FILE)

@@ -23,6 +23,10 @@ Loss (Algorithm 1, line 7–9): BPR on (u, i, j) plus :math:`\lambda` times the 
   :math:`\operatorname{tr} G - 2 \operatorname{tr}(P^\top G P) + \operatorname{tr}(P^\top G P P^\top P)`,
   O(d² r) per batch whatever the catalogue size.
 
+The penalty has the scale of :math:`\|x\|^2`: with unit-norm embeddings (as CLIP's) a
+triple adds at most :math:`2\lambda`, next to a BPR term of :math:`\ln 2 \approx 0.69` at
+the start; features of squared norm s need :math:`\lambda` divided by s for the same balance.
+
 Initialisation of P (Algorithm 1, line 1): ``nfvlm_init: pca`` takes the top-r principal
 directions of the (centred) item embeddings; ``random`` takes r random orthonormal
 directions. Users start as small Gaussians (std 0.01 · ... see :meth:`_init_users`).
