@@ -139,7 +139,10 @@ def test_verbose_prints_recbole_dumps_on_the_console(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_ctrl_c_during_training(tmp_path):
-    run = start(["--epochs=1000", "--stopping_step=1000", SMALL], tmp_path)
+    # a test run started in the background (nohup, `&`) ignores SIGINT, and a child inherits
+    # that: give the child the default disposition, as a terminal's foreground job has
+    run = start(["--epochs=1000", "--stopping_step=1000", SMALL], tmp_path,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     seen = ""
     while "epoch 0 training" not in seen and time.time() < deadline:

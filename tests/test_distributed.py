@@ -120,6 +120,15 @@ def test_torchrun_environment_gives_the_rank_keys():
 
 
 # ---------------------------------------------------------------------- two processes
+def coo_graph(graph):
+    """A model's fixed graph as a coalesced COO tensor (``FrozenSparse`` keeps a CSR copy), or None."""
+    from recbole_mm.model.layers import FrozenSparse
+
+    if isinstance(graph, FrozenSparse):
+        graph = graph.matrix.to_sparse_coo()
+    return graph.coalesce() if isinstance(graph, torch.Tensor) else None
+
+
 def tensor_digest(tensor):
     return hashlib.sha1(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
@@ -152,11 +161,11 @@ def _rank_worker(local_rank, root, port, jobs, queue):
             trainer = result.pop("trainer")
             extra = {"digest": state_digest(trainer.model)}
             # digests only: the queue's pipe holds 64 KiB until the parent reads it after join
-            if isinstance(getattr(trainer.model, "item_graph", None), torch.Tensor):
-                graph = trainer.model.item_graph.coalesce()
+            graph = coo_graph(getattr(trainer.model, "item_graph", None))
+            if graph is not None:
                 extra["item_graph"] = tensor_digest(graph.indices()) + tensor_digest(graph.values())
             if getattr(trainer.model, "edge_sampler", None) is not None:
-                extra["train_edges"] = tensor_digest(trainer.model.train_adjacency.coalesce().indices())
+                extra["train_edges"] = tensor_digest(coo_graph(trainer.model.train_adjacency).indices())
             if getattr(trainer, "bod", None) is not None:
                 extra["generator"] = state_digest(trainer.bod.generator)
             if getattr(trainer, "false_keys", None) is not None:
