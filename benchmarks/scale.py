@@ -73,25 +73,31 @@ def sampled_knn(measured_chunks, timings):
         n = features.shape[0]
         chunk = max(1, budget_elements // n)
         measured = min(n, chunk * measured_chunks)
+        split = {"matmul": 0.0, "topk": 0.0}
         start = time.perf_counter()
-        neighbours, similarities = _partial_knn(features, k, measured, chunk)
+        neighbours, similarities = _partial_knn(features, k, measured, chunk, split)
         timings.append({"dim": int(features.shape[1]), "rows": measured, "total_rows": n,
-                        "seconds": time.perf_counter() - start})
+                        "seconds": time.perf_counter() - start,
+                        "matmul_seconds": round(split["matmul"], 1), "topk_seconds": round(split["topk"], 1)})
         rest = n - measured
         generator = torch.Generator().manual_seed(0)
         random_neighbours = torch.randint(0, n, (rest, k), generator=generator)
         return (torch.cat([neighbours, random_neighbours.to(neighbours.device)]),
                 torch.cat([similarities, torch.zeros(rest, k, device=similarities.device)]))
 
-    def _partial_knn(features, k, rows, chunk):
+    def _partial_knn(features, k, rows, chunk, split):
         """The real top-k of the first ``rows`` rows against all rows (knn_neighbours' arithmetic)."""
         features = features.float()
         norms = features.norm(dim=1).clamp_min(1e-12)
         neighbours, similarities = [], []
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
+            began = time.perf_counter()
             sims = (features[start:stop] / norms[start:stop, None]) @ features.T
+            matmul = time.perf_counter()
             top = torch.topk(sims.div_(norms), k, dim=1)
+            split["matmul"] += matmul - began
+            split["topk"] += time.perf_counter() - matmul
             neighbours.append(top.indices)
             similarities.append(top.values)
         return torch.cat(neighbours), torch.cat(similarities)
