@@ -39,6 +39,11 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+def progress(figures):
+    """The figures so far, on stderr (a long run shows where it is)."""
+    print("progress " + json.dumps(figures), file=sys.stderr, flush=True)
+
+
 def generate(data_path, dataset=DATASET, arguments=None):
     from recbole_mm.data.synthetic import ensure_synthetic_dataset
 
@@ -158,6 +163,7 @@ def _measure(model_name, dataset_name, config_dict, max_batches, eval_users, knn
     figures.update(data_seconds=round(time.perf_counter() - start, 1), rss_after_data_gb=round(peak_rss_gb(), 2),
                    n_users=dataset.user_num - 1, n_items=dataset.item_num - 1, n_inter=dataset.inter_num,
                    n_train=train_data._dataset.inter_num)
+    progress(figures)
 
     init_seed(config["seed"], True)
     start = time.perf_counter()
@@ -172,6 +178,7 @@ def _measure(model_name, dataset_name, config_dict, max_batches, eval_users, knn
                                                       + full, 1)
     figures["parameters_m"] = round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 2)
     figures["rss_after_build_gb"] = round(peak_rss_gb(), 2)
+    progress(figures)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     batches = len(train_data)
@@ -184,6 +191,7 @@ def _measure(model_name, dataset_name, config_dict, max_batches, eval_users, knn
                    epoch_seconds=round(seconds * batches / ran, 1), epoch_extrapolated=ran < batches,
                    loss=float(loss if not isinstance(loss, tuple) else sum(loss)),
                    rss_after_train_gb=round(peak_rss_gb(), 2))
+    progress(figures)
 
     eval_batches = len(valid_data)
     users_per_batch = max(config["eval_batch_size"] // dataset.item_num, 1)
