@@ -208,6 +208,26 @@ def _measure(model_name, dataset_name, config_dict, max_batches, eval_users, knn
     return figures
 
 
+def table(rows):
+    """Markdown table of ``run`` figures (one dict per model run); ``~`` marks an extrapolated
+    figure."""
+    lines = ["| model | threads | settings | data s | graph build s | kNN s | epoch s | eval s (all valid users) "
+             "| peak RSS GB (data / build / train / eval) |", "|---" * 9 + "|"]
+    for row in rows:
+        build = row.get("build_seconds_extrapolated")
+        build = f"~{build}" if build is not None else str(row["build_seconds"])
+        knn = row.get("knn_seconds_extrapolated")
+        knn = f"~{knn}" if knn is not None else str(row["knn_seconds"])
+        epoch = ("~" if row["epoch_extrapolated"] else "") + f"{row['epoch_seconds']} ({row['train_batches']} batches run)"
+        evaluation = ("~" if row["eval_extrapolated"] else "") + f"{row['eval_seconds_all']} ({row['eval_batches']} batches run)"
+        settings = ", ".join(f"{k}={v}" for k, v in row.get("overrides", {}).items()) or "defaults"
+        rss = " / ".join(str(row[key]) for key in ("rss_after_data_gb", "rss_after_build_gb", "rss_after_train_gb",
+                                                     "peak_rss_gb"))
+        lines.append(f"| {row['model']} | {row['torch_threads']} | {settings} | {row['data_seconds']} | {build} | {knn} "
+                     f"| {epoch} | {evaluation} | {rss} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,8 +242,14 @@ def main(argv=None):
                      help="compute only N row chunks of each kNN for real (timed, extrapolated); random "
                           "neighbours elsewhere, no cache")
     one.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (yaml values)")
+    summary = sub.add_parser("table", help="markdown table of the SCALE lines in run logs")
+    summary.add_argument("logs", nargs="+")
     args = parser.parse_args(argv)
-    if args.command == "generate":
+    if args.command == "table":
+        rows = [json.loads(line[len("SCALE "):]) for path in args.logs for line in open(path, encoding="utf-8")
+                if line.startswith("SCALE ")]
+        print(table(rows))
+    elif args.command == "generate":
         print(json.dumps(generate(args.data_path)), flush=True)
     else:
         import yaml

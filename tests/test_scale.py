@@ -119,3 +119,5 @@ def test_scale_benchmark_measures_a_truncated_epoch_and_restores_the_knn(scale_m
     assert [t["dim"] for t in figures["knn_measured"]] == [40, 12]
     assert figures["peak_rss_gb"] >= figures["rss_after_data_gb"] > 0
     assert not os.path.isdir(tmp_path / "knn_cache")  # a stand-in graph is never cached
+    row = scale_module.table([figures]).splitlines()[-1]
+    assert row.startswith("| FREEDOM |") and "~" in row  # extrapolated kNN marked
