@@ -12,7 +12,10 @@ One process per model (peak RSS is the process's ``ru_maxrss``)::
 with the project's config / dataset / trainer and prints one JSON line of figures.
 ``--max-batches`` stops the epoch after N batches (seconds per epoch are then extrapolated:
 the JSON says ``epoch_extrapolated: true``); ``--eval-users`` evaluates only the first N
-validation users (extrapolated likewise).
+validation users (extrapolated likewise); ``--knn-chunks N`` computes only N row chunks of
+each kNN graph for real (timed and extrapolated) and gives the other rows random neighbours
+(a graph of the same size, never cached: for timing training where the full kNN would not
+finish). ``table LOG...`` prints the markdown table of ``results/scale.md`` from run logs.
 """
 import argparse
 import copy
