@@ -113,8 +113,20 @@ def sampled_knn(measured_chunks, timings):
     return stand_in
 
 
+def write_item_index(folder, token, n_items):
+    """``<token>.item``: a RecBole atomic item file listing every catalogue item (tokens
+    0..n_items-1, the feature rows). With ``load_col: {item: [item_id]}`` RecBole then indexes
+    the whole catalogue, items without interactions included (otherwise only the items that
+    occur in the interactions get an id, as in MMRec)."""
+    path = os.path.join(folder, f"{token}.item")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("item_id:token\n")
+        handle.writelines(f"{item}\n" for item in range(n_items))
+    return path
+
+
 def run(model_name, data_path, max_batches=None, eval_users=None, knn_chunks=None, overrides=None,
-        generator=None, dataset_name=DATASET):
+        generator=None, dataset_name=DATASET, whole_catalogue=False):
     """Build, train one epoch and evaluate ``model_name`` on the scale dataset; figures as a dict."""
     import recbole_mm.data.graphs as graphs
     import recbole_mm.model.abstract_recommender as base
@@ -127,6 +139,13 @@ def run(model_name, data_path, max_batches=None, eval_users=None, knn_chunks=Non
         "checkpoint_dir": os.path.join(scratch, "saved"), "cache_dir": os.path.join(scratch, "knn_cache"),
         "epochs": 1, "show_progress": False, "state": "INFO",
     }
+    if whole_catalogue:
+        from recbole_mm.data.synthetic import ensure_synthetic_dataset
+
+        folder = os.path.join(scratch, dataset_name)
+        ensure_synthetic_dataset(folder, dataset_name, config_dict["synthetic_generator"])
+        write_item_index(folder, dataset_name, (generator or GENERATOR)["n_items"])
+        config_dict["load_col"] = {"inter": ["user_id", "item_id"], "item": ["item_id"]}
     config_dict.update(overrides or {})
     knn_timings, knn_seconds = [], []
     real_knn_neighbours, real_item_knn = graphs.knn_neighbours, base.item_knn_graph
@@ -244,6 +263,8 @@ def main(argv=None):
     one.add_argument("--knn-chunks", type=int, default=None,
                      help="compute only N row chunks of each kNN for real (timed, extrapolated); random "
                           "neighbours elsewhere, no cache")
+    one.add_argument("--whole-catalogue", action="store_true",
+                     help="index every catalogue item (a .item file), not only those with interactions")
     one.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (yaml values)")
     summary = sub.add_parser("table", help="markdown table of the SCALE lines in run logs")
     summary.add_argument("logs", nargs="+")
@@ -258,8 +279,9 @@ def main(argv=None):
         import yaml
 
         overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-        figures = run(args.model, args.data_path, args.max_batches, args.eval_users, args.knn_chunks, overrides)
-        figures["overrides"] = overrides
+        figures = run(args.model, args.data_path, args.max_batches, args.eval_users, args.knn_chunks, overrides,
+                      whole_catalogue=args.whole_catalogue)
+        figures["overrides"] = {**overrides, **({"whole_catalogue": True} if args.whole_catalogue else {})}
         print("SCALE " + json.dumps(figures), flush=True)
 
 

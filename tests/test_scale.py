@@ -119,5 +119,8 @@ def test_scale_benchmark_measures_a_truncated_epoch_and_restores_the_knn(scale_m
     assert [t["dim"] for t in figures["knn_measured"]] == [40, 12]
     assert figures["peak_rss_gb"] >= figures["rss_after_data_gb"] > 0
     assert not os.path.isdir(tmp_path / "knn_cache")  # a stand-in graph is never cached
+    whole = scale_module.run("VBPR", str(tmp_path), max_batches=1, eval_users=10, overrides={"state": "WARNING"},
+                             generator=SMALL_SCALE, dataset_name="scale", whole_catalogue=True)
+    assert figures["n_items"] < whole["n_items"] == 600  # items without interactions indexed too
     row = scale_module.table([figures]).splitlines()[-1]
     assert row.startswith("| FREEDOM |") and "~" in row  # extrapolated kNN marked
