@@ -48,6 +48,7 @@ INTERNAL_VALUE_ERRORS = {
     "model/layers.py": 2,        # combine mode / MLP sizes, chosen by the model code
     "data/graphs.py": 1,         # learned_item_graph without mixing weights
     "trainer/bod.py": 1,         # weights of another batch (a trainer bug)
+    "data/synthetic.py": 1,      # modality_features given a wrong `out` array (a caller bug)
     "hyper.py": 2,               # caught on the spot and re-raised as HyperFileError with file:line
 }
 

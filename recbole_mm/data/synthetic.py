@@ -82,19 +82,27 @@ def resolve_arguments(arguments=None):
     return merged
 
 
-def sample_interactions(rng, user_factors, item_factors, popularity, counts, sharpness, skew, chunk=1024):
+def sample_interactions(rng, user_factors, item_factors, popularity, counts, sharpness, skew, chunk=1024,
+                        budget_elements=2 ** 23):
     """Each user's chosen items, drawn without replacement by Gumbel top-n.
+
+    Users are processed in blocks of at most ``chunk`` users and ``budget_elements`` logits
+    (64 MB of float64 by default), so memory stays bounded on a large catalogue: never a
+    users x items matrix. The Gumbel noise is drawn block after block from one stream, so the
+    block size does not change the result.
 
     Returns:
         (users, items): int64 arrays, one entry per interaction, grouped by user.
     """
     n_users, k = user_factors.shape
+    n_items = item_factors.shape[0]
+    chunk = max(1, min(int(chunk), int(budget_elements) // max(n_items, 1)))
     max_count = int(counts.max())
     users, items = [], []
     for start in range(0, n_users, chunk):
         block = slice(start, min(start + chunk, n_users))
         logits = sharpness * (user_factors[block] @ item_factors.T) / np.sqrt(k) + skew * popularity
-        logits = logits + rng.gumbel(size=logits.shape)
+        logits += rng.gumbel(size=logits.shape)
         top = np.argpartition(-logits, max_count - 1, axis=1)[:, :max_count]
         order = np.argsort(-np.take_along_axis(logits, top, axis=1), axis=1)
         top = np.take_along_axis(top, order, axis=1)
@@ -102,6 +110,7 @@ def sample_interactions(rng, user_factors, item_factors, popularity, counts, sha
         rows = np.broadcast_to(np.arange(block.start, block.stop)[:, None], top.shape)
         users.append(rows[keep])
         items.append(top[keep])
+        del logits
     return np.concatenate(users), np.concatenate(items)
 
 
@@ -131,28 +140,40 @@ def write_atomic_item(path, n_items):
     pd.DataFrame({"item_id:token": np.arange(n_items)}).to_csv(path, sep="\t", index=False)
 
 
-def modality_features(rng, item_factors, spec):
+def modality_features(rng, item_factors, spec, out=None, budget_elements=2 ** 22):
     """``signal * Q M + nuisance * Z N + noise * E`` for one modality, each row then scaled to
     unit L2 norm when ``spec["normalize"]`` (a positive per-item scale, so the planted
     subspace is unchanged and each item's direction is kept).
 
+    Computed in blocks of items (at most ``budget_elements`` float64 values at a time) and
+    written as float32 into ``out`` (an (I x dim) float32 array, e.g. a memory-mapped ``.npy``
+    file; a new array when ``None``), so a 100,000 x 4,096 catalogue never exists in float64.
+    The white noise ``E`` is drawn block after block from one stream, so the block size does
+    not change the result.
+
     Returns:
-        (features, signal_map): float32 (I x dim) and the planted map M (k x dim), whose row
-        space is the modality's preference-signal subspace.
+        (features, signal_map): float32 (I x dim) (``out`` when given) and the planted map M
+        (k x dim), whose row space is the modality's preference-signal subspace.
     """
     n_items, k = item_factors.shape
     dim, nuisance_dim = int(spec["dim"]), int(spec["nuisance_dim"])
     signal_map = rng.standard_normal((k, dim)) / np.sqrt(k)
     nuisance_map = rng.standard_normal((nuisance_dim, dim)) / np.sqrt(nuisance_dim)
     nuisance = rng.standard_normal((n_items, nuisance_dim))
-    features = (
-        spec["signal"] * item_factors @ signal_map
-        + spec["nuisance"] * nuisance @ nuisance_map
-        + spec["noise"] * rng.standard_normal((n_items, dim))
-    )
-    if spec.get("normalize"):
-        features = features / np.linalg.norm(features, axis=1, keepdims=True)
-    return features.astype(np.float32), signal_map
+    if out is None:
+        out = np.empty((n_items, dim), dtype=np.float32)
+    if out.shape != (n_items, dim) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {(n_items, dim)}, got {out.dtype} {out.shape}")
+    rows = max(1, int(budget_elements) // max(dim, 1))
+    for start in range(0, n_items, rows):
+        block = slice(start, min(start + rows, n_items))
+        values = spec["signal"] * item_factors[block] @ signal_map
+        values += spec["nuisance"] * nuisance[block] @ nuisance_map
+        values += spec["noise"] * rng.standard_normal((block.stop - block.start, dim))
+        if spec.get("normalize"):
+            values /= np.linalg.norm(values, axis=1, keepdims=True)
+        out[block] = values
+    return out, signal_map
 
 
 def generate_synthetic(folder, token="synthetic", arguments=None):
@@ -176,19 +197,21 @@ def generate_synthetic(folder, token="synthetic", arguments=None):
         rng, user_factors, item_factors, popularity, counts, args["sharpness"], args["popularity_skew"]
     )
     labels = split_labels(rng, users, counts) if args["layout"] == "mmrec" else None
-    generated = {name: modality_features(rng, item_factors, spec) for name, spec in args["modalities"].items()}
-    features = {name: matrix for name, (matrix, _) in generated.items()}
-    signal_maps = {f"{name}_signal_map": signal_map for name, (_, signal_map) in generated.items()}
 
     os.makedirs(os.path.dirname(os.path.abspath(folder)) or ".", exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{token}-", dir=os.path.dirname(os.path.abspath(folder)))
+    signal_maps = {}
+    for name, spec in args["modalities"].items():  # straight into the .npy files, block by block
+        matrix = np.lib.format.open_memmap(os.path.join(staging, f"{name}_feat.npy"), mode="w+",
+                                           dtype=np.float32, shape=(n_items, int(spec["dim"])))
+        _, signal_maps[f"{name}_signal_map"] = modality_features(rng, item_factors, spec, out=matrix)
+        matrix.flush()
+        del matrix
     if labels is None:
         write_atomic_inter(os.path.join(staging, f"{token}.inter"), rng, users, items)
         write_atomic_item(os.path.join(staging, f"{token}.item"), n_items)
     else:
         write_mmrec_inter(os.path.join(staging, f"{token}.inter"), users, items, labels)
-    for name, matrix in features.items():
-        np.save(os.path.join(staging, f"{name}_feat.npy"), matrix)
     np.savez(
         os.path.join(staging, FACTORS_FILE),
         user_factors=user_factors, item_factors=item_factors, popularity=popularity, **signal_maps,
