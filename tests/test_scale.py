@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from recbole_mm.data.synthetic import ensure_synthetic_dataset, modality_features, sample_interactions
+from recbole_mm.model.bm3 import BM3
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.freedom import FREEDOM
+from recbole_mm.model.lattice import LATTICE
 from recbole_mm.model.lirdrec import LIRDRec
+from recbole_mm.model.mgcn import MGCN
 from tests.conftest import REPO_ROOT, build_model, train_steps
 
 # the scale benchmark's arguments at a small size: same keys, same code path
@@ -87,6 +90,24 @@ def test_freedom_frozen_features_stay_fixed_and_leave_the_rest_trainable(run_con
             assert (not torch.equal(before[name], after[name])) == moves
         assert not torch.equal(before["image_projection.weight"], after["image_projection.weight"])
         assert not torch.equal(before["item_id_embedding"], after["item_id_embedding"])
+
+
+FEATURE_TABLES = {"FREEDOM": ("image_features", "text_features"), "BM3": "features.", "MGCN": "features.",
+                  "LATTICE": "raw_features."}
+
+
+@pytest.mark.parametrize("model_class", [FREEDOM, BM3, MGCN, LATTICE])
+def test_frozen_feature_tables_are_the_datasets_tensors_and_trainable_ones_copies(run_config, model_class):
+    """``trainable_features: False`` keeps no second copy of the catalogue's feature tables;
+    ``True`` fine-tunes a copy and leaves the dataset's features as loaded."""
+    for trainable in (True, False):
+        _, _, _, model = build_model(run_config(trainable_features=trainable), model_class)
+        prefix = FEATURE_TABLES[model_class.__name__]
+        tables = {name: p for name, p in model.named_parameters() if name.startswith(prefix)}
+        assert len(tables) == len(model.modality_features), model_class.__name__
+        sources = {m.data_ptr() for m in model.modality_features.values()}
+        shares = {name: p.data_ptr() in sources for name, p in tables.items()}
+        assert all(shares.values()) == (not trainable) and any(shares.values()) == (not trainable), shares
 
 
 def test_freedom_dragon_lirdrec_defaults_share_one_knn_cache_file(run_config, tmp_path):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
@@ -74,6 +75,16 @@ class MultiModalRecommender(GeneralRecommender):
         """Modality matrices joined along the feature axis, (n_items x Σd), in ``names`` order."""
         names = list(self.modality_features) if names is None else names
         return torch.cat([self.modality_features[name] for name in names], dim=1)
+
+    def feature_parameters(self, trainable):
+        """The modality matrices as parameters (name -> (n_items x d_m)). ``trainable`` (MMRec
+        fine-tunes its feature tables, ``trainable_features``): the model's own copies, so the
+        dataset keeps the features it loaded; frozen: the dataset's tensors themselves, no copy
+        (a catalogue of 100k x 4480 floats is 1.7 GB)."""
+        return nn.ParameterDict({
+            name: nn.Parameter(matrix.clone() if trainable else matrix, requires_grad=bool(trainable))
+            for name, matrix in self.modality_features.items()
+        })
 
     # ------------------------------------------------------------------ graphs
     @property

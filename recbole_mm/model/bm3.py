@@ -74,11 +74,7 @@ class BM3(MultiModalRecommender):
         self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
-        trainable = bool(config["trainable_features"])
-        self.features = nn.ParameterDict({
-            name: nn.Parameter(features.clone(), requires_grad=trainable)
-            for name, features in self.modality_features.items()
-        })
+        self.features = self.feature_parameters(config["trainable_features"])
         self.projections = nn.ModuleDict()
         for name, features in self.modality_features.items():
             self.projections[name] = nn.Linear(features.shape[1], d)

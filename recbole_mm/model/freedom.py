@@ -40,9 +40,8 @@ class FREEDOM(MultiModalRecommender):
 
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        trainable = bool(config["trainable_features"])
-        self.image_features = nn.Parameter(self.modality_features["image"].clone(), requires_grad=trainable)
-        self.text_features = nn.Parameter(self.modality_features["text"].clone(), requires_grad=trainable)
+        features = self.feature_parameters(config["trainable_features"])
+        self.image_features, self.text_features = features["image"], features["text"]
         self.image_projection = nn.Linear(self.image_features.shape[1], d)
         self.text_projection = nn.Linear(self.text_features.shape[1], d)
 

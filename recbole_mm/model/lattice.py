@@ -88,13 +88,7 @@ class LATTICE(MultiModalRecommender):
         users, items = interaction_edges(self.interaction_matrix)
         self.adjacency = ADJACENCY_NORMS[norm](users.to(self.device), items.to(self.device), self.n_users, self.n_items)
 
-        # trainable tables are the model's own copies (the dataset keeps the features it
-        # loaded); frozen ones share the dataset's tensors
-        trainable = bool(config["trainable_features"])
-        self.raw_features = nn.ParameterDict({
-            name: nn.Parameter(matrix.clone() if trainable else matrix, requires_grad=trainable)
-            for name, matrix in self.modality_features.items()
-        })
+        self.raw_features = self.feature_parameters(config["trainable_features"])
         self.projections = nn.ModuleDict({
             name: nn.Linear(matrix.shape[1], config["feat_embed_dim"])
             for name, matrix in self.modality_features.items()

@@ -62,11 +62,7 @@ class MGCN(MultiModalRecommender):
 
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        trainable = bool(config["trainable_features"])
-        self.features = nn.ParameterDict({
-            name: nn.Parameter(features.clone(), requires_grad=trainable)
-            for name, features in self.modality_features.items()
-        })
+        self.features = self.feature_parameters(config["trainable_features"])
         self.projections = nn.ModuleDict({
             name: nn.Linear(features.shape[1], d) for name, features in self.modality_features.items()
         })
