@@ -44,6 +44,7 @@ Backends:
 import ast
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -54,6 +55,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.files import atomic_write
 
 BACKENDS = ("local", "ray")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "quniform")
@@ -415,19 +417,21 @@ def write_tables(records, best, stem, valid_metric, title):
     header = (["trial", "key", "status", "selected"] + names + ["seed"]
               + [f"valid_{name}" for name in valid_names] + [f"test_{name}" for name in test_names] + ["time_s"])
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    with open(stem + ".csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for record in records:
-            writer.writerow(
-                [record.get("trial", ""), record["key"], record["status"], int(record["key"] == best_key)]
-                + [json.dumps(record["params"].get(name)) for name in names] + [record.get("seed")]
-                + [repr(record.get("valid", {}).get(name, "")) if name in record.get("valid", {}) else ""
-                   for name in valid_names]
-                + [repr(record.get("test", {}).get(name, "")) if name in record.get("test", {}) else ""
-                   for name in test_names]
-                + [record.get("time_s")]
-            )
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(header)
+    for record in records:
+        writer.writerow(
+            [record.get("trial", ""), record["key"], record["status"], int(record["key"] == best_key)]
+            + [json.dumps(record["params"].get(name)) for name in names] + [record.get("seed")]
+            + [repr(record.get("valid", {}).get(name, "")) if name in record.get("valid", {}) else ""
+               for name in valid_names]
+            + [repr(record.get("test", {}).get(name, "")) if name in record.get("test", {}) else ""
+               for name in test_names]
+            + [record.get("time_s")]
+        )
+    # rewritten after every trial: never leave a half-written table behind an interruption
+    atomic_write(stem + ".csv", lambda stream: stream.write(table.getvalue().encode("utf-8")))
 
     cutoff = valid_metric.lower().split("@")[1] if "@" in valid_metric else None
     shown = [name for name in test_names if "@" not in name or name.split("@")[1] == cutoff]
@@ -455,8 +459,8 @@ def write_tables(records, best, stem, valid_metric, title):
             cells += [f"failed: {reason[0][:80]}"] + [""] * (len(columns) - len(cells) - 2)
         cells.append(f"{record.get('time_s', 0):.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    with open(stem + ".md", "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    atomic_write(stem + ".md", lambda stream: stream.write(text.encode("utf-8")))
 
 
 def run_hyper(model, dataset, config_file_list=None, config_dict=None, hyper_parameters=None, params_file=None,
