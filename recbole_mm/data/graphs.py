@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_mm.files import atomic_torch_save
 from recbole_mm.errors import ConfigError
+from recbole_mm.files import atomic_torch_save
 
 DEGREE_EPS = 1e-7
 KNN_CACHE_VERSION = 2  # 2: header with shape, entry count and checksum

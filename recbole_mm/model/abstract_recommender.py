@@ -2,13 +2,13 @@
 
 import numpy as np
 import torch
-from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
+from torch import nn
 
 from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler, item_knn_graph, normalized_adjacency
-from recbole_mm.files import AUTO_CACHE, resolve_cache_dir
 from recbole_mm.errors import ConfigError
+from recbole_mm.files import AUTO_CACHE, resolve_cache_dir
 from recbole_mm.model.loss import BPRLoss
 
 

@@ -7,9 +7,9 @@ import importlib
 
 from recbole.utils import ModelType
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.trainer.guider import GUIDERTrainer
 from recbole_mm.trainer.trainer import MultiModalTrainer
-from recbole_mm.errors import ConfigError
 
 __all__ = ["GUIDERTrainer", "MultiModalTrainer", "get_trainer"]
 
