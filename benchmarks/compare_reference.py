@@ -2,9 +2,9 @@
 data folder, same fixed hyper-parameters, run AT THE SAME TIME (two processes, one CPU thread
 each), one markdown table.
 
-    python benchmarks/compare_reference.py --reference /work/.mirror/enoche+MMRec/repo \\
+    python benchmarks/compare_reference.py --reference <MMRec checkout> \\
         --model FREEDOM --data dataset/synthetic --set dropout=0.8 --set reg_weight=0.0001 \\
-        --out results/reference/synthetic.md
+        --seeds 999 1000 1001 --out results/reference/synthetic.md
 
 ``--reference``: an MMRec checkout (the directory holding ``src/``, ``src/`` itself, or the bare
 git directory, whose HEAD is exported with ``git archive``), a repository in MMRec's layout
@@ -50,19 +50,21 @@ REPO = os.path.dirname(HERE)
 DEFAULT_REF_PYTHON = "/work/refvenv/bin/python"
 
 # reference code in MMRec's layout that is not MMRec itself, by model (the table's label)
-REFERENCE_OWNER = {"LIRDRec": "enoche/LIRDRec"}
+REFERENCE_OWNER = {"LIRDRec": "enoche/LIRDRec", "MENTOR": "Jinfeng-Xu/MENTOR", "COHESION": "Jinfeng-Xu/COHESION"}
 # MMRec key -> our key, per model, where the names differ.
 KEY_MAP = {
     "DRAGON": {"n_layers": "n_ui_layers"},
 }
 # models whose MMRec version reads user_graph_dict.npy (built offline there; here by user_graph_dict)
-USER_GRAPH_MODELS = ("DRAGON", "DualGNN", "VLIF")
+USER_GRAPH_MODELS = ("DRAGON", "DualGNN", "VLIF", "MENTOR", "COHESION")
 # models whose reference hard-codes the feature widths: {model: (image width, text width)}; other
 # widths are brought to these by a fixed random projection (see fixed_width_features)
 FEATURE_WIDTHS = {"VLIF": (384, 384)}
 # MMRec grid keys with no counterpart on our side (passed to MMRec only).
 REFERENCE_ONLY = {"DRAGON": {"aggr_mode"}, "VLIF": {"aggr_mode", "k", "u_layers"}, "MMGCN": {"aggr_mode", "concat"}, "GRCN": {"aggr_mode"}}
-METRICS = ("recall@20", "ndcg@20")
+# MMRec's helper package, and its name in the Jinfeng-Xu forks (MENTOR, COHESION)
+MMREC_UTILS = ("utils", "utils_package")
+METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRAIN_LINE = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s")
 EVAL_LINE = re.compile(r"epoch (\d+) evaluating \[time: ([\d.]+)s, valid_score: ([\d.eE+-]+|nan)\]")
@@ -179,9 +181,9 @@ def epochs_to_best(valid_scores):
 
 def summarise(side, log, valid, test, rss_kb, status):
     mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
-    return {"side": side, "status": status,
-            "valid_recall@20": (valid or {}).get("recall@20"), "valid_ndcg@20": (valid or {}).get("ndcg@20"),
-            "test_recall@20": (test or {}).get("recall@20"), "test_ndcg@20": (test or {}).get("ndcg@20"),
+    scores = {f"{split}_{metric}": (result or {}).get(metric)
+              for split, result in (("valid", valid), ("test", test)) for metric in METRICS}
+    return {"side": side, "status": status, **scores,
             "epochs_to_best": epochs_to_best(log["valid_scores"]), "epochs_run": len(log["train_seconds"]),
             "train_epoch_s": mean(log["train_seconds"]), "eval_s": mean(log["eval_seconds"]),
             "peak_rss_mb": rss_kb / 1024 if rss_kb else None}
@@ -202,6 +204,8 @@ def format_cell(key, value):
         return f"{value:.3f}"
     if key == "peak_rss_mb":
         return f"{value:.0f}"
+    if isinstance(value, float):  # epochs averaged over seeds
+        return f"{value:.1f}"
     return str(value)
 
 
@@ -209,7 +213,7 @@ def markdown_table(rows):
     lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(format_cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(format_mean_cell(key, row) for key, _ in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -269,12 +273,12 @@ def export_reference(path, workdir, branch=None):
             tar.extractall(target, filter="data")
     elif os.path.isdir(os.path.join(path, "src")) or os.path.isdir(os.path.join(path, "codes")):
         shutil.copytree(path, target, ignore=shutil.ignore_patterns(".git", "data", "log", "saved"))
-    elif os.path.isfile(os.path.join(path, "utils", "quick_start.py")):
+    elif any(os.path.isfile(os.path.join(path, package, "quick_start.py")) for package in MMREC_UTILS):
         shutil.copytree(path, os.path.join(target, "src"), ignore=shutil.ignore_patterns("log", "saved"))
     else:
         raise ValueError(f"--reference {path}: neither an MMRec checkout (src/), MMRec's src/, "
                          "a MICRO checkout (codes/) nor a bare git directory")
-    if os.path.isfile(os.path.join(target, "src", "utils", "quick_start.py")):
+    if any(os.path.isfile(os.path.join(target, "src", package, "quick_start.py")) for package in MMREC_UTILS):
         return "mmrec", os.path.join(target, "src")
     if os.path.isfile(os.path.join(target, "codes", "main.py")):
         return "micro", os.path.join(target, "codes")
@@ -513,6 +517,37 @@ def run(args):
     return rows, meta
 
 
+NUMERIC = tuple(key for key, _ in COLUMNS if key not in ("side", "status"))
+
+
+def mean_over_seeds(per_seed):
+    """One row per side from the rows of several seeds (each seed's run = a list of side rows,
+    the sides in the same order): each number is the mean over the seeds where it exists, with
+    ``<key>_std`` (sample standard deviation) beside it and the seeds' own values under
+    ``per_seed``; the status is "ok" only when every seed's is."""
+    merged = []
+    for side_rows in zip(*per_seed):
+        row = {"side": side_rows[0]["side"], "seeds": len(side_rows), "per_seed": list(side_rows)}
+        failed = [r["status"] for r in side_rows if r["status"] != "ok"]
+        row["status"] = "ok" if not failed else failed[0]
+        numbers = {k for r in side_rows for k, v in r.items() if isinstance(v, (int, float)) and k != "seeds"}
+        for key in sorted(numbers | {k for k in NUMERIC if k in side_rows[0]}):
+            values = [r[key] for r in side_rows if r.get(key) is not None]
+            row[key] = float(np.mean(values)) if values else None
+            row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        merged.append(row)
+    return merged
+
+
+def format_mean_cell(key, row):
+    """``0.3521 ± 0.0040`` for a row averaged over seeds; the plain cell otherwise."""
+    cell = format_cell(key, row.get(key))
+    std = row.get(f"{key}_std")
+    if std is None or cell == "-":
+        return cell
+    return f"{cell} ± {format_cell(key, std)}"
+
+
 def report(args, rows, meta, argv):
     table = markdown_table(rows)
     print(table)
@@ -547,6 +582,9 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed value, both sides")
     parser.add_argument("--epochs", type=int, default=None, help="epoch cap, both sides")
     parser.add_argument("--seed", type=int, default=999)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="several seeds, one after another (both sides at once per seed); the table gives "
+                             "each side's mean ± std over them")
     parser.add_argument("--ref-branch", default=None, help="branch (or commit) of a bare git --reference (default HEAD)")
     parser.add_argument("--ref-name", default=None, help="the reference's name in the table (default MMRec / MICRO)")
     parser.add_argument("--stopping-step", type=int, default=20, help="early-stopping patience, both sides")
@@ -561,12 +599,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.only != "ours" and not args.reference:
         parser.error("--reference is needed unless --only ours")
-    rows, meta = run(args)
-    report(args, rows, meta, argv)
-    if args.keep or any(row["status"] != "ok" for row in rows):
-        print(f"(files kept in {meta['workdir']})", file=sys.stderr)
-    else:
-        shutil.rmtree(meta["workdir"], ignore_errors=True)
+    per_seed = []
+    for seed in args.seeds or [args.seed]:
+        args.seed = seed
+        rows, meta = run(args)
+        per_seed.append(rows)
+        if args.keep or any(row["status"] != "ok" for row in rows):
+            print(f"(seed {seed}: files kept in {meta['workdir']})", file=sys.stderr)
+        else:
+            shutil.rmtree(meta["workdir"], ignore_errors=True)
+        if len(per_seed) > 1 or args.seeds:
+            print(f"seed {seed}:\n{markdown_table(rows)}", file=sys.stderr)
+    meta["seeds"] = args.seeds or [args.seed]
+    report(args, mean_over_seeds(per_seed) if args.seeds else per_seed[0], meta, argv)
 
 
 if __name__ == "__main__":

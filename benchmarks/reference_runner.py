@@ -13,7 +13,8 @@ Compatibility shims, applied here at run time (MMRec's files are never edited):
 - names numpy 2 removed (``np.float`` / ``np.int`` / ``np.bool`` / ``np.object``, ``np.float_``,
   ``np.asfarray``, ``np.NaN``, ...) are put back as what they aliased;
 - modules MMRec imports but never uses with pre-extracted features (``lmdb``,
-  ``matplotlib.pyplot``, ``PIL``, ``torchvision``) are stubbed when absent;
+  ``matplotlib.pyplot``, ``PIL``, ``torchvision``; COHESION's unused ``torch_sparse``) are
+  stubbed when absent;
 - ``scipy.sparse.dok_matrix._update`` (removed in scipy 1.13; FREEDOM / BM3 / LayerGCN build
   their adjacency with it) is put back as a bulk update of the matrix's entries;
 - ``torch_scatter`` (no wheel for this torch), when absent, is a module of ours with the two
@@ -30,13 +31,15 @@ Compatibility shims, applied here at run time (MMRec's files are never edited):
   return the object on the CPU.
 """
 import builtins
+import importlib
 import json
 import os
 import sys
 import types
 
-# imported by MMRec for raw images / plots only (never with pre-extracted features)
-STUBBED = ("lmdb", "matplotlib", "matplotlib.pyplot", "PIL", "PIL.Image", "torchvision", "torchvision.transforms",
+# imported by MMRec for raw images / plots only (never with pre-extracted features); torch_sparse
+# is imported, never used, by Jinfeng-Xu/COHESION
+STUBBED = ("lmdb", "torch_sparse", "matplotlib", "matplotlib.pyplot", "PIL", "PIL.Image", "torchvision", "torchvision.transforms",
            "torchvision.transforms.functional")
 
 
@@ -143,7 +146,10 @@ def _missing(name, attr):
 # Parameters MMRec creates as ``nn.Parameter(...).to(device)``: on CUDA ``.to`` returns a plain
 # tensor (unregistered, untrained, later overwritten in forward); on the CPU it returns the
 # registered Parameter itself, and the overwrite fails. Made plain tensors, as on CUDA.
-GPU_PLAIN_TENSORS = {"DRAGON": ("result_embed",), "DualGNN": ("result_embed",), "VLIF": ("result_embed",)}
+GPU_PLAIN_TENSORS = {"DRAGON": ("result_embed",), "DualGNN": ("result_embed",), "VLIF": ("result_embed",),
+                     "COHESION": ("result_embed",),
+                     "MENTOR": ("result_embed", "result_embed_guide", "result_embed_v", "result_embed_t",
+                                "result_embed_n1", "result_embed_n2")}
 
 
 def cuda_parity(get_model):
@@ -174,14 +180,15 @@ def main(src_dir, model, dataset, config_json):
     config_dict = json.loads(config_json)
     # MMRec reads configs/ from the working directory; forks that read src/configs/ (dangkh/VIRAL)
     # run from the directory above src/
-    with open(os.path.join(src_dir, "utils", "configurator.py")) as handle:
+    # MMRec's helpers are the package utils/; the Jinfeng-Xu forks (MENTOR, COHESION) name it utils_package/
+    package = "utils" if os.path.isdir(os.path.join(src_dir, "utils")) else "utils_package"
+    with open(os.path.join(src_dir, package, "configurator.py")) as handle:
         from_parent = "'src/configs'" in handle.read()
     os.chdir(os.path.dirname(os.path.abspath(src_dir)) if from_parent else src_dir)
     sys.path.insert(0, src_dir)
-    import utils.quick_start
-
-    utils.quick_start.get_model = cuda_parity(utils.quick_start.get_model)
-    utils.quick_start.quick_start(model=model, dataset=dataset, config_dict=config_dict, save_model=False)
+    quick_start = importlib.import_module(f"{package}.quick_start")
+    quick_start.get_model = cuda_parity(quick_start.get_model)
+    quick_start.quick_start(model=model, dataset=dataset, config_dict=config_dict, save_model=False)
 
 
 def main_micro(codes_dir, *argv):

@@ -69,6 +69,24 @@ def test_table_rows_and_missing_values():
     assert table[3].startswith("| recbole_mm VBPR | - | - |")
 
 
+def test_seeds_are_averaged_per_side_with_their_spread():
+    def row(side, recall, seconds, status="ok"):
+        return {"side": side, "status": status, "valid_recall@20": recall, "test_recall@20": None,
+                "train_epoch_s": seconds, "epochs_run": 10}
+
+    runs = [[row("MMRec X", 0.30, 1.0), row("recbole_mm X", 0.31, 0.5)],
+            [row("MMRec X", 0.34, 3.0), row("recbole_mm X", 0.29, 0.7, status="exit 1")]]
+    reference, ours = compare.mean_over_seeds(runs)
+    assert reference["side"] == "MMRec X" and reference["seeds"] == 2 and reference["status"] == "ok"
+    assert reference["valid_recall@20"] == pytest.approx(0.32)
+    assert reference["valid_recall@20_std"] == pytest.approx(np.std([0.30, 0.34], ddof=1))
+    assert reference["train_epoch_s"] == pytest.approx(2.0) and reference["test_recall@20"] is None
+    assert ours["status"] == "exit 1" and ours["valid_recall@20"] == pytest.approx(0.30)
+    assert [r["valid_recall@20"] for r in ours["per_seed"]] == [0.31, 0.29]
+    line = compare.markdown_table([reference]).splitlines()[2]
+    assert line.startswith("| MMRec X | 0.3200 ± 0.0283 | - | - |") and "| 10.0 ± 0.0 | 2.000 ± 1.414 |" in line
+
+
 def test_config_split():
     fixed = compare.parse_sets(["n_layers=3", "aggr_mode='mean'", "learning_rate=1e-3"])
     assert fixed == {"n_layers": 3, "aggr_mode": "mean", "learning_rate": 0.001}
@@ -107,6 +125,12 @@ def test_reference_layouts_and_data_folder(tmp_path):
         assert root.startswith(str(work))  # a copy: their tree is never written to
     with pytest.raises(ValueError, match="--reference"):
         compare.export_reference(str(tmp_path / "work_src"), str(tmp_path / "elsewhere"))
+    fork = tmp_path / "MENTOR"  # the Jinfeng-Xu forks name MMRec's utils/ utils_package/
+    (fork / "src" / "utils_package").mkdir(parents=True)
+    (fork / "src" / "utils_package" / "quick_start.py").write_text("")
+    (tmp_path / "work_fork").mkdir()
+    kind, root = compare.export_reference(str(fork), str(tmp_path / "work_fork"))
+    assert kind == "mmrec" and os.path.isfile(os.path.join(root, "utils_package", "quick_start.py"))
 
     folder = tmp_path / "tiny"
     folder.mkdir()
