@@ -245,6 +245,7 @@ def value_checks():
     models only (RecBole's models give some of these names other meanings). ``~`` passes unless
     the rule is :func:`required`. (Built on first use: the choices come from the modules.)"""
     from recbole_mm.data import EVAL_PROTOCOLS
+    from recbole_mm.data.dataloader import TRAIN_SAMPLINGS
     from recbole_mm.model.layers import DCT_MODES
     from recbole_mm.model.lattice import ADJACENCY_NORMS, CF_MODELS
     from recbole_mm.model.vlif import FUSIONS
@@ -275,6 +276,7 @@ def value_checks():
         "learning_rate_scheduler": sequence(number(), length=2),
         "optimizer_impl": choice(OPTIMIZER_IMPLS),
         "eval_protocol": choice(EVAL_PROTOCOLS),
+        "train_sampling": choice(TRAIN_SAMPLINGS),
         "noise_ratio": number(0, 1, high_open=True),
         "cold_start_items": sequence(number(0, 1, low_open=True, high_open=True), length=2),
         "denoise": choice(DENOISE_MODES),

@@ -9,6 +9,7 @@ from recbole.data import data_preparation as recbole_data_preparation
 from recbole.data.utils import get_dataloader, load_split_dataloaders, save_split_dataloaders
 from recbole.utils import ModelType, set_color
 
+from recbole_mm.data.dataloader import TRAIN_SAMPLINGS, UserSampledTrainDataLoader
 from recbole_mm.data.dataset import DatasetNotFoundError, MultiModalDataset
 from recbole_mm.data.modality import FeatureFileError
 from recbole_mm.data.sampler import create_samplers
@@ -42,6 +43,8 @@ def data_preparation(config, dataset):
       negatives are drawn among the items that occur in the train split (RecBole: all
       items), still redrawn while in the user's train history.
     - The train sampler's rejection test is vectorised (same negatives).
+    - ``train_sampling: user`` batches distinct users instead of interactions (see
+      :func:`train_loader`).
 
     The first three are set on the train split's
     :class:`~recbole_mm.data.sampler.MultiModalSampler`; ``save_dataloaders`` saves the
@@ -72,7 +75,7 @@ def data_preparation(config, dataset):
         if excluded:
             train_sampler.exclude_from_negatives(np.unique(np.concatenate(excluded)))
         train_sampler.vectorise_rejection()
-    train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
+    train_data = train_loader(config, train_dataset, train_sampler)
     valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
     test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
     if protocol == "mmrec":
@@ -86,6 +89,18 @@ def data_preparation(config, dataset):
         set_color("[Evaluation]: ", "pink") + f"eval_batch_size = [{config['eval_batch_size']}] "
         f"eval_args: [{config['eval_args']}]")
     return train_data, valid_data, test_data
+
+
+def train_loader(config, train_dataset, train_sampler):
+    """RecBole's train loader (``train_sampling: interaction``: every train interaction once per
+    epoch), or batches of distinct users (``user``: :class:`~recbole_mm.data.dataloader.
+    UserSampledTrainDataLoader`, the LATTICE / MICRO authors' sampler)."""
+    sampling = config["train_sampling"] or "interaction"
+    if sampling not in TRAIN_SAMPLINGS:
+        raise ConfigError(f"train_sampling must be one of {list(TRAIN_SAMPLINGS)}, got {sampling!r}")
+    if sampling == "user":
+        return UserSampledTrainDataLoader(config, train_dataset, train_sampler, shuffle=True)
+    return get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
 
 
 def mask_train_history_only(eval_data, train_users, train_items, n_users):
