@@ -489,6 +489,7 @@ def run(args):
     kind, src = export_reference(args.reference, workdir, args.ref_branch) if args.reference else (None, None)
     grid = mmrec_grid(src, args.model) if kind == "mmrec" else {}
     ref_values, our_values, unresolved = split_configs(args.model, fixed, list(grid), our_defaults(args.model, data[1]))
+    our_values.update(parse_sets(args.ours_set))
     meta = {"workdir": workdir, "reference_kind": kind, "reference_branch": args.ref_branch,
             "feature_files": args.feature_files, "reference_values": ref_values, "our_values": our_values,
             "grid_left": {key: grid[key][:1] for key in unresolved}}
@@ -580,6 +581,8 @@ def main(argv=None):
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True, help="folder in MMRec layout: <name>.inter + image/text_feat.npy")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed value, both sides")
+    parser.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a value for our side only (a switch the reference has no key for, e.g. train_sampling=user)")
     parser.add_argument("--epochs", type=int, default=None, help="epoch cap, both sides")
     parser.add_argument("--seed", type=int, default=999)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,

@@ -18,9 +18,11 @@ MIN_EPOCHS_FOR_FIDELITY = 20
 
 
 def switches(record):
-    """The ``--set`` pairs of a run (and its ``--ref-branch``), as one string (empty when none)."""
+    """The ``--set`` and ``--ours-set`` pairs of a run (and its ``--ref-branch``), as one string
+    (empty when none)."""
     command = record["command"]
     pairs = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    pairs += [f"ours: {command[i + 1]}" for i, word in enumerate(command) if word == "--ours-set"]
     return " ".join(pairs + [f"ref-branch={command[i + 1]}" for i, word in enumerate(command) if word == "--ref-branch"])
 
 
