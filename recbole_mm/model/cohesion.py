@@ -220,5 +220,5 @@ class COHESION(MultiModalRecommender):
         user_all, item_all = self.forward()
         pos, neg, _ = adaptive_block_scores(user_all[users], item_all[interaction[self.ITEM_ID]],
                                             item_all[interaction[self.NEG_ITEM_ID]], len(self.branches))
-        # −mean log₂ σ: the BPR module's natural log / ln 2, so that a denoising loss installed in its place applies
+        # −mean log₂ σ: the BPR module's natural log / ln 2 (a denoising loss installed in its place applies)
         return self.bpr_loss(pos, neg) / math.log(2.0) + self.regularisation(users)
