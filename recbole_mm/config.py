@@ -369,6 +369,7 @@ def value_checks():
         "fusion_checkpoint": boolean(),
         "grcn_routing_quirk": boolean(),
         "mmgcn_frozen_quirk": boolean(),
+        "cohesion_detach_id_quirk": boolean(),
         "modality_latent_dim": mapping(),
     }
     return {"recbole": recbole, "plugin": plugin, "model": model}

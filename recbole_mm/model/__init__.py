@@ -6,6 +6,7 @@ file adds its import and its name in ``__all__``."""
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.bm3 import BM3
 from recbole_mm.model.clipmlp import CLIPMLP
+from recbole_mm.model.cohesion import COHESION
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
@@ -22,6 +23,7 @@ __all__ = [
     "MultiModalRecommender",
     "BM3",
     "CLIPMLP",
+    "COHESION",
     "DRAGON",
     "FREEDOM",
     "GRCN",

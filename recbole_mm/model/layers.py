@@ -271,3 +271,33 @@ def dct_features(matrix, mode="1d"):
 def inverse_dct_features(matrix, mode="1d"):
     """Inverse of :func:`dct_features`."""
     return _dct_transform(matrix, mode, inverse=True)
+
+
+# ---------------------------------------------------------------------------- layer-refined GCN
+def layer_refined_propagate(adjacency, ego, n_layers, include_ego=True):
+    r"""LayerGCN's layer-refined propagation (Zhou et al., ICDE 2023; MMRec ``layergcn.py``),
+    also COHESION's user–item GCN.
+
+    Each layer propagates the previous (refined) layer and rescales every row by its cosine
+    to the ego embedding:
+
+    :math:`E^{(l)} = \mathrm{diag}\big(\cos(\hat A E^{(l-1)}, E^{(0)})\big)\, \hat A E^{(l-1)}`,
+    the cosine taken row-wise (``F.cosine_similarity``: a zero row scores 0).
+
+    Args:
+        adjacency: sparse (N x N) normalised adjacency, or a :class:`FrozenSparse` of one.
+        ego: dense (N x d) layer-0 embeddings :math:`E^{(0)}`.
+        n_layers: L.
+        include_ego: ``True`` sums layers 0..L (COHESION), ``False`` layers 1..L (LayerGCN).
+
+    Returns:
+        dense (N x d) tensor (zeros when L = 0 and ``include_ego`` is False).
+    """
+    product = adjacency.mm if isinstance(adjacency, FrozenSparse) else lambda x: torch.sparse.mm(adjacency, x)
+    layer = ego
+    total = ego if include_ego else torch.zeros_like(ego)
+    for _ in range(n_layers):
+        layer = product(layer)
+        layer = nn.functional.cosine_similarity(layer, ego, dim=-1).unsqueeze(1) * layer
+        total = total + layer
+    return total
