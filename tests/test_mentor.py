@@ -7,7 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recbole.data.interaction import Interaction
+
 from recbole_mm.model.mentor import MENTOR
+from recbole_mm.trainer import GUIDERTrainer
 from tests.conftest import REPO_ROOT, build_model, train_each, train_steps
 
 
@@ -316,7 +319,6 @@ def test_eval_forward_is_deterministic_noise_free_and_scores_by_dot_product(run_
         again = model.forward()
         assert torch.equal(users, again[0]) and torch.equal(items, again[1])
         batch_users = torch.tensor([1, 5, 17])
-        from recbole.data.interaction import Interaction
         scores = model.full_sort_predict(Interaction({model.USER_ID: batch_users}))
     assert torch.allclose(scores.view(3, -1), users[batch_users] @ items.T, atol=1e-5)
 
@@ -324,4 +326,19 @@ def test_eval_forward_is_deterministic_noise_free_and_scores_by_dot_product(run_
 def test_mentor_trains_as_a_guider_student(tmp_path):
     run = train_each(tmp_path, ["MENTOR"], "synthetic", [os.path.join(REPO_ROOT, "properties", "guider.yaml")],
                      epochs=1, guider_teacher_pretrain_epochs=1)["MENTOR"]
+    assert isinstance(run["trainer"], GUIDERTrainer) and run["trainer"].teacher_epochs == 2
     assert 0.0 <= run["test_result"]["recall@20"] <= 1.0
+
+
+def test_chunked_info_nce_equals_the_dense_infonce_in_value_and_gradient():
+    from recbole_mm.model.loss import chunked_info_nce
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(53, 8, generator=generator, requires_grad=True)
+    b = torch.randn(53, 8, generator=generator, requires_grad=True)
+    reference = dense_info_nce(a, b, 0.4)
+    for chunk in (7, 53, 100):  # several chunks (checkpointed), one, and the plain path
+        value = chunked_info_nce(a, b, 0.4, chunk_size=chunk)
+        assert value.item() == pytest.approx(reference.item(), rel=1e-6)
+        got, want = torch.autograd.grad(value, [a, b]), torch.autograd.grad(reference, [a, b], retain_graph=True)
+        assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want))

@@ -29,7 +29,9 @@ Training adds (all in :meth:`MENTOR.calculate_loss`):
   (:func:`~recbole_mm.model.layers.perturbed_propagate`, ε = ``perturbation_eps`` = 0.1), fused
   and item-graph-enhanced like the main view; :math:`\mathcal L_g = \mathrm{InfoNCE}(u^{(1)},
   u^{(2)}) + \mathrm{InfoNCE}(i^{(1)}, i^{(2)})` over **all** users and **all** items (cosine,
-  τ = ``ssl_temperature``; the reference's ``temp``), weight ``mask_weight_g``;
+  τ = ``ssl_temperature``; the reference's ``temp``), weight ``mask_weight_g``; computed 4096
+  anchors at a time with recomputation in backward
+  (:func:`~recbole_mm.model.loss.chunked_info_nce`), so memory stays O(4096 x n), not O(n²);
 - **feature masking** (:func:`feature_masking_loss`), on the final u and i:
   :math:`\mathcal L_f = \sum_{X \in \{U, I\}} 1 - \mathrm{mean}_r \cos(\mathrm{dropout}_p(X_r),
   W X_r + b)`, with a Linear (2d -> 2d) and p = ``dropout`` = 0.5, weight ``mask_weight_f``;
@@ -73,7 +75,7 @@ import torch.nn.functional as F
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.layers import ModalityGCN, perturbed_propagate, propagate
-from recbole_mm.model.loss import info_nce
+from recbole_mm.model.loss import chunked_info_nce
 
 
 def gaussian_moments(matrix):
@@ -200,8 +202,8 @@ class MENTOR(DRAGON):
     def perturbation_term(self):
         """InfoNCE between the two noisy views over all users plus over all items."""
         (users_1, items_1), (users_2, items_2) = self.perturbed_views()
-        return (info_nce(users_1[1:], users_2[1:], self.ssl_temperature)
-                + info_nce(items_1[1:], items_2[1:], self.ssl_temperature))
+        return (chunked_info_nce(users_1[1:], users_2[1:], self.ssl_temperature)
+                + chunked_info_nce(items_1[1:], items_2[1:], self.ssl_temperature))
 
     def calculate_loss(self, interaction):
         users_in_batch = interaction[self.USER_ID]
