@@ -167,12 +167,13 @@ class MENTOR(DRAGON):
         return tuple(views)
 
     def doubled_view(self, users, items):
-        """A single modality as a fused-width matrix: [[m_u ‖ m_u] ; [m_i ‖ m_i] + G^L [m_i ‖ m_i]]
-        ((U + I) x 2d; the reference's guide / v / t representations, users unweighted)."""
+        """A single modality at the fused width: users [m_u ‖ m_u] (unweighted), items
+        [m_i ‖ m_i] + G^L [m_i ‖ m_i]; (U x 2d), (I x 2d) (the reference's guide / v / t
+        representations)."""
         copies = len(self.branches)
         items = torch.cat([items] * copies, dim=1)
-        items = items + propagate(self.item_graph, items, self.n_mm_layers, combine="last")
-        return torch.cat([torch.cat([users] * copies, dim=1), items], dim=0)
+        return torch.cat([users] * copies, dim=1), items + propagate(self.item_graph, items, self.n_mm_layers,
+                                                                     combine="last")
 
     def without_padding(self, users, items):
         """Users and items without RecBole's padding row 0, stacked: (U - 1 + I - 1) x D."""
@@ -184,9 +185,7 @@ class MENTOR(DRAGON):
         id_users, id_items = torch.split(self.id_branch(self.adjacency, self.id_feat), [self.n_users, self.n_items])
         views = [(id_users, id_items)] + [outputs[name] for name in self.branches]
         matrices = [self.without_padding(users, items)]
-        for view_users, view_items in views:
-            doubled = self.doubled_view(view_users, view_items)
-            matrices.append(torch.cat([doubled[1:self.n_users], doubled[self.n_users + 1:]], dim=0))
+        matrices += [self.without_padding(*self.doubled_view(*view)) for view in views]
         return alignment_loss(matrices)
 
     def masking_term(self, users, items):
