@@ -343,6 +343,7 @@ def value_checks():
         "weight_size": sequence(count),
         "user_graph_k": count,
         "user_graph_stored": count,
+        "user_graph_sampling": choice(["resample", "fixed"]),
         "cf_model": choice(CF_MODELS),
         "adjacency_norm": choice(sorted(ADJACENCY_NORMS)),
         "dct_mode": choice(DCT_MODES),
@@ -370,6 +371,13 @@ def value_checks():
         "grcn_routing_quirk": boolean(),
         "mmgcn_frozen_quirk": boolean(),
         "cohesion_detach_id_quirk": boolean(),
+        "align_weight": non_negative,
+        "mask_weight_f": non_negative,
+        "mask_weight_g": non_negative,
+        "perturbation_eps": non_negative,
+        "mentor_mask_no_grad_quirk": boolean(),
+        "mentor_shared_perturbed_encoder": boolean(),
+        "mentor_user_graph": boolean(),
         "modality_latent_dim": mapping(),
     }
     return {"recbole": recbole, "plugin": plugin, "model": model}

@@ -12,6 +12,7 @@ from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
 from recbole_mm.model.lattice import LATTICE
 from recbole_mm.model.lirdrec import LIRDRec
+from recbole_mm.model.mentor import MENTOR
 from recbole_mm.model.mgcn import MGCN
 from recbole_mm.model.micro import MICRO
 from recbole_mm.model.mmgcn import MMGCN
@@ -29,6 +30,7 @@ __all__ = [
     "GRCN",
     "LATTICE",
     "LIRDRec",
+    "MENTOR",
     "MGCN",
     "MICRO",
     "MMGCN",

@@ -158,4 +158,41 @@ def install_denoising_loss(model, loss_module):
     return replaced
 
 
-__all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss"]
+
+
+def _info_nce_rows(anchor_rows, rows, positive):
+    """Per-row InfoNCE of L2-normalised, temperature-scaled anchors (B x d) against all rows of
+    the L2-normalised ``positive`` (n x d); row ``rows[b]`` is the positive of anchor b."""
+    logits = anchor_rows @ positive.T
+    return torch.logsumexp(logits, dim=1) - logits[torch.arange(len(rows), device=rows.device), rows]
+
+
+def chunked_info_nce(anchor, positive, temperature=0.2, chunk_size=4096):
+    r""":func:`info_nce` (one direction, every row of ``positive`` a candidate) in bounded memory
+    for large n: anchors are taken ``chunk_size`` rows at a time and, with more than one chunk,
+    each chunk's (chunk x n) logits are recomputed in the backward pass (activation
+    checkpointing) instead of kept, so memory is O(chunk x n) instead of O(n x n). Same value
+    and gradients as :func:`info_nce` (up to float rounding); with n <= ``chunk_size`` it is
+    :func:`info_nce`. MENTOR's graph-perturbation terms run over all users / all items.
+
+    Args:
+        anchor, positive: (n x d) tensors.
+
+    Returns:
+        scalar tensor.
+    """
+    n_rows = anchor.shape[0]
+    if n_rows <= chunk_size:
+        return info_nce(anchor, positive, temperature)
+    anchor, positive = F.normalize(anchor, dim=1) / temperature, F.normalize(positive, dim=1)
+    rows = torch.arange(n_rows, device=anchor.device)
+    total = anchor.new_zeros(())
+    for start in range(0, n_rows, chunk_size):
+        stop = min(start + chunk_size, n_rows)
+        losses = checkpoint(_info_nce_rows, anchor[start:stop], rows[start:stop], positive, use_reentrant=False)
+        total = total + losses.sum()
+    return total / n_rows
+
+
+__all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss",
+           "chunked_info_nce"]
