@@ -10,6 +10,7 @@ from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
 from recbole_mm.model.lattice import LATTICE
+from recbole_mm.model.lgmrec import LGMRec
 from recbole_mm.model.lirdrec import LIRDRec
 from recbole_mm.model.mgcn import MGCN
 from recbole_mm.model.micro import MICRO
@@ -26,6 +27,7 @@ __all__ = [
     "FREEDOM",
     "GRCN",
     "LATTICE",
+    "LGMRec",
     "LIRDRec",
     "MGCN",
     "MICRO",

@@ -158,4 +158,26 @@ def install_denoising_loss(model, loss_module):
     return replaced
 
 
-__all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss"]
+def table_info_nce(anchor, table, targets, temperature=0.2, reduction="sum"):
+    r"""InfoNCE of a batch of anchors against a whole table of candidates: the positive of
+    anchor i is ``table[targets[i]]``, and every row of ``table`` (the positive included) is in
+    its denominator (LGMRec's triple loss: negatives are all users / all items, not the batch).
+
+    :math:`\mathcal L = -\sum_i \log \frac{\exp(\cos(a_i, t_{y_i})/\tau)}{\sum_j \exp(\cos(a_i, t_j)/\tau)}`
+    (``reduction="sum"``; ``"mean"`` divides by B).
+
+    Args:
+        anchor: (B x d) tensor.
+        table: (N x d) tensor of candidates.
+        targets: int64 (B,) rows of ``table``.
+        temperature: :math:`\tau`.
+
+    Returns:
+        scalar tensor.
+    """
+    logits = (F.normalize(anchor, dim=1) / temperature) @ F.normalize(table, dim=1).T
+    return F.cross_entropy(logits, targets, reduction=reduction)
+
+
+__all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss",
+           "table_info_nce"]
