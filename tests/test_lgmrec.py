@@ -137,11 +137,17 @@ def test_eval_views_are_the_noise_free_softmax_without_dropout(run_config):
     assert torch.allclose(views["text"], expected_views["text"], atol=1e-5)
 
 
-def test_training_draws_gumbel_noise_and_dropout(run_config):
+def test_training_draws_gumbel_noise_and_dropout(run_config, monkeypatch):
     _, _, model = build(run_config)
     model.train()
     first, second = model.views()[1]["image"], model.views()[1]["image"]
     assert not torch.allclose(first, second)
+    with monkeypatch.context() as patch:  # Gumbel noise fixed: the views still differ by the dropout masks
+        patch.setattr(lgmrec_module.F, "gumbel_softmax", fixed_gumbel_softmax)
+        assert not torch.allclose(model.views()[1]["text"], model.views()[1]["text"])
+        model.assignment_dropout.p = 0.0
+        assert torch.equal(model.views()[1]["text"], model.views()[1]["text"])
+        model.assignment_dropout.p = 0.5
     assignments = model.hyperedge_assignments()["image"][1]
     assert torch.allclose(assignments[1:].sum(1), torch.ones(model.n_items - 1), atol=1e-5)
     assert assignments[0].abs().sum() == 0, "the padding item joins no hyperedge"
