@@ -257,6 +257,12 @@ def test_user_assignment_quirk_is_the_authors_pre_fix_user_assignments(run_confi
         build(run_config, lgmrec_user_assignment_quirk=True, modalities=["text"])
 
 
+def test_feat_embed_dim_other_than_embedding_size_is_refused(run_config):
+    assert build(run_config, feat_embed_dim=64)[2].projections["text"].shape == (64, 64)
+    with pytest.raises(ConfigError, match="feat_embed_dim"):
+        build(run_config, feat_embed_dim=32)
+
+
 def test_mf_cge_and_single_modality(run_config):
     _, (train, _, _), model = build(run_config, cf_model="mf", modalities=["text"])
     assert torch.equal(model.collaborative_embeddings(),

@@ -46,6 +46,15 @@ softmax: ``lgmrec_user_assignment_quirk: True`` reproduces that (first modality'
 GumbelSoftmax of the second's user logits; second modality's users: the raw logits
 :math:`R Z`); it needs exactly two modalities.
 
+**Per-dataset defaults.** ``LGMRec.yaml`` ships MMRec's Baby values (n_hyper_layer 1,
+hyper_num 4, keep_rate 0.5, alpha 0.3) and, in its ``dataset_defaults`` block, those MMRec's
+yaml comments for Sports (1 / 4 / 0.4 / 0.6) and Clothing (2 / 64 / 0.2 / 0.2), applied when
+the dataset has that name. The authors' Sports log ran n_hyper_layer 4 (n_ui_layers 2); their
+current sports.yaml has n_hyper_layer 1 and n_ui_layers 4.
+
+**Cost.** The two InfoNCE terms form (B x U) and (B x I) logits every batch: they dominate a
+CPU epoch (as in MMRec).
+
 Where this differs from MMRec: RecBole's padding item 0 is left out of the hypergraph (its
 assignment row is zero, so its embedding does not feed the hyperedges) and the padding user and
 item are left out of the contrastive denominators; the BPR is RecBole's ``BPRLoss`` (1e-10 inside
@@ -101,6 +110,9 @@ class LGMRec(MultiModalRecommender):
         self.cf_model = config["cf_model"]
         if self.cf_model not in CF_MODELS:
             raise ConfigError(f"cf_model must be one of {CF_MODELS}, got {self.cf_model!r}")
+        if config["feat_embed_dim"] not in (None, d):
+            raise ConfigError(f"LGMRec adds modality and ID embeddings: feat_embed_dim ({config['feat_embed_dim']}) "
+                              f"must equal embedding_size ({d}); leave it out")
         self.n_ui_layers = config["n_ui_layers"] if self.cf_model == "lightgcn" else 0
         self.n_mm_layers = config["n_mm_layers"]
         self.n_hyper_layer = config["n_hyper_layer"]

@@ -179,5 +179,5 @@ def table_info_nce(anchor, table, targets, temperature=0.2, reduction="sum"):
     return F.cross_entropy(logits, targets, reduction=reduction)
 
 
-__all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss",
-           "table_info_nce"]
+__all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss",
+           "install_denoising_loss", "table_info_nce"]
