@@ -23,8 +23,10 @@ class Config(RecBoleConfig):
     - Model names resolve through :func:`recbole_mm.utils.get_model` (plugin first).
     - After RecBole's own internal yaml files, the plugin's packaged defaults are layered on
       in RecBole's precedence order: ``properties/overall.yaml`` < ``properties/model/<Model>.yaml``
-      < ``properties/dataset/<dataset>.yaml``. User config files, the config dict and the
-      command line still override all of them (file < dict < command line), as in RecBole.
+      < ``properties/dataset/<dataset>.yaml`` < the model yaml's ``dataset_defaults`` block for
+      this dataset (:func:`apply_dataset_defaults`: a model's tuned values per dataset). User
+      config files, the config dict and the command line still override all of them
+      (file < dict < command line), as in RecBole.
     - Values are checked up front against :func:`value_checks` (type and range; a
       :class:`~recbole_mm.errors.ConfigError` names the key), before RecBole's own setup reads
       them, and a key that no model, dataset or default knows is logged as a warning with the
@@ -97,6 +99,7 @@ class Config(RecBoleConfig):
                 self.parameters["Dataset"] += [
                     key for key in loaded if key not in self.parameters["Dataset"]
                 ]
+        apply_dataset_defaults(self.internal_config_dict, dataset)
 
 
 def model_config_file(model_class):
@@ -117,6 +120,31 @@ def packaged_config_files(model_class, dataset):
         os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
     ]
     return [path for path in candidates if path and os.path.isfile(path)]
+
+
+def apply_dataset_defaults(values, dataset):
+    """Apply, in place, the ``dataset_defaults`` block of a packaged model yaml: a mapping
+    dataset name -> {key: value} of the settings the model's authors tuned per dataset, e.g.
+
+    .. code-block:: yaml
+
+        alpha: 0.3              # the model's default
+        dataset_defaults:
+          sports: {alpha: 0.6}  # replaces it when the dataset is 'sports'
+
+    The block is removed from ``values``; the entry of ``dataset`` (if any) overrides the
+    packaged defaults loaded so far (overall, model and dataset yaml). The user's files, dict
+    and command line are applied later and override it in turn.
+
+    Raises:
+        ConfigError: the block is not a mapping of dataset names to mappings.
+    """
+    block = values.pop("dataset_defaults", None)
+    if block is None:
+        return
+    if not isinstance(block, dict) or not all(isinstance(entry, dict) for entry in block.values()):
+        raise ConfigError(f"dataset_defaults must map dataset names to {{key: value}} mappings, got {block!r}")
+    values.update(block.get(dataset) or {})
 
 
 # ---------------------------------------------------------------------------- value checks
@@ -368,6 +396,13 @@ def value_checks():
         "vbpr_bias": boolean(),
         "clipmlp_user_input": boolean(),
         "fusion_checkpoint": boolean(),
+        "n_hyper_layer": count,
+        "hyper_num": count,
+        "keep_rate": number(0, 1, low_open=True),
+        "alpha": non_negative,
+        "gumbel_temperature": positive,
+        "lgmrec_eval_noise_quirk": boolean(),
+        "lgmrec_user_assignment_quirk": boolean(),
         "grcn_routing_quirk": boolean(),
         "mmgcn_frozen_quirk": boolean(),
         "cohesion_detach_id_quirk": boolean(),

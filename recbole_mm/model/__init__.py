@@ -11,6 +11,7 @@ from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
 from recbole_mm.model.lattice import LATTICE
+from recbole_mm.model.lgmrec import LGMRec
 from recbole_mm.model.lirdrec import LIRDRec
 from recbole_mm.model.mentor import MENTOR
 from recbole_mm.model.mgcn import MGCN
@@ -29,6 +30,7 @@ __all__ = [
     "FREEDOM",
     "GRCN",
     "LATTICE",
+    "LGMRec",
     "LIRDRec",
     "MENTOR",
     "MGCN",

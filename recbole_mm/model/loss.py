@@ -194,5 +194,26 @@ def chunked_info_nce(anchor, positive, temperature=0.2, chunk_size=4096):
     return total / n_rows
 
 
+def table_info_nce(anchor, table, targets, temperature=0.2, reduction="sum"):
+    r"""InfoNCE of a batch of anchors against a whole table of candidates: the positive of
+    anchor i is ``table[targets[i]]``, and every row of ``table`` (the positive included) is in
+    its denominator (LGMRec's triple loss: negatives are all users / all items, not the batch).
+
+    :math:`\mathcal L = -\sum_i \log \frac{\exp(\cos(a_i, t_{y_i})/\tau)}{\sum_j \exp(\cos(a_i, t_j)/\tau)}`
+    (``reduction="sum"``; ``"mean"`` divides by B).
+
+    Args:
+        anchor: (B x d) tensor.
+        table: (N x d) tensor of candidates.
+        targets: int64 (B,) rows of ``table``.
+        temperature: :math:`\tau`.
+
+    Returns:
+        scalar tensor.
+    """
+    logits = (F.normalize(anchor, dim=1) / temperature) @ F.normalize(table, dim=1).T
+    return F.cross_entropy(logits, targets, reduction=reduction)
+
+
 __all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss",
-           "chunked_info_nce"]
+           "chunked_info_nce", "table_info_nce"]
