@@ -247,6 +247,7 @@ def value_checks():
     from recbole_mm.data import EVAL_PROTOCOLS
     from recbole_mm.model.layers import DCT_MODES
     from recbole_mm.model.lattice import ADJACENCY_NORMS, CF_MODELS
+    from recbole_mm.model.slmrec import SSL_TASKS
     from recbole_mm.model.vlif import FUSIONS
     from recbole_mm.trainer.guider import KD_MODES
     from recbole_mm.trainer.guider_ops import ROW_TRANSFORMS, SPLIT_SCORES, THRESHOLD_MODES
@@ -333,6 +334,8 @@ def value_checks():
         "cl_loss": non_negative,
         "cl_temperature": positive,
         "ssl_temperature": positive,
+        "ssl_weight": non_negative,
+        "ssl_task": choice(SSL_TASKS),
         "feat_embed_dim": count,
         "content_embedding_size": count,
         "mft_hidden_size": count,
@@ -367,6 +370,7 @@ def value_checks():
         "fusion_checkpoint": boolean(),
         "grcn_routing_quirk": boolean(),
         "mmgcn_frozen_quirk": boolean(),
+        "slmrec_stale_eval_quirk": boolean(),
         "modality_latent_dim": mapping(),
     }
     return {"recbole": recbole, "plugin": plugin, "model": model}

@@ -159,3 +159,24 @@ def install_denoising_loss(model, loss_module):
 
 
 __all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss"]
+
+
+def dot_info_nce(anchor, positive, temperature):
+    r"""In-batch InfoNCE on raw dot products (no L2 normalisation; :func:`info_nce` is the
+    cosine one): row i of ``positive`` is the positive of row i of ``anchor``, the other rows
+    its negatives. SLMRec's FAC heads use it (MMRec's ``fac``).
+
+    :math:`\mathcal L = -\frac1B \sum_i \log \frac{\exp(a_i^\top p_i/\tau)}{\sum_j \exp(a_i^\top p_j/\tau)}`
+
+    Args:
+        anchor, positive: (B x d) tensors.
+        temperature: :math:`\tau`.
+
+    Returns:
+        scalar tensor.
+    """
+    logits = (anchor / temperature) @ positive.T
+    return F.cross_entropy(logits, torch.arange(anchor.shape[0], device=anchor.device))
+
+
+__all__ += ["dot_info_nce"]
