@@ -104,8 +104,10 @@ class SLMRec(MultiModalRecommender):
 
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        # MMRec row-normalises the raw tables once and keeps them frozen (plain tensors, not parameters)
-        self.normalized_features = {name: F.normalize(matrix, dim=1) for name, matrix in self.modality_features.items()}
+        # MMRec row-normalises the raw tables once and keeps them frozen. W (x / |x|) + b = (W x) / |x| + b:
+        # only the inverse row norms are kept, not a normalised copy of every table (I x d_m each)
+        self.inverse_feature_norms = {name: 1.0 / matrix.norm(dim=1).clamp_min(1e-12)
+                                      for name, matrix in self.modality_features.items()}
         self.projections = nn.ModuleDict(
             {name: xavier_linear(matrix.shape[1], d) for name, matrix in self.modality_features.items()})
         width = d * (1 + len(self.modality_features))
@@ -131,13 +133,18 @@ class SLMRec(MultiModalRecommender):
     def branch_embeddings(self):
         """Per branch (ID, then each modality), the LightGCN outputs (users (U x d), items (I x d)),
         every branch starting from the shared user table."""
-        item_tables = [self.item_id_embedding] + [
-            self.projections[name](features) for name, features in self.normalized_features.items()]
+        item_tables = [self.item_id_embedding] + [self.project(name) for name in self.modality_features]
         branches = []
         for items in item_tables:
             nodes = propagate(self.adjacency, torch.cat([self.user_embedding, items]), self.n_layers, combine="mean")
             branches.append(torch.split(nodes, [self.n_users, self.n_items]))
         return branches
+
+    def project(self, name):
+        """The modality's item table W_m (x / |x|) + b_m (I x d) from the raw (frozen) features."""
+        projection = self.projections[name]
+        scaled = F.linear(self.modality_features[name], projection.weight) * self.inverse_feature_norms[name][:, None]
+        return scaled + projection.bias
 
     def fuse(self, branches):
         """(z_U (U x d), z_I (I x d)): the concatenated branches through the user and item heads."""
