@@ -276,6 +276,7 @@ def value_checks():
     from recbole_mm.data.dataloader import TRAIN_SAMPLINGS
     from recbole_mm.model.layers import DCT_MODES
     from recbole_mm.model.lattice import ADJACENCY_NORMS, CF_MODELS
+    from recbole_mm.model.slmrec import SSL_TASKS
     from recbole_mm.model.vlif import FUSIONS
     from recbole_mm.trainer.guider import KD_MODES
     from recbole_mm.trainer.guider_ops import ROW_TRANSFORMS, SPLIT_SCORES, THRESHOLD_MODES
@@ -363,6 +364,8 @@ def value_checks():
         "cl_loss": non_negative,
         "cl_temperature": positive,
         "ssl_temperature": positive,
+        "ssl_weight": non_negative,
+        "ssl_task": choice(SSL_TASKS),
         "feat_embed_dim": count,
         "content_embedding_size": count,
         "mft_hidden_size": count,
@@ -413,6 +416,7 @@ def value_checks():
         "mentor_mask_no_grad_quirk": boolean(),
         "mentor_shared_perturbed_encoder": boolean(),
         "mentor_user_graph": boolean(),
+        "slmrec_stale_eval_quirk": boolean(),
         "modality_latent_dim": mapping(),
     }
     return {"recbole": recbole, "plugin": plugin, "model": model}

@@ -18,6 +18,7 @@ from recbole_mm.model.mgcn import MGCN
 from recbole_mm.model.micro import MICRO
 from recbole_mm.model.mmgcn import MMGCN
 from recbole_mm.model.nfvlm import NFVLM
+from recbole_mm.model.slmrec import SLMRec
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.model.vlif import VLIF
 
@@ -37,6 +38,7 @@ __all__ = [
     "MICRO",
     "MMGCN",
     "NFVLM",
+    "SLMRec",
     "VBPR",
     "VLIF",
 ]

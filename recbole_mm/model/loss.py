@@ -15,7 +15,7 @@ from recbole.model.loss import BPRLoss, EmbLoss
 from recbole_mm.errors import ConfigError
 
 
-def info_nce(anchor, positive, temperature=0.2, symmetric=False):
+def info_nce(anchor, positive, temperature=0.2, symmetric=False, normalize=True):
     r"""In-batch InfoNCE: row i of ``positive`` is the positive of row i of ``anchor``, the
     other rows are its negatives.
 
@@ -25,12 +25,16 @@ def info_nce(anchor, positive, temperature=0.2, symmetric=False):
         anchor, positive: (B x d) tensors.
         temperature: :math:`\tau`.
         symmetric: average with the loss in the other direction (positive -> anchor).
+        normalize: ``False`` scores raw dot products :math:`a_i^\top p_j` in place of the
+            cosine (SLMRec's FAC heads, MMRec's ``fac``).
 
     Returns:
         scalar tensor.
     """
+    if normalize:
+        anchor, positive = F.normalize(anchor, dim=1), F.normalize(positive, dim=1)
     # 1/τ scales the (B x d) anchors, not the (B x B) logits: the same values, B/d times fewer divisions
-    logits = (F.normalize(anchor, dim=1) / temperature) @ F.normalize(positive, dim=1).T
+    logits = (anchor / temperature) @ positive.T
     targets = torch.arange(anchor.shape[0], device=anchor.device)
     loss = F.cross_entropy(logits, targets)
     if symmetric:
