@@ -299,6 +299,8 @@ def layer_refined_propagate(adjacency, ego, n_layers, include_ego=True):
     for _ in range(n_layers):
         layer = product(layer)
         layer = nn.functional.cosine_similarity(layer, ego, dim=-1).unsqueeze(1) * layer
+        total = total + layer
+    return total
 
 
 # ---------------------------------------------------------------------------- perturbed propagation
