@@ -16,7 +16,7 @@ from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.trainer import MultiModalTrainer
-from recbole_mm.utils import available_models
+from recbole_mm.utils import available_models, get_model
 from tests.conftest import REPO_ROOT, build_model
 from tests.test_dataset import MMREC_ROWS, MMREC_SETTINGS, write_mmrec
 
@@ -205,7 +205,9 @@ def test_noise_and_denoising_end_to_end(tmp_path, denoise):
     assert 0.0 <= runs["VBPR"]["test_result"]["recall@20"] <= 1.0
 
 
-NO_BPR_MODELS = ("BM3",)  # trained on positive pairs only: no BPR for tce / rce / bod to replace
+# trained on positive pairs only (BM3, SLMRec): no BPR for tce / rce / bod to replace
+NO_BPR_MODELS = tuple(name for name in available_models(plugin=True)
+                      if getattr(get_model(name), "use_neg_sampling", True) is False)
 
 
 @pytest.mark.parametrize("model_name", available_models(plugin=True))

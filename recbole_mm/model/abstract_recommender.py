@@ -9,6 +9,7 @@ from torch import nn
 from recbole_mm.data.graphs import DegreeSensitiveEdgeSampler, item_knn_graph, normalized_adjacency
 from recbole_mm.errors import ConfigError
 from recbole_mm.files import AUTO_CACHE, resolve_cache_dir
+from recbole_mm.model.layers import FrozenSparse
 from recbole_mm.model.loss import BPRLoss
 
 
@@ -109,8 +110,10 @@ class MultiModalRecommender(GeneralRecommender):
     def setup_edge_pruning(self, dropout):
         """Full user–item adjacency for prediction, and FREEDOM's degree-sensitive pruning
         (``dropout`` = share of edges dropped, 0 = none) for training; see
-        :meth:`resample_edges` and :meth:`user_item_adjacency`."""
-        self.full_adjacency = self.normalized_adjacency()
+        :meth:`resample_edges` and :meth:`user_item_adjacency`. Both graphs are
+        :class:`~recbole_mm.model.layers.FrozenSparse` (CSR, symmetric): :func:`propagate` on
+        them back-propagates without re-transposing a COO matrix in every backward pass."""
+        self.full_adjacency = FrozenSparse(self.normalized_adjacency(), symmetric=True)
         self.train_adjacency = self.full_adjacency
         self.edge_sampler = None
         if dropout:
@@ -121,7 +124,7 @@ class MultiModalRecommender(GeneralRecommender):
     def resample_edges(self):
         """Draw this epoch's pruned training graph (a no-op without pruning)."""
         if self.edge_sampler is not None:
-            self.train_adjacency = self.edge_sampler.sample()
+            self.train_adjacency = FrozenSparse(self.edge_sampler.sample(), symmetric=True)
 
     def user_item_adjacency(self):
         """The pruned graph while training (outside :meth:`score_rows`), the full graph otherwise."""

@@ -82,6 +82,10 @@ class FrozenSparse:
     def to_dense(self):
         return self.matrix.to_dense()
 
+    def _nnz(self):
+        """Stored entries of A (as a sparse tensor's ``_nnz``)."""
+        return self.matrix._nnz()
+
     def __deepcopy__(self, memo):
         """Shared, not copied: the matrix is never changed in place (and torch cannot deep-copy
         a CSR tensor), so a copied model may use the same one."""

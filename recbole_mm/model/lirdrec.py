@@ -108,7 +108,6 @@ class LIRDRec(MultiModalRecommender):
         self.item_graph = FrozenSparse(
             self.item_knn_graph(config["knn_k"], self._graph_weights(config["mm_image_weight"])))
         self.setup_edge_pruning(config["dropout"])
-        self.full_adjacency = self.train_adjacency = FrozenSparse(self.full_adjacency, symmetric=True)
 
     def _branch_inputs(self, config):
         """Input matrix of each branch: 'image', 'text' and the DCT 'shared' branch (Eq. 12)."""
@@ -153,11 +152,6 @@ class LIRDRec(MultiModalRecommender):
             with torch.no_grad():
                 self.target_weights.copy_(self.last_attention)
         self.resample_edges()
-
-    def resample_edges(self):
-        """This epoch's pruned training graph (symmetric, like the full one), as a FrozenSparse."""
-        if self.edge_sampler is not None:
-            self.train_adjacency = FrozenSparse(self.edge_sampler.sample(), symmetric=True)
 
     def user_attention(self, user_parts):
         """α = softmax(w1 · a_u + w2 · θ) over the branches, a_u from each branch's scorer, (U x M)."""
