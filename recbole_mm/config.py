@@ -41,7 +41,7 @@ class Config(RecBoleConfig):
         plugin_model = is_plugin_model(self.model_class)
         check_values(self.final_config_dict, plugin_model=plugin_model)
         if plugin_model:
-            check_modalities(self.final_config_dict)
+            check_modalities(self.final_config_dict, getattr(self.model_class, "one_modality_ok", False))
         if self.final_config_dict.get("show_progress") is None:
             self.final_config_dict["show_progress"] = sys.stdout.isatty() and sys.stderr.isatty()
         self._show_actual_split()
@@ -401,9 +401,10 @@ def check_values(values, plugin_model=True):
             raise ConfigError(f"{key} must be {rule.wanted}, got {value!r}") from None
 
 
-def check_modalities(values):
+def check_modalities(values, one_modality_ok=False):
     """``modalities`` (and ``guider_modalities`` under ``guider: true``) must name modalities
-    that the dataset config lists in ``modality_files``."""
+    that the dataset config lists in ``modality_files``; for a model that runs on any of its
+    modalities (``one_modality_ok``), at least one of ``modalities``."""
     files = values.get("modality_files")
     if not isinstance(files, dict):
         return
@@ -411,6 +412,8 @@ def check_modalities(values):
     for key in keys:
         wanted = list(values.get(key) or [])
         unknown = [name for name in wanted if name not in files]
+        if unknown and key == "modalities" and one_modality_ok and len(unknown) < len(wanted):
+            continue  # the model leaves the missing ones out (MultiModalRecommender._select_modalities)
         if unknown:
             user = "GUIDER" if key == "guider_modalities" else values["model"]
             raise ConfigError(

@@ -1,5 +1,7 @@
 """``MultiModalRecommender``: the base class of the plugin's models."""
 
+from logging import getLogger
+
 import numpy as np
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
@@ -51,10 +53,20 @@ class MultiModalRecommender(GeneralRecommender):
         self.scoring_graph = False  # True: the full graph even in training (score_rows)
         self.bpr_loss = BPRLoss()
 
+    #: True where the model's reference runs with whichever of its modalities exist (MMRec's
+    #: FREEDOM, BM3, LATTICE, ... build only the branches whose feature files exist): missing ones
+    #: of ``modalities`` are then left out with a warning, as long as one remains.
+    one_modality_ok = False
+
     def _select_modalities(self, config, dataset):
         available = dict(getattr(dataset, "modality_features", {}) or {})
         wanted = config["modalities"] or list(available)
         missing = [name for name in wanted if name not in available]
+        if missing and self.one_modality_ok and len(missing) < len(wanted):
+            wanted = [name for name in wanted if name in available]
+            getLogger().warning(f"{type(self).__name__}: dataset '{config['dataset']}' has no {missing} features; "
+                                f"using {wanted} only (as the reference does with one modality)")
+            missing = []
         if missing:
             raise ConfigError(
                 f"{type(self).__name__} needs modalities {missing} (config key modalities: {list(wanted)}), "
