@@ -433,8 +433,8 @@ def is_plugin_model(model_class):
 CODE_KEYS = {
     "model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "local_rank",
     "single_spec", "world_size", "nproc", "offset", "ip", "port", "valid_neg_sample_args",
-    "test_neg_sample_args", "feature_id_map", "cold_start_items", "synthetic_generator", "modality_files",
-    "modality_dims", "hyper_parameters",
+    "test_neg_sample_args", "feature_id_map", "cold_start_items", "synthetic_generator", "dataset_builder",
+    "modality_files", "modality_dims", "hyper_parameters",
 }
 
 
@@ -495,4 +495,6 @@ def uses_mmrec_split(config):
         except DataError:  # reported, with the file's name, when the dataset is loaded
             return False
     generator = config["synthetic_generator"]
+    if not generator and config["dataset_builder"]:
+        return True  # recbole_mm.prepare writes MMRec's layout
     return bool(generator) and dict(generator).get("layout", "mmrec") == "mmrec"

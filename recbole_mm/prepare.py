@@ -258,6 +258,7 @@ def read_interactions(path, user_col=None, item_col=None, rating_col=None, time_
         if keys is None:
             raise PrepareError(f"interactions file {path} is empty")
         frame = pd.DataFrame(columns)
+        source_names = keys
     else:
         raw = _read_delimited(path, "interactions")
         columns = list(raw.columns)
@@ -266,6 +267,7 @@ def read_interactions(path, user_col=None, item_col=None, rating_col=None, time_
                 "rating": _pick_column(path, columns, rating_col, RATING_COLUMNS, "rating", False),
                 "timestamp": _pick_column(path, columns, time_col, TIME_COLUMNS, "timestamp", False)}
         frame = pd.DataFrame({key: raw[source] for key, source in keys.items() if source is not None})
+        source_names = keys
     frame["user"] = frame["user"].astype(str).str.strip()
     frame["item"] = frame["item"].astype(str).str.strip()
     for key in ("rating", "timestamp"):
@@ -279,6 +281,7 @@ def read_interactions(path, user_col=None, item_col=None, rating_col=None, time_
     empty = np.flatnonzero(((frame["user"] == "") | (frame["item"] == "")).to_numpy())
     if len(empty):
         raise PrepareError(f"{path}: {len(empty)} rows have an empty user or item (first at data row {empty[0] + 1})")
+    frame.attrs["source_columns"] = {key: _strip_type(value) for key, value in source_names.items() if value}
     return frame
 
 
@@ -684,8 +687,11 @@ def prepare_dataset(interactions, items=None, name=None, data_path="dataset", *,
                     images=True, image_model=DEFAULT_IMAGE_MODEL, image_processor=None, missing_image="mean",
                     clip=False, clip_model=None, clip_processor=None, vlm_model=None, vlm_describer=None,
                     device=None, batch_size=64, download_workers=16, timeout=10.0, retries=2,
-                    max_image_bytes=10 * 2 ** 20, retry_failed=False, cache_dir=None, overwrite=False):
+                    max_image_bytes=10 * 2 ** 20, retry_failed=False, cache_dir=None, overwrite=False,
+                    extra_meta=None):
     """Build ``<data_path>/<name>/`` (see the module doc for every option).
+
+    ``extra_meta``: a dict added to ``prepare_meta.json`` (the bundled builders mark their folders).
 
     Model objects may replace the names: ``text_encoder`` (anything with
     ``encode(texts, batch_size)``), ``image_model`` (a transformers model: CLIP or any vision
@@ -742,6 +748,7 @@ def prepare_dataset(interactions, items=None, name=None, data_path="dataset", *,
 
     stages = []
     frame = read_interactions(interactions, user_col, item_col, rating_col, time_col)
+    token_names = (frame.attrs["source_columns"]["user"], frame.attrs["source_columns"]["item"])
     stages.append(("read", *_stage(frame)))
     if min_rating is not None:
         if "rating" not in frame:
@@ -850,7 +857,7 @@ def prepare_dataset(interactions, items=None, name=None, data_path="dataset", *,
     # ------------------------------------------------------------------ write
     command = _train_command(name, data_path, features)
     _write_folder(folder, name, inter, user_tokens, item_tokens, features, arguments,
-                  (user_col or "user_id", item_id_col or "item_id"), overwrite)
+                  token_names, overwrite, extra_meta)
     shapes = {file: tuple(matrix.shape) for file, matrix in features.items()}
     result = PrepareResult(folder, name, data_path, stages, split_sizes, shapes, image_counts, command)
     with open(os.path.join(folder, "prepare_summary.txt"), "w", encoding="utf-8") as handle:
@@ -1043,7 +1050,8 @@ def _default_device():
 def _train_command(name, data_path, features):
     model = "FREEDOM" if any(f in features for f in ("text_feat.npy", "image_feat.npy")) else "LightGCN"
     relative = os.path.relpath(data_path)
-    shown = relative if not relative.startswith("..") else data_path
+    runnable_here = os.path.isfile("run_recbole_mm.py") and not relative.startswith("..")
+    shown = relative if runnable_here else data_path
     return f"python run_recbole_mm.py --model={model} --dataset={name} --data_path={shown}"
 
 
@@ -1070,11 +1078,13 @@ def _reused_result(folder, name, data_path):
                          _train_command(name, data_path, shapes), reused=True)
 
 
-def _write_folder(folder, name, inter, user_tokens, item_tokens, features, arguments, token_names, overwrite):
+def _write_folder(folder, name, inter, user_tokens, item_tokens, features, arguments, token_names, overwrite,
+                  extra_meta=None):
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent)
     try:
+        os.chmod(staging, 0o777 & ~_umask())
         inter.to_csv(os.path.join(staging, f"{name}.inter"), sep="\t", index=False)
         pd.DataFrame({token_names[0]: user_tokens, MMREC_USER: np.arange(len(user_tokens))}).to_csv(
             os.path.join(staging, "u_id_mapping.csv"), sep="\t", index=False)
@@ -1084,7 +1094,7 @@ def _write_folder(folder, name, inter, user_tokens, item_tokens, features, argum
             np.save(os.path.join(staging, file), matrix)
         meta = {"arguments": arguments,
                 "split_sizes": {k: int((inter[MMREC_LABEL] == v).sum()) for v, k in enumerate(("train", "valid", "test"))},
-                "n_users": len(user_tokens), "n_items": len(item_tokens)}
+                "n_users": len(user_tokens), "n_items": len(item_tokens), **(extra_meta or {})}
         with open(os.path.join(staging, META_FILE), "w", encoding="utf-8") as handle:
             json.dump(meta, handle, indent=1)
         old = None
@@ -1097,6 +1107,12 @@ def _write_folder(folder, name, inter, user_tokens, item_tokens, features, argum
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ============================================================================ command line

@@ -175,7 +175,7 @@ def train_one_epoch(data_path, name, model="FREEDOM"):
 
     return run_recbole_mm(model, name, config_dict={
         "data_path": str(data_path), "epochs": 1, "state": "WARNING", "show_progress": False,
-        "checkpoint_dir": os.path.join(str(data_path), "saved"), "train_batch_size": 256, "eval_batch_size": 4096})
+        "checkpoint_dir": os.path.join(str(data_path), "saved"), "train_batch_size": 256, "eval_batch_size": 4096, "topk": [5, 10, 20]})
 
 
 # ---------------------------------------------------------------------------- unit
@@ -392,7 +392,9 @@ def test_refuses_a_folder_holding_another_dataset(tmp_path):
     assert json.load(open(tmp_path / "data" / "ds" / "prepare_meta.json"))["arguments"]["kcore"] == [3, 3]
 
 
-def test_cli_exit_status_2_with_one_line(tmp_path):
+def test_cli_exit_status_2_with_one_line(tmp_path, capsys):
+    from recbole_mm.prepare import main
+
     reviews = write_json_lines(tmp_path / "reviews.json", review_rows())
     lines = open(reviews).read().splitlines()
     lines[4] = "{not json"
@@ -402,6 +404,8 @@ def test_cli_exit_status_2_with_one_line(tmp_path):
                           "--data-path", str(tmp_path / "data"), "--no-text"], capture_output=True, text=True, env=env)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith(f"error: {reviews}: unparseable JSON on line 5")
-    run = subprocess.run([sys.executable, "-m", "recbole_mm.prepare", "--interactions", reviews,
-                          "--user-col", "buyer"], capture_output=True, text=True, env=env)
-    assert run.returncode == 2 and "unknown column 'buyer'" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "data" / "reviews")
+    good = write_json_lines(tmp_path / "good.json", review_rows())
+    assert main(["--interactions", good, "--user-col", "buyer"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {good}: unknown column 'buyer' (user); the columns are [")
