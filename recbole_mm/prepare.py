@@ -149,6 +149,8 @@ def _is_json_lines(path):
 
 
 def _parse_line(line, path, number):
+    """One record of a JSON-lines file (``line`` is bytes): JSON (orjson when installed), else a
+    Python dict literal (the 2014 Amazon meta files)."""
     if _fast_json is not None:
         try:
             return _fast_json.loads(line)
@@ -158,9 +160,10 @@ def _parse_line(line, path, number):
         return json.loads(line)
     except ValueError as json_error:
         try:  # the 2014 Amazon meta files: one Python dict literal per line
-            value = ast.literal_eval(line)
+            value = ast.literal_eval(line.decode("utf-8", errors="replace").strip())
         except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise PrepareError(f"{path}: unparseable JSON on line {number} ({json_error})") from None
+            reason = " ".join(str(json_error).split())
+            raise PrepareError(f"{path}: unparseable JSON on line {number} ({reason})") from None
         if not isinstance(value, dict):
             raise PrepareError(f"{path}: line {number} is not a JSON object") from None
         return value
@@ -197,15 +200,42 @@ def _progress(iterable=None, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
-def _iter_json_records(path, desc):
-    with _open_text(path) as handle:
+def _open_binary(path):
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _iter_json_records(path, desc, skip=None):
+    """``(line number, dict)`` of each non-blank line. ``skip``: a list whose one entry is None or
+    a function of the raw line (bytes) that returns True for lines to pass over unparsed (set
+    by the caller once it knows what it wants)."""
+    with _open_binary(path) as handle:
         for number, line in enumerate(_progress(handle, desc=desc, unit=" lines", mininterval=1.0), 1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
             if not line.strip():
+                continue
+            if skip is not None and skip[0] is not None and skip[0](line):
                 continue
             record = _parse_line(line, path, number)
             if not isinstance(record, dict):
                 raise PrepareError(f"{path}: line {number} is not a JSON object")
             yield number, record
+
+
+def _id_filter(key, wanted):
+    """A ``skip`` function for :func:`_iter_json_records`: True for lines whose ``key`` field is
+    a plain string not in ``wanted`` (found with a regular expression, without parsing)."""
+    import re
+
+    pattern = re.compile(rb"""["']""" + re.escape(key.encode("utf-8")) + rb"""["']\s*:\s*["']([^"'\\]*)["']""")
+
+    def skip(line):
+        match = pattern.search(line)
+        return match is not None and match.group(1).decode("utf-8", errors="replace").strip() not in wanted
+
+    return skip
 
 
 def _read_delimited(path, what):
@@ -307,11 +337,13 @@ def read_item_table(path, wanted_items=None, id_col=None, image_col=None, text_c
     fields = ("title", "description", "brand")
     extra = [column for column in (text_columns or []) if column not in fields + ("categories",)]
     if _is_json_lines(path):
-        rows, keys = [], None
-        for number, record in _iter_json_records(path, "reading item table"):
+        rows, keys, skip = [], None, [None]
+        for number, record in _iter_json_records(path, "reading item table", skip):
             if keys is None:
                 keys = list(record)
                 item_key = _pick_column(path, keys, id_col, ITEM_ID_COLUMNS, "item id", True)
+                if wanted_items is not None:  # the other items' lines are passed over unparsed
+                    skip[0] = _id_filter(item_key, wanted_items)
                 if image_col is not None:
                     _pick_column(path, keys, image_col, (), "image", True)
                 for key in extra:
@@ -714,7 +746,10 @@ def prepare_dataset(interactions, items=None, name=None, data_path="dataset", *,
     ratios = tuple(float(r) for r in ratios)
     if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6:
         raise ConfigError(f"ratios must be three non-negative shares summing to 1, got {list(ratios)}")
-    name = name or _default_name(interactions)
+    if name is None:
+        name = _default_name(interactions)
+        if name in _packaged_datasets():  # e.g. 'baby': the packaged yaml would ask for MMRec's 4096-d files
+            name += "_prepared"
     data_path = os.path.abspath(data_path)
     folder = os.path.join(data_path, name)
     user_k = int(user_kcore if user_kcore is not None else kcore_k)
@@ -857,7 +892,7 @@ def prepare_dataset(interactions, items=None, name=None, data_path="dataset", *,
     # ------------------------------------------------------------------ write
     command = _train_command(name, data_path, features)
     _write_folder(folder, name, inter, user_tokens, item_tokens, features, arguments,
-                  token_names, overwrite, extra_meta)
+                  token_names, overwrite, extra_meta, stages, image_counts)
     shapes = {file: tuple(matrix.shape) for file, matrix in features.items()}
     result = PrepareResult(folder, name, data_path, stages, split_sizes, shapes, image_counts, command)
     with open(os.path.join(folder, "prepare_summary.txt"), "w", encoding="utf-8") as handle:
@@ -1047,12 +1082,37 @@ def _default_device():
     return default_device()
 
 
+def _packaged_datasets():
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties", "dataset")
+    return {name[:-5] for name in os.listdir(folder) if name.endswith(".yaml")}
+
+
+def _packaged_overrides(name, features):
+    """Command-line overrides for a dataset named like a packaged one whose yaml names other
+    modality files or dimensions than those written ("" when none are needed)."""
+    if name not in _packaged_datasets():
+        return ""
+    import yaml
+
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties", "dataset", f"{name}.yaml"),
+              encoding="utf-8") as handle:
+        packaged = yaml.safe_load(handle) or {}
+    files = {file[: -len("_feat.npy")]: file for file in features if file.endswith("_feat.npy")}
+    dims = {modality: int(features[file][1]) for modality, file in files.items()}
+    wanted_files, wanted_dims = packaged.get("modality_files"), packaged.get("modality_dims") or {}
+    if wanted_files == files and all(dims.get(key) == value for key, value in wanted_dims.items()):
+        return ""
+    return f' --modality_files="{files}" --modality_dims="{dims}"'
+
+
 def _train_command(name, data_path, features):
     model = "FREEDOM" if any(f in features for f in ("text_feat.npy", "image_feat.npy")) else "LightGCN"
     relative = os.path.relpath(data_path)
     runnable_here = os.path.isfile("run_recbole_mm.py") and not relative.startswith("..")
     shown = relative if runnable_here else data_path
-    return f"python run_recbole_mm.py --model={model} --dataset={name} --data_path={shown}"
+    shapes = {file: matrix if isinstance(matrix, tuple) else tuple(matrix.shape) for file, matrix in features.items()}
+    return (f"python run_recbole_mm.py --model={model} --dataset={name} --data_path={shown}"
+            + _packaged_overrides(name, shapes))
 
 
 def _existing_dataset(folder):
@@ -1074,12 +1134,13 @@ def _reused_result(folder, name, data_path):
     for file in sorted(os.listdir(folder)):
         if file.endswith(".npy"):
             shapes[file] = tuple(np.load(os.path.join(folder, file), mmap_mode="r").shape)
-    return PrepareResult(folder, name, data_path, [], meta.get("split_sizes", {}), shapes, meta.get("images", {}),
+    stages = [tuple(stage) for stage in meta.get("stages", [])]
+    return PrepareResult(folder, name, data_path, stages, meta.get("split_sizes", {}), shapes, meta.get("images") or {},
                          _train_command(name, data_path, shapes), reused=True)
 
 
 def _write_folder(folder, name, inter, user_tokens, item_tokens, features, arguments, token_names, overwrite,
-                  extra_meta=None):
+                  extra_meta=None, stages=(), images=None):
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.staging-", dir=parent)
@@ -1094,7 +1155,8 @@ def _write_folder(folder, name, inter, user_tokens, item_tokens, features, argum
             np.save(os.path.join(staging, file), matrix)
         meta = {"arguments": arguments,
                 "split_sizes": {k: int((inter[MMREC_LABEL] == v).sum()) for v, k in enumerate(("train", "valid", "test"))},
-                "n_users": len(user_tokens), "n_items": len(item_tokens), **(extra_meta or {})}
+                "n_users": len(user_tokens), "n_items": len(item_tokens), "stages": stages, "images": images,
+                **(extra_meta or {})}
         with open(os.path.join(staging, META_FILE), "w", encoding="utf-8") as handle:
             json.dump(meta, handle, indent=1)
         old = None

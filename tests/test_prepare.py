@@ -90,7 +90,7 @@ def image_server():
             if kind == "good":
                 body, ctype = png_bytes(int(self.path.split("/")[2].split(".")[0])), "image/png"
             elif kind == "slow":
-                time.sleep(1.5)
+                time.sleep(2.5)
                 body, ctype = png_bytes(0), "image/png"
             elif kind in ("text", "fake"):
                 body, ctype = b"<html>not an image</html>", "text/html" if kind == "text" else "image/png"
@@ -106,7 +106,10 @@ def image_server():
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = 128  # the default 5 drops concurrent connections (the client then times out)
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -239,7 +242,7 @@ def test_images_downloaded_encoded_and_resumed(tmp_path, image_server):
     model, processor = tiny_clip()
     counting = CountingModel(model)
     encoder = CountingEncoder()
-    options = dict(text_encoder=encoder, image_model=counting, image_processor=processor, timeout=0.5, retries=1,
+    options = dict(text_encoder=encoder, image_model=counting, image_processor=processor, timeout=1.0, retries=1,
                    missing_image="zero", device="cpu")
     result = prepare_dataset(reviews, meta, "withimg", tmp_path / "data", **options)
     folder = tmp_path / "data" / "withimg"
@@ -274,7 +277,7 @@ def test_missing_image_mean_and_drop(tmp_path, image_server):
     reviews = write_json_lines(tmp_path / "reviews.json", review_rows())
     meta = write_json_lines(tmp_path / "meta.json", meta_rows(url_of(base)))
     model, processor = tiny_clip()
-    options = dict(text_encoder=CountingEncoder(), image_model=model, image_processor=processor, timeout=0.3,
+    options = dict(text_encoder=CountingEncoder(), image_model=model, image_processor=processor, timeout=1.0,
                    retries=0, kcore_k=2)
     prepare_dataset(reviews, meta, "mean", tmp_path / "data", **options)
     image = np.load(tmp_path / "data" / "mean" / "image_feat.npy")
