@@ -835,8 +835,9 @@ def prepare_dataset(interactions, items=None, name=None, data_path="dataset", *,
                 frame = _apply_kcore(frame, user_k, item_k, stages, interactions)
 
     # ------------------------------------------------------------------ ids and split
-    user_tokens, user_ids = np.unique(frame["user"].to_numpy(), return_inverse=True)
-    item_tokens, item_ids = np.unique(frame["item"].to_numpy(), return_inverse=True)
+    user_ids, user_tokens = pd.factorize(frame["user"], sort=True)  # ids in token order
+    item_ids, item_tokens = pd.factorize(frame["item"], sort=True)
+    user_tokens, item_tokens = np.asarray(user_tokens, dtype=object), np.asarray(item_tokens, dtype=object)
     timestamps = frame["timestamp"].to_numpy() if "timestamp" in frame else None
     labels = split_labels(user_ids, timestamps, split, seed, ratios)
     inter = pd.DataFrame({MMREC_USER: user_ids, MMREC_ITEM: item_ids, MMREC_LABEL: labels})

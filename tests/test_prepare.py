@@ -412,3 +412,38 @@ def test_cli_exit_status_2_with_one_line(tmp_path, capsys):
     assert main(["--interactions", good, "--user-col", "buyer"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {good}: unknown column 'buyer' (user); the columns are [")
+
+
+# ---------------------------------------------------------------------------- ml100k_text
+@pytest.mark.slow
+def test_ml100k_text_is_built_on_first_use_and_trains_vbpr(tmp_path):
+    from recbole_mm.features.text import SentenceEncoder
+    from recbole_mm.quick_start import run_recbole_mm
+
+    config = {"data_path": str(tmp_path / "dataset"), "epochs": 1, "state": "WARNING", "show_progress": False,
+              "checkpoint_dir": str(tmp_path / "saved")}
+    result = run_recbole_mm("VBPR", "ml100k_text", config_dict=config)
+    assert result["test_result"] is not None
+    folder = tmp_path / "dataset" / "ml100k_text"
+    text = np.load(folder / "text_feat.npy")
+    items = pd.read_csv(folder / "i_id_mapping.csv", sep="\t", dtype=str)
+    assert text.shape == (len(items), 384) and len(items) > 1000
+    toy_story = int(items.loc[items["item_id"] == "1", "itemID"].iloc[0])
+    expected = SentenceEncoder(device="cpu").encode(["Toy Story (1995). Animation, Children's, Comedy"])[0]
+    np.testing.assert_allclose(text[toy_story], expected, atol=1e-5)
+    stamp = os.path.getmtime(folder / "text_feat.npy")
+    run_recbole_mm("BPR", "ml100k_text", config_dict=config)  # second use: not rebuilt
+    assert os.path.getmtime(folder / "text_feat.npy") == stamp
+
+
+def test_bundled_builder_leaves_own_data_alone(tmp_path):
+    from recbole_mm.data.bundled import ensure_bundled_dataset
+    from recbole_mm.errors import ConfigError
+
+    own = tmp_path / "ml100k_text"
+    own.mkdir()
+    (own / "ml100k_text.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n")
+    assert ensure_bundled_dataset(str(own), "ml100k_text", "ml100k_text") is False
+    assert (own / "ml100k_text.inter").read_text().startswith("userID")
+    with pytest.raises(ConfigError, match="unknown builder 'nope'"):
+        ensure_bundled_dataset(str(own), "ml100k_text", "nope")
