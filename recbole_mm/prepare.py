@@ -480,7 +480,7 @@ def _fetch(url, timeout, retries, max_bytes):
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 kind = response.headers.get("Content-Type", "")
                 if not kind.lower().startswith(CONTENT_TYPES_OK):
-                    raise ValueError(f"not an image (Content-Type {kind or 'missing'})")
+                    raise ValueError(f"wrong Content-Type ({kind or 'missing'})")
                 length = response.headers.get("Content-Length")
                 if length and int(length) > max_bytes:
                     raise ValueError(f"larger than {max_bytes} bytes")
@@ -554,8 +554,7 @@ def download_images(urls, folder, workers=16, timeout=10.0, retries=2, max_bytes
                     report.ok += 1
                     known_failures.pop(url, None)
                 except ValueError as error:
-                    reason = str(error).split(" (")[0] if str(error).startswith("unreachable") else str(error)
-                    reason = "not an image" if reason.startswith("not an image") else reason
+                    reason = str(error).split(" (")[0]  # the kind, without the details
                     report.failed[reason] = report.failed.get(reason, 0) + 1
                     known_failures[url] = reason
                     if len(report.examples) < 3:

@@ -253,9 +253,10 @@ def test_images_downloaded_encoded_and_resumed(tmp_path, image_server):
     assert np.all(image[~mask] == 0) and np.all(np.abs(np.linalg.norm(image[mask], axis=1) - 1) < 1e-4)
     counts = result.images
     assert counts["with image"] == 16 and counts["missing"] == N_ITEMS - 16
-    assert counts["HTTP 404"] == 2 and counts["timeout"] == 1 and counts["not an image"] == 2
+    assert counts["HTTP 404"] == 2 and counts["timeout"] == 1
+    assert counts["wrong Content-Type"] == 1 and counts["not an image"] == 1  # text/html; HTML sent as image/png
     assert counts["no image given"] == N_ITEMS - 21
-    assert hits["/slow/18.png"] == 2  # one retry
+    assert hits["/slow/18.png"] == 2 and hits["/missing/16.png"] == 1  # a timeout is retried, a 404 is not
     assert counting.calls > 0 and encoder.calls > 0
     # the folder trains with both modalities
     assert train_one_epoch(tmp_path / "data", "withimg")["test_result"] is not None
