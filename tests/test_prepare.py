@@ -448,3 +448,65 @@ def test_bundled_builder_leaves_own_data_alone(tmp_path):
     assert (own / "ml100k_text.inter").read_text().startswith("userID")
     with pytest.raises(ConfigError, match="unknown builder 'nope'"):
         ensure_bundled_dataset(str(own), "ml100k_text", "nope")
+
+
+# ---------------------------------------------------------------------------- more features
+class WordTokenizer:
+    """A tokenizer stand-in for the tiny CLIP's text tower: one id per word."""
+
+    model_max_length = 16
+
+    def __call__(self, texts, padding=True, truncation=True, max_length=16, return_tensors="pt"):
+        import torch
+
+        ids = [[sum(map(ord, word)) % 97 + 1 for word in text.split()][:max_length] or [1] for text in texts]
+        width = max(map(len, ids))
+        return {"input_ids": torch.tensor([row + [0] * (width - len(row)) for row in ids]),
+                "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])}
+
+
+class FixedDescriber:
+    """A VLM stand-in (features.vlm.Describer): the same description for every image."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def describe(self, images, prompts):
+        self.calls += 1
+        return ["a small red object"] * len(images)
+
+
+def test_clip_joint_and_vlm_descriptions(tmp_path, image_server):
+    from types import SimpleNamespace
+
+    base, _ = image_server
+    reviews = write_json_lines(tmp_path / "reviews.json", review_rows())
+    meta = write_json_lines(tmp_path / "meta.json", meta_rows(url_of(base)))
+    model, image_processor = tiny_clip()
+    processor = SimpleNamespace(image_processor=image_processor, tokenizer=WordTokenizer())
+    encoder, describer = CountingEncoder(), FixedDescriber()
+    prepare_dataset(reviews, meta, "joint", tmp_path / "data", text_encoder=encoder, image_model=model,
+                    image_processor=image_processor, clip=True, clip_model=model, clip_processor=processor,
+                    vlm_describer=describer, timeout=1.0, retries=0, device="cpu")
+    folder = tmp_path / "data" / "joint"
+    joint, mask = np.load(folder / "clip_feat.npy"), np.load(folder / "image_mask.npy")
+    assert joint.shape == (N_ITEMS, 16)
+    norms = np.linalg.norm(joint, axis=1)
+    assert np.all(np.abs(norms[~mask] - 1) < 1e-4) and np.all(norms[mask] < 1 - 1e-3)  # text only / mean of two
+    vlm = np.load(folder / "image_feat_vlm.npy")
+    assert vlm.shape == (N_ITEMS, 8) and describer.calls > 0
+    np.testing.assert_allclose(vlm[3], encoder.encode(["Product 3. a small red object"])[0], rtol=1e-6)
+    np.testing.assert_allclose(vlm[22], encoder.encode(["Product 22. "])[0], rtol=1e-6)  # no image, no description
+
+
+def test_download_size_cap_and_recorded_failures(tmp_path, image_server):
+    from recbole_mm.prepare import download_images
+
+    base, hits = image_server
+    urls = [f"{base}/good/1.png", f"{base}/missing/2.png"]
+    paths, report = download_images(urls, str(tmp_path / "cache"), timeout=2.0, retries=0, max_bytes=100)
+    assert paths == {} and report.failed == {"larger than 100 bytes": 1, "HTTP 404": 1}
+    paths, report = download_images(urls, str(tmp_path / "cache"), timeout=2.0, retries=0, max_bytes=100)
+    assert sum(hits.values()) == 2 and report.failed == {"larger than 100 bytes": 1, "HTTP 404": 1}
+    paths, report = download_images(urls, str(tmp_path / "cache"), timeout=2.0, retries=0, retry_failed=True)
+    assert list(paths) == [urls[0]] and hits[f"/good/1.png"] == 2
