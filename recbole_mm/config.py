@@ -41,7 +41,7 @@ class Config(RecBoleConfig):
         plugin_model = is_plugin_model(self.model_class)
         check_values(self.final_config_dict, plugin_model=plugin_model)
         if plugin_model:
-            check_modalities(self.final_config_dict, getattr(self.model_class, "one_modality_ok", False))
+            check_modalities(self.final_config_dict, modalities_optional(self.model_class, self))
         if self.final_config_dict.get("show_progress") is None:
             self.final_config_dict["show_progress"] = sys.stdout.isatty() and sys.stderr.isatty()
         self._show_actual_split()
@@ -399,6 +399,14 @@ def check_values(values, plugin_model=True):
             values[key] = rule.convert(value)
         except (ValueError, TypeError):
             raise ConfigError(f"{key} must be {rule.wanted}, got {value!r}") from None
+
+
+def modalities_optional(model_class, config):
+    """True when the model may leave out missing ones of ``modalities``: its reference runs
+    with whichever modalities exist (``one_modality_ok``) and ``modalities`` is the model's
+    packaged default, not a value the user gave (a config file, the config dict, the command line)."""
+    given = getattr(config, "external_config_dict", None) or {}
+    return bool(getattr(model_class, "one_modality_ok", False)) and "modalities" not in given
 
 
 def check_modalities(values, one_modality_ok=False):

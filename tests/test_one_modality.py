@@ -48,7 +48,13 @@ def test_trains_on_one_modality(data_root, tmp_path, model_name, modality):
 
 def test_without_either_modality_the_error_says_so(data_root, tmp_path):
     config = one_modality_config(data_root, tmp_path, "text")
-    config["modality_files"] = {"text": "text_feat.npy"}
     config["modalities"] = ["image", "clip"]  # none of them in the dataset
     with pytest.raises(ConfigError, match="FREEDOM needs modalities \\['image', 'clip'\\]"):
+        Config("FREEDOM", "only_text", None, config)
+
+
+def test_modalities_the_user_names_must_all_exist(data_root, tmp_path):
+    config = one_modality_config(data_root, tmp_path, "text")
+    config["modalities"] = ["image", "text"]  # given, not the packaged default: not left out silently
+    with pytest.raises(ConfigError, match="FREEDOM needs modalities \\['image'\\]"):
         Config("FREEDOM", "only_text", None, config)
