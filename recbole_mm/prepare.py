@@ -77,6 +77,7 @@ import ast
 import concurrent.futures
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -120,6 +121,10 @@ CONTENT_TYPES_OK = ("image/",)
 
 class PrepareError(DataError):
     """A bad input of :func:`prepare_dataset`; the message is one line naming the file."""
+
+
+class DownloadFailed(Exception):
+    """One image URL could not be used (counted, never fatal); the message is the reason."""
 
 
 # ============================================================================ reading
@@ -470,7 +475,7 @@ def _cache_name(url):
 
 
 def _fetch(url, timeout, retries, max_bytes):
-    """The image bytes at ``url``, or raise ``ValueError(reason)``."""
+    """The image bytes at ``url``, or raise :class:`DownloadFailed` (the reason)."""
     from PIL import Image
 
     last = None
@@ -480,31 +485,32 @@ def _fetch(url, timeout, retries, max_bytes):
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 kind = response.headers.get("Content-Type", "")
                 if not kind.lower().startswith(CONTENT_TYPES_OK):
-                    raise ValueError(f"wrong Content-Type ({kind or 'missing'})")
+                    raise DownloadFailed(f"wrong Content-Type ({kind or 'missing'})")
                 length = response.headers.get("Content-Length")
-                if length and int(length) > max_bytes:
-                    raise ValueError(f"larger than {max_bytes} bytes")
+                if length and length.strip().isdigit() and int(length) > max_bytes:
+                    raise DownloadFailed(f"larger than {max_bytes} bytes")
                 data = response.read(max_bytes + 1)
             if len(data) > max_bytes:
-                raise ValueError(f"larger than {max_bytes} bytes")
+                raise DownloadFailed(f"larger than {max_bytes} bytes")
             try:
                 with Image.open(io.BytesIO(data)) as image:
                     image.verify()
             except Exception:  # noqa: BLE001 - PIL raises many kinds
-                raise ValueError("not an image (PIL cannot read it)") from None
+                raise DownloadFailed("not an image (PIL cannot read it)") from None
             return data
         except urllib.error.HTTPError as error:
             last = f"HTTP {error.code}"
             if error.code < 500 and error.code != 429:
                 break  # a 404 stays a 404
-        except ValueError:
+        except DownloadFailed:
             raise
-        except (urllib.error.URLError, OSError) as error:  # timeouts, refused, reset
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
+            # timeouts, refused or reset connections, truncated bodies, malformed URLs
             reason = getattr(error, "reason", error)
             last = "timeout" if "timed out" in str(reason) else f"unreachable ({type(reason).__name__})"
         if attempt < retries:
             time.sleep(min(0.2 * 2 ** attempt, 2.0))
-    raise ValueError(last)
+    raise DownloadFailed(last)
 
 
 def download_images(urls, folder, workers=16, timeout=10.0, retries=2, max_bytes=10 * 2 ** 20,
@@ -553,7 +559,7 @@ def download_images(urls, folder, workers=16, timeout=10.0, retries=2, max_bytes
                     paths[url] = future.result()
                     report.ok += 1
                     known_failures.pop(url, None)
-                except ValueError as error:
+                except DownloadFailed as error:
                     reason = str(error).split(" (")[0]  # the kind, without the details
                     report.failed[reason] = report.failed.get(reason, 0) + 1
                     known_failures[url] = reason
