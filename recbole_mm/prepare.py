@@ -333,6 +333,14 @@ def _text(value):
     return "" if value is None else " ".join(str(value).split())
 
 
+def _categories(value):
+    """A categories cell as text: Amazon's lists kept as their literal (``first_category_path``
+    of :mod:`recbole_mm.features.text` reads it), "" when they hold no name."""
+    if isinstance(value, (list, tuple)):
+        return str(value) if _text(value) else ""
+    return _text(value)
+
+
 def read_item_table(path, wanted_items=None, id_col=None, image_col=None, text_columns=None):
     """The item table as a DataFrame of str: ``item`` and ``title``, ``description``,
     ``categories``, ``brand``, ``image`` (absent fields ""), plus every column named in
@@ -365,7 +373,7 @@ def read_item_table(path, wanted_items=None, id_col=None, image_col=None, text_c
                 image = next((record[key] for key in IMAGE_COLUMNS if record.get(key)), "")
             categories = next((record[key] for key in CATEGORY_COLUMNS if record.get(key) is not None), "")
             row = {"item": item, "image": str(_first(image)).strip(),
-                   "categories": str(categories) if isinstance(categories, (list, tuple)) else _text(categories)}
+                   "categories": _categories(categories)}
             for key in fields:
                 row[key] = _text(record.get(key))
             for key in extra:
@@ -608,6 +616,12 @@ def _digest(*parts):
 def _file_stamp(path):
     stat = os.stat(path)
     return [os.path.basename(path), stat.st_size]
+
+
+def _image_stamp(path):
+    """What an image's encoding depends on: its path, size and modification time."""
+    stat = os.stat(path)
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
 
 
 def _cached_matrix(cache_dir, kind, key, compute):
@@ -1012,7 +1026,7 @@ def _load_vision(model, processor):
 
 def _image_features(paths, model, processor, device, batch_size, cache_dir):
     label = model if isinstance(model, str) else (getattr(model, "name_or_path", "") or type(model).__name__)
-    key = _digest("image", label, [_file_stamp(path) + [os.path.basename(os.path.dirname(path))] for path in paths])
+    key = _digest("image", label, [_image_stamp(path) for path in paths])
 
     def compute():
         loaded, image_processor = _load_vision(model, processor)
@@ -1028,7 +1042,7 @@ def _image_features(paths, model, processor, device, batch_size, cache_dir):
 def _joint_features(item_tokens, item_paths, mask, texts, model, processor, device, cache_dir):
     """CLIP mean of image and text embeddings; text only for items without an image."""
     label = model if isinstance(model, str) else (getattr(model, "name_or_path", "") or type(model).__name__)
-    stamps = [_file_stamp(path) if path else None for path in item_paths]
+    stamps = [_image_stamp(path) if path else None for path in item_paths]
     key = _digest("clip", label, texts, stamps)
 
     def compute():

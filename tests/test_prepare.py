@@ -510,3 +510,28 @@ def test_download_size_cap_and_recorded_failures(tmp_path, image_server):
     assert sum(hits.values()) == 2 and report.failed == {"larger than 100 bytes": 1, "HTTP 404": 1}
     paths, report = download_images(urls, str(tmp_path / "cache"), timeout=2.0, retries=0, retry_failed=True)
     assert list(paths) == [urls[0]] and hits[f"/good/1.png"] == 2
+
+
+def test_amazon_2018_meta_fields_and_contentless_items(tmp_path):
+    from recbole_mm.prepare import read_item_table
+
+    rows = [{"asin": f"B{item:04d}", "title": f"Product {item}" if item != 5 else "",
+             "category": ["Baby", f"Cat{item % 4}"], "description": [f"Line one of {item}.", "Line two."],
+             "brand": "", "imageURLHighRes": [f"http://x.invalid/{item}a.jpg", "http://x.invalid/b.jpg"]}
+            for item in range(N_ITEMS)]
+    rows[5]["category"], rows[5]["description"], rows[5]["imageURLHighRes"] = [], [], []
+    meta = write_json_lines(tmp_path / "Baby.json.gz", rows, gz=True)
+    table = read_item_table(meta, {"B0003", "B0005"}).set_index("item")
+    assert sorted(table.index) == ["B0003", "B0005"]
+    assert table.loc["B0003", "description"] == "Line one of 3. Line two."
+    assert table.loc["B0003", "image"] == "http://x.invalid/3a.jpg"
+    from recbole_mm.features.text import first_category_path
+
+    assert first_category_path(table.loc["B0003", "categories"]) == "Baby Cat3"
+    reviews = write_json_lines(tmp_path / "reviews.json", review_rows())
+    prepare_dataset(reviews, meta, "kept", tmp_path / "data", kcore_k=1, **fast())
+    prepare_dataset(reviews, meta, "dropped", tmp_path / "data", kcore_k=1, drop_contentless=True, **fast())
+    kept = pd.read_csv(tmp_path / "data" / "kept" / "i_id_mapping.csv", sep="\t")
+    dropped = pd.read_csv(tmp_path / "data" / "dropped" / "i_id_mapping.csv", sep="\t")
+    assert "B0005" in kept["asin"].tolist() and "B0005" not in dropped["asin"].tolist()
+    assert len(dropped) == N_ITEMS - 1
