@@ -54,6 +54,7 @@ REFERENCE_OWNER = {"LIRDRec": "enoche/LIRDRec", "MENTOR": "Jinfeng-Xu/MENTOR", "
 # MMRec key -> our key, per model, where the names differ.
 KEY_MAP = {
     "DRAGON": {"n_layers": "n_ui_layers"},
+    "COHESION": {"num_layer": "n_ui_layers"},
 }
 # models whose MMRec version reads user_graph_dict.npy (built offline there; here by user_graph_dict)
 USER_GRAPH_MODELS = ("DRAGON", "DualGNN", "VLIF", "MENTOR", "COHESION")

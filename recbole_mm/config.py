@@ -23,8 +23,10 @@ class Config(RecBoleConfig):
     - Model names resolve through :func:`recbole_mm.utils.get_model` (plugin first).
     - After RecBole's own internal yaml files, the plugin's packaged defaults are layered on
       in RecBole's precedence order: ``properties/overall.yaml`` < ``properties/model/<Model>.yaml``
-      < ``properties/dataset/<dataset>.yaml``. User config files, the config dict and the
-      command line still override all of them (file < dict < command line), as in RecBole.
+      < ``properties/dataset/<dataset>.yaml`` < the model yaml's ``dataset_defaults`` block for
+      this dataset (:func:`apply_dataset_defaults`: a model's tuned values per dataset). User
+      config files, the config dict and the command line still override all of them
+      (file < dict < command line), as in RecBole.
     - Values are checked up front against :func:`value_checks` (type and range; a
       :class:`~recbole_mm.errors.ConfigError` names the key), before RecBole's own setup reads
       them, and a key that no model, dataset or default knows is logged as a warning with the
@@ -97,6 +99,7 @@ class Config(RecBoleConfig):
                 self.parameters["Dataset"] += [
                     key for key in loaded if key not in self.parameters["Dataset"]
                 ]
+        apply_dataset_defaults(self.internal_config_dict, dataset)
 
 
 def model_config_file(model_class):
@@ -117,6 +120,31 @@ def packaged_config_files(model_class, dataset):
         os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
     ]
     return [path for path in candidates if path and os.path.isfile(path)]
+
+
+def apply_dataset_defaults(values, dataset):
+    """Apply, in place, the ``dataset_defaults`` block of a packaged model yaml: a mapping
+    dataset name -> {key: value} of the settings the model's authors tuned per dataset, e.g.
+
+    .. code-block:: yaml
+
+        alpha: 0.3              # the model's default
+        dataset_defaults:
+          sports: {alpha: 0.6}  # replaces it when the dataset is 'sports'
+
+    The block is removed from ``values``; the entry of ``dataset`` (if any) overrides the
+    packaged defaults loaded so far (overall, model and dataset yaml). The user's files, dict
+    and command line are applied later and override it in turn.
+
+    Raises:
+        ConfigError: the block is not a mapping of dataset names to mappings.
+    """
+    block = values.pop("dataset_defaults", None)
+    if block is None:
+        return
+    if not isinstance(block, dict) or not all(isinstance(entry, dict) for entry in block.values()):
+        raise ConfigError(f"dataset_defaults must map dataset names to {{key: value}} mappings, got {block!r}")
+    values.update(block.get(dataset) or {})
 
 
 # ---------------------------------------------------------------------------- value checks
@@ -248,6 +276,7 @@ def value_checks():
     from recbole_mm.data.dataloader import TRAIN_SAMPLINGS
     from recbole_mm.model.layers import DCT_MODES
     from recbole_mm.model.lattice import ADJACENCY_NORMS, CF_MODELS
+    from recbole_mm.model.slmrec import SSL_TASKS
     from recbole_mm.model.vlif import FUSIONS
     from recbole_mm.trainer.guider import KD_MODES
     from recbole_mm.trainer.guider_ops import ROW_TRANSFORMS, SPLIT_SCORES, THRESHOLD_MODES
@@ -335,6 +364,8 @@ def value_checks():
         "cl_loss": non_negative,
         "cl_temperature": positive,
         "ssl_temperature": positive,
+        "ssl_weight": non_negative,
+        "ssl_task": choice(SSL_TASKS),
         "feat_embed_dim": count,
         "content_embedding_size": count,
         "mft_hidden_size": count,
@@ -343,6 +374,7 @@ def value_checks():
         "weight_size": sequence(count),
         "user_graph_k": count,
         "user_graph_stored": count,
+        "user_graph_sampling": choice(["resample", "fixed"]),
         "cf_model": choice(CF_MODELS),
         "adjacency_norm": choice(sorted(ADJACENCY_NORMS)),
         "dct_mode": choice(DCT_MODES),
@@ -367,8 +399,24 @@ def value_checks():
         "vbpr_bias": boolean(),
         "clipmlp_user_input": boolean(),
         "fusion_checkpoint": boolean(),
+        "n_hyper_layer": count,
+        "hyper_num": count,
+        "keep_rate": number(0, 1, low_open=True),
+        "alpha": non_negative,
+        "gumbel_temperature": positive,
+        "lgmrec_eval_noise_quirk": boolean(),
+        "lgmrec_user_assignment_quirk": boolean(),
         "grcn_routing_quirk": boolean(),
         "mmgcn_frozen_quirk": boolean(),
+        "cohesion_detach_id_quirk": boolean(),
+        "align_weight": non_negative,
+        "mask_weight_f": non_negative,
+        "mask_weight_g": non_negative,
+        "perturbation_eps": non_negative,
+        "mentor_mask_no_grad_quirk": boolean(),
+        "mentor_shared_perturbed_encoder": boolean(),
+        "mentor_user_graph": boolean(),
+        "slmrec_stale_eval_quirk": boolean(),
         "modality_latent_dim": mapping(),
     }
     return {"recbole": recbole, "plugin": plugin, "model": model}

@@ -113,9 +113,15 @@ def init_device(config):
 def wrap_model(model, config):
     """``(model, DistributedDataParallel(model))`` for a trainer on a distributed run: batch norm
     synchronised and ``device_ids=[local_rank]`` on GPUs, the module as it is on CPUs (torch
-    refuses ``device_ids`` for a CPU module)."""
+    refuses ``device_ids`` for a CPU module).
+
+    Sparse buffers (DRAGON's user–user graph) are left out of DDP's buffer broadcast, which
+    cannot send sparse tensors: every rank draws them alike (:func:`same_random_state`)."""
     from torch.nn.parallel import DistributedDataParallel
 
+    sparse = [name for name, buffer in model.named_buffers() if buffer.layout != torch.strided]
+    if sparse:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sparse)
     device = torch.device(config["device"])
     if device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -60,3 +60,32 @@ def test_general_models_get_the_multimodal_trainer(run_config):
     config = Config("BPR", "synthetic", config_dict=run_config())
     assert get_trainer(config["MODEL_TYPE"], "BPR") is MultiModalTrainer
     assert get_trainer(config["MODEL_TYPE"], "VBPR") is MultiModalTrainer
+
+
+def test_dataset_defaults_block_of_a_model_yaml(tmp_path, monkeypatch, run_config):
+    """model yaml < dataset yaml < the model yaml's dataset_defaults entry for the dataset <
+    user file < dict < command line."""
+    import recbole_mm.config as config_module
+    from recbole_mm.errors import ConfigError
+
+    model_yaml = tmp_path / "VBPR.yaml"
+    model_yaml.write_text("reg_weight: 0.5\nepochs: 3\ndataset_defaults:\n"
+                          "  synthetic: {reg_weight: 0.25, epochs: 5}\n  baby: {reg_weight: 0.125}\n")
+    monkeypatch.setattr(config_module, "model_config_file", lambda model_class: str(model_yaml))
+    base = run_config()
+    base.pop("epochs")
+    tuned = Config("VBPR", "synthetic", config_dict=base)
+    assert (tuned["reg_weight"], tuned["epochs"]) == (0.25, 5), "the entry beats the model and dataset yaml"
+    assert "dataset_defaults" not in tuned.final_config_dict
+    baby = Config("VBPR", "baby", config_dict=base)
+    assert (baby["reg_weight"], baby["epochs"]) == (0.125, 3), "keys the entry leaves out keep the model's value"
+    assert Config("VBPR", "sports", config_dict=base)["reg_weight"] == 0.5, "no entry: the model yaml"
+    user_file = tmp_path / "mine.yaml"
+    user_file.write_text("reg_weight: 0.75\n")
+    assert Config("VBPR", "synthetic", [str(user_file)], base)["reg_weight"] == 0.75
+    assert Config("VBPR", "synthetic", config_dict={**base, "epochs": 9})["epochs"] == 9
+    monkeypatch.setattr(sys, "argv", ["run", "--reg_weight=0.0625"])
+    assert Config("VBPR", "synthetic", config_dict=base)["reg_weight"] == 0.0625
+    model_yaml.write_text("dataset_defaults:\n  synthetic: 3\n")
+    with pytest.raises(ConfigError, match="dataset_defaults must map dataset names"):
+        Config("VBPR", "synthetic", config_dict=base)

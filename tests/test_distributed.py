@@ -60,6 +60,22 @@ def _build(config_dict):
     return config, (train, valid, test), VBPR(config, train._dataset)
 
 
+def test_a_model_with_a_sparse_buffer_trains_under_ddp(one_rank):
+    """DRAGON keeps its user–user graph as a sparse buffer (it travels with the checkpoint);
+    DistributedDataParallel cannot broadcast sparse tensors, so those buffers are left to the
+    ranks, which draw them alike (same_random_state)."""
+    from recbole_mm.model import DRAGON
+
+    config = Config("DRAGON", "synthetic", config_dict=one_rank(epochs=1))
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = DRAGON(config, train._dataset)
+    assert model.user_graph.is_sparse
+    trainer = MultiModalTrainer(config, model)
+    assert "user_graph" in trainer.distributed_model.parameters_to_ignore
+    trainer.fit(train, valid, saved=False)
+    assert model.user_graph.is_sparse and "user_graph" in model.state_dict()
+
+
 def test_cpu_trainer_under_ddp_evaluates_as_one_process(one_rank, run_config):
     # RecBole's DistributedDataParallel(model, device_ids=[0]) refuses a CPU module
     config, (train, valid, _), model = _build(one_rank(epochs=1))

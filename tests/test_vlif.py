@@ -13,6 +13,7 @@ from recbole_mm.model.vlif import SynergyEncoder, TransformerBlock, VLIF, orthog
 from tests.conftest import REPO_ROOT, build_model
 
 PAPER_PROFILE = os.path.join(REPO_ROOT, "properties", "vlif_paper.yaml")
+MASTER_PROFILE = os.path.join(REPO_ROOT, "properties", "vlif_master.yaml")
 
 
 def build(run_config, model_class=VLIF, **overrides):
@@ -310,6 +311,27 @@ def test_code_profile_model_parts(run_config):
             assert torch.allclose(graph[user, chosen], torch.softmax(row[chosen], 0), atol=1e-6)
     model.pre_epoch_processing()
     assert torch.equal(graph, model.user_graph.to_dense()), "fixed: not redrawn"
+
+
+def test_master_profile_branches_are_the_public_masters_two_layer_mlps(run_config):
+    """``properties/vlif_master.yaml`` against dangkh/VIRAL's master branch: synergy only,
+    λ 0.001, no redundancy module, and *every* branch's item MLP ``Linear(dim -> 4d)``,
+    LeakyReLU (slope 0.01), ``Linear(4d -> d)``: master's GCN always applies
+    ``MLP_1(leaky_relu(MLP(x)))``, whatever the ``num_layer = 1`` its model passes (only redu2's
+    GCN switches on it). With one-layer branches, the profile before issue 20, Recall@20 after
+    5 epochs was 10-16% below the public code's; ``benchmarks/vlif_bisect.py`` maps master's
+    state_dict onto this model layer by layer and compares every tensor."""
+    config, _, _, model = build_model(run_config(), VLIF, config_files=[MASTER_PROFILE])
+    assert (config["fusion"], config["fusion_weight"], model.redundancy_encoder) == ("synergy", 0.001, None)
+    d = model.embedding_size
+    for name, dim in model.branch_dims().items():
+        mlp = model.branches[name].mlp
+        assert [type(m) for m in mlp] == [nn.Linear, nn.LeakyReLU, nn.Linear], name
+        assert (mlp[0].in_features, mlp[0].out_features, mlp[2].in_features, mlp[2].out_features) == \
+            (dim, 4 * d, 4 * d, d), name
+        x = torch.randn(5, dim)
+        expected = F.linear(F.leaky_relu(F.linear(x, mlp[0].weight, mlp[0].bias)), mlp[2].weight, mlp[2].bias)
+        assert torch.allclose(mlp(x), expected, atol=1e-6), name
 
 
 def test_checkpoint_restores_the_sampled_user_graph(tmp_path, data_root):

@@ -6,15 +6,19 @@ file adds its import and its name in ``__all__``."""
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.bm3 import BM3
 from recbole_mm.model.clipmlp import CLIPMLP
+from recbole_mm.model.cohesion import COHESION
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
 from recbole_mm.model.lattice import LATTICE
+from recbole_mm.model.lgmrec import LGMRec
 from recbole_mm.model.lirdrec import LIRDRec
+from recbole_mm.model.mentor import MENTOR
 from recbole_mm.model.mgcn import MGCN
 from recbole_mm.model.micro import MICRO
 from recbole_mm.model.mmgcn import MMGCN
 from recbole_mm.model.nfvlm import NFVLM
+from recbole_mm.model.slmrec import SLMRec
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.model.vlif import VLIF
 
@@ -22,15 +26,19 @@ __all__ = [
     "MultiModalRecommender",
     "BM3",
     "CLIPMLP",
+    "COHESION",
     "DRAGON",
     "FREEDOM",
     "GRCN",
     "LATTICE",
+    "LGMRec",
     "LIRDRec",
+    "MENTOR",
     "MGCN",
     "MICRO",
     "MMGCN",
     "NFVLM",
+    "SLMRec",
     "VBPR",
     "VLIF",
 ]

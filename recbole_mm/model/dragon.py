@@ -48,6 +48,11 @@ class DRAGON(MultiModalRecommender):
         self.user_modality_weight = self.build_user_modality_weight(len(self.branches))
         image_weight = config["mm_image_weight"]
         self.item_graph = self.item_knn_graph(config["knn_k"], {"image": image_weight, "text": 1.0 - image_weight})
+        self.build_user_graph(config)
+
+    def build_user_graph(self, config):
+        """The user–user co-occurrence sampler and the current graph (a subclass without a user
+        graph overrides this to build neither)."""
         self.user_graph_sampler = UserGraphSampler(
             self.interaction_matrix, config["user_graph_k"], config["user_graph_stored"], self.device
         )

@@ -271,3 +271,70 @@ def dct_features(matrix, mode="1d"):
 def inverse_dct_features(matrix, mode="1d"):
     """Inverse of :func:`dct_features`."""
     return _dct_transform(matrix, mode, inverse=True)
+
+
+# ---------------------------------------------------------------------------- layer-refined GCN
+def layer_refined_propagate(adjacency, ego, n_layers, include_ego=True):
+    r"""LayerGCN's layer-refined propagation (Zhou et al., ICDE 2023; MMRec ``layergcn.py``),
+    also COHESION's user–item GCN.
+
+    Each layer propagates the previous (refined) layer and rescales every row by its cosine
+    to the ego embedding:
+
+    :math:`E^{(l)} = \mathrm{diag}\big(\cos(\hat A E^{(l-1)}, E^{(0)})\big)\, \hat A E^{(l-1)}`,
+    the cosine taken row-wise (``F.cosine_similarity``: a zero row scores 0).
+
+    Args:
+        adjacency: sparse (N x N) normalised adjacency, or a :class:`FrozenSparse` of one.
+        ego: dense (N x d) layer-0 embeddings :math:`E^{(0)}`.
+        n_layers: L.
+        include_ego: ``True`` sums layers 0..L (COHESION), ``False`` layers 1..L (LayerGCN).
+
+    Returns:
+        dense (N x d) tensor (zeros when L = 0 and ``include_ego`` is False).
+    """
+    product = adjacency.mm if isinstance(adjacency, FrozenSparse) else lambda x: torch.sparse.mm(adjacency, x)
+    layer = ego
+    total = ego if include_ego else torch.zeros_like(ego)
+    for _ in range(n_layers):
+        layer = product(layer)
+        layer = nn.functional.cosine_similarity(layer, ego, dim=-1).unsqueeze(1) * layer
+        total = total + layer
+    return total
+
+
+# ---------------------------------------------------------------------------- perturbed propagation
+def simgcl_perturb(embeddings, eps, noise):
+    r"""SimGCL's embedding perturbation (Yu et al., SIGIR 2022), as MENTOR's graph task uses it:
+    :math:`h + \epsilon\, \mathrm{sign}(h) \odot \frac{\Delta}{\|\Delta\|_2}` with
+    :math:`\Delta \sim U[0, 1)` row-wise L2-normalised, so each row moves by ``eps`` into its own
+    orthant.
+
+    Args:
+        embeddings: (N x d) tensor h.
+        eps: :math:`\epsilon`, the norm of each row's offset.
+        noise: (N x d) draw :math:`\Delta` (``torch.rand_like(h)``).
+    """
+    return embeddings + torch.sign(embeddings) * nn.functional.normalize(noise, dim=-1) * eps
+
+
+def perturbed_propagate(adjacency, embeddings, n_layers, eps, draw_noise=torch.rand_like):
+    r""":func:`propagate` with ``combine="sum"`` where every propagated layer is perturbed by
+    :func:`simgcl_perturb` before it is summed and propagated further:
+    :math:`E^{(l+1)} = \mathrm{perturb}(\hat A E^{(l)})`, output :math:`\sum_{l=0}^{L} E^{(l)}`
+    (layer 0 unperturbed; MENTOR's noisy GCN copies).
+
+    Args:
+        adjacency: sparse (N x N) adjacency or :class:`FrozenSparse`.
+        embeddings: dense (N x d) layer 0.
+        n_layers: L.
+        eps: offset norm of :func:`simgcl_perturb`.
+        draw_noise: callable (N x d) tensor -> (N x d) noise of its shape (uniform by default).
+    """
+    product = adjacency.mm if isinstance(adjacency, FrozenSparse) else lambda x: torch.sparse.mm(adjacency, x)
+    layer = total = embeddings
+    for _ in range(n_layers):
+        layer = product(layer)
+        layer = simgcl_perturb(layer, eps, draw_noise(layer))
+        total = total + layer
+    return total

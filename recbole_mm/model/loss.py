@@ -15,7 +15,7 @@ from recbole.model.loss import BPRLoss, EmbLoss
 from recbole_mm.errors import ConfigError
 
 
-def info_nce(anchor, positive, temperature=0.2, symmetric=False):
+def info_nce(anchor, positive, temperature=0.2, symmetric=False, normalize=True):
     r"""In-batch InfoNCE: row i of ``positive`` is the positive of row i of ``anchor``, the
     other rows are its negatives.
 
@@ -25,12 +25,16 @@ def info_nce(anchor, positive, temperature=0.2, symmetric=False):
         anchor, positive: (B x d) tensors.
         temperature: :math:`\tau`.
         symmetric: average with the loss in the other direction (positive -> anchor).
+        normalize: ``False`` scores raw dot products :math:`a_i^\top p_j` in place of the
+            cosine (SLMRec's FAC heads, MMRec's ``fac``).
 
     Returns:
         scalar tensor.
     """
+    if normalize:
+        anchor, positive = F.normalize(anchor, dim=1), F.normalize(positive, dim=1)
     # 1/τ scales the (B x d) anchors, not the (B x B) logits: the same values, B/d times fewer divisions
-    logits = (F.normalize(anchor, dim=1) / temperature) @ F.normalize(positive, dim=1).T
+    logits = (anchor / temperature) @ positive.T
     targets = torch.arange(anchor.shape[0], device=anchor.device)
     loss = F.cross_entropy(logits, targets)
     if symmetric:
@@ -158,4 +162,62 @@ def install_denoising_loss(model, loss_module):
     return replaced
 
 
-__all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss"]
+
+
+def _info_nce_rows(anchor_rows, rows, positive):
+    """Per-row InfoNCE of L2-normalised, temperature-scaled anchors (B x d) against all rows of
+    the L2-normalised ``positive`` (n x d); row ``rows[b]`` is the positive of anchor b."""
+    logits = anchor_rows @ positive.T
+    return torch.logsumexp(logits, dim=1) - logits[torch.arange(len(rows), device=rows.device), rows]
+
+
+def chunked_info_nce(anchor, positive, temperature=0.2, chunk_size=4096):
+    r""":func:`info_nce` (one direction, every row of ``positive`` a candidate) in bounded memory
+    for large n: anchors are taken ``chunk_size`` rows at a time and, with more than one chunk,
+    each chunk's (chunk x n) logits are recomputed in the backward pass (activation
+    checkpointing) instead of kept, so memory is O(chunk x n) instead of O(n x n). Same value
+    and gradients as :func:`info_nce` (up to float rounding); with n <= ``chunk_size`` it is
+    :func:`info_nce`. MENTOR's graph-perturbation terms run over all users / all items.
+
+    Args:
+        anchor, positive: (n x d) tensors.
+
+    Returns:
+        scalar tensor.
+    """
+    n_rows = anchor.shape[0]
+    if n_rows <= chunk_size:
+        return info_nce(anchor, positive, temperature)
+    anchor, positive = F.normalize(anchor, dim=1) / temperature, F.normalize(positive, dim=1)
+    rows = torch.arange(n_rows, device=anchor.device)
+    total = anchor.new_zeros(())
+    for start in range(0, n_rows, chunk_size):
+        stop = min(start + chunk_size, n_rows)
+        losses = checkpoint(_info_nce_rows, anchor[start:stop], rows[start:stop], positive, use_reentrant=False)
+        total = total + losses.sum()
+    return total / n_rows
+
+
+def table_info_nce(anchor, table, targets, temperature=0.2, reduction="sum"):
+    r"""InfoNCE of a batch of anchors against a whole table of candidates: the positive of
+    anchor i is ``table[targets[i]]``, and every row of ``table`` (the positive included) is in
+    its denominator (LGMRec's triple loss: negatives are all users / all items, not the batch).
+
+    :math:`\mathcal L = -\sum_i \log \frac{\exp(\cos(a_i, t_{y_i})/\tau)}{\sum_j \exp(\cos(a_i, t_j)/\tau)}`
+    (``reduction="sum"``; ``"mean"`` divides by B).
+
+    Args:
+        anchor: (B x d) tensor.
+        table: (N x d) tensor of candidates.
+        targets: int64 (B,) rows of ``table``.
+        temperature: :math:`\tau`.
+
+    Returns:
+        scalar tensor.
+    """
+    logits = (F.normalize(anchor, dim=1) / temperature) @ F.normalize(table, dim=1).T
+    return F.cross_entropy(logits, targets, reduction=reduction)
+
+
+__all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss",
+           "chunked_info_nce", "table_info_nce"]

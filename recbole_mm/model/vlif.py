@@ -15,7 +15,7 @@ n_mm_layers/n_uu_layers  1 / 1                       2 / 2
 stopping_step            30                          20
 log2_bpr                 True (−log₂ σ)              False (−ln σ)
 ssl_items                all (InfoNCE over I items)  batch
-linear_branches          [image]                     []
+linear_branches          [image] (master: [])        []
 user_graph_sampling      fixed (top 40)              resample (each epoch)
 redundancy_variant       redu2                       paper
 =======================  ==========================  ==============================
@@ -27,7 +27,7 @@ the score :math:`z_i^\top z_u` (Eq. 4). The visual modality is the dataset's ``i
 modality; with VLIF's features it holds the encoded VLM descriptions
 (:mod:`recbole_mm.features.vlm`, Eq. 5). Each branch's item MLP is ``dim -> 4d -> d``;
 ``linear_branches`` names those that use the code's single ``Linear(dim -> d)`` + LeakyReLU
-(``redu2``: the visual branch).
+(``redu2``: the visual branch; ``master``: none).
 
 Information-aware fusion (§2.3), on the item features ``t``, ``v`` (both brought to
 ``fusion_dim`` by a linear map when their width differs):
@@ -353,8 +353,10 @@ class VLIF(DRAGON):
 
     def use_linear_branches(self, names):
         """The public code's one-layer item MLP, ``Linear(dim -> d)`` + LeakyReLU, for the named
-        branches (``redu2``: the visual one; ``master``: all three) instead of
-        ``dim -> 4d -> d``."""
+        branches instead of ``dim -> 4d -> d``: ``redu2`` builds its visual GCN with
+        ``num_layer=1``, the only branch of the public code with one layer. ``master`` has none:
+        its GCN always applies ``MLP_1(leaky_relu(MLP(x)))`` although its model sets
+        ``num_layer = 1`` (``properties/vlif_master.yaml``: ``linear_branches: []``)."""
         unknown = set(names) - set(self.branches)
         if unknown:
             raise ConfigError(f"VLIF: linear_branches names {sorted(unknown)}; the branches are {list(self.branches)}")
