@@ -454,7 +454,8 @@ def modalities_optional(model_class, config):
     with whichever modalities exist (``one_modality_ok``) and ``modalities`` is the model's
     packaged default, not a value the user gave (a config file, the config dict, the command line)."""
     given = getattr(config, "external_config_dict", None) or {}
-    return bool(getattr(model_class, "one_modality_ok", False)) and "modalities" not in given
+    # the class's own declaration: a subclass (MICRO of LATTICE, MENTOR of DRAGON) opts in itself
+    return bool(vars(model_class).get("one_modality_ok", False)) and "modalities" not in given
 
 
 def check_modalities(values, one_modality_ok=False):

@@ -9,7 +9,7 @@ from recbole_mm.data import create_dataset, data_preparation
 from recbole_mm.errors import ConfigError
 from recbole_mm.utils import get_model
 
-ONE_MODALITY_MODELS = ["FREEDOM", "BM3", "LATTICE", "MGCN", "VBPR", "GRCN", "MMGCN"]
+ONE_MODALITY_MODELS = ["FREEDOM", "BM3", "LATTICE", "MGCN", "VBPR", "GRCN", "MMGCN", "DRAGON"]
 TINY = {"seed": 5, "n_users": 120, "n_items": 80, "mean_interactions": 10}
 
 
@@ -58,3 +58,9 @@ def test_modalities_the_user_names_must_all_exist(data_root, tmp_path):
     config["modalities"] = ["image", "text"]  # given, not the packaged default: not left out silently
     with pytest.raises(ConfigError, match="FREEDOM needs modalities \\['image'\\]"):
         Config("FREEDOM", "only_text", None, config)
+
+
+@pytest.mark.parametrize("model_name", ["MICRO", "VLIF"])
+def test_subclasses_do_not_inherit_the_opt_in(data_root, tmp_path, model_name):
+    with pytest.raises(ConfigError, match=f"{model_name} needs modalities \\['image'\\]"):
+        Config(model_name, "only_text", None, one_modality_config(data_root, tmp_path, "text"))
