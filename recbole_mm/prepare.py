@@ -711,9 +711,9 @@ class PrepareResult:
     def summary(self):
         lines = [f"Prepared dataset '{self.name}' in {self.folder}" + (" (already up to date)" if self.reused else "")]
         if self.stages:
-            lines.append(f"  {'step':<34}{'users':>10}{'items':>10}{'interactions':>14}")
+            lines.append(f"  {'step':<40}{'users':>10}{'items':>10}{'interactions':>14}")
             for stage, users, items, rows in self.stages:
-                lines.append(f"  {stage:<34}{users:>10,}{items:>10,}{rows:>14,}")
+                lines.append(f"  {stage:<40}{users:>10,}{items:>10,}{rows:>14,}")
         if self.split_sizes:
             lines.append("  split (x_label): " + ", ".join(f"{k} {v:,}" for k, v in self.split_sizes.items()))
         for name, shape in self.features.items():
@@ -723,6 +723,13 @@ class PrepareResult:
         lines.append("Train on it with:")
         lines.append(f"  {self.command}")
         return "\n".join(lines)
+
+
+def _label(model, fallback):
+    """A model (object or name) as recorded in ``prepare_meta.json``."""
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return str(model) if model is not None else fallback
+    return getattr(model, "name_or_path", None) or getattr(model, "name", None) or type(model).__name__
 
 
 def _stage(frame):
@@ -769,6 +776,8 @@ def prepare_dataset(interactions, items=None, name=None, data_path="dataset", *,
         name = _default_name(interactions)
         if name in _packaged_datasets():  # e.g. 'baby': the packaged yaml would ask for MMRec's 4096-d files
             name += "_prepared"
+    if not name or name != os.path.basename(name) or name.startswith("."):
+        raise ConfigError(f"name must be a plain folder name (no path, not hidden), got {name!r}")
     data_path = os.path.abspath(data_path)
     folder = os.path.join(data_path, name)
     user_k = int(user_kcore if user_kcore is not None else kcore_k)
@@ -779,18 +788,16 @@ def prepare_dataset(interactions, items=None, name=None, data_path="dataset", *,
     if items is not None:
         _check_file(items, "item table")
     text_columns = _template_columns(text_template) if text_template else None
-    model_label = lambda model, fallback: getattr(model, "name_or_path", None) or type(model).__name__ if model is not None else fallback  # noqa: E731
     arguments = {
         "version": META_VERSION, "name": name,
         "inputs": {"interactions": _file_stamp(interactions), "items": _file_stamp(items) if items else None},
         "columns": [user_col, item_col, rating_col, time_col, item_id_col, image_col],
         "min_rating": min_rating, "kcore": [user_k, item_k], "missing_items": missing_items,
         "drop_contentless": drop_contentless, "split": split, "ratios": list(ratios), "seed": seed,
-        "text": bool(text) and items is not None, "text_model": model_label(text_encoder, text_model),
+        "text": bool(text) and items is not None, "text_model": _label(text_encoder, text_model),
         "text_template": text_template,
-        "images": bool(images) and items is not None, "image_model": model_label(image_model, image_model)
-        if not isinstance(image_model, str) else image_model, "missing_image": missing_image,
-        "clip": bool(clip), "vlm": model_label(vlm_describer, vlm_model),
+        "images": bool(images) and items is not None, "image_model": _label(image_model, image_model),
+        "missing_image": missing_image, "clip": bool(clip), "vlm": _label(vlm_describer, vlm_model),
     }
     existing = _existing_dataset(folder)
     if existing is not None:
@@ -932,7 +939,14 @@ def _default_name(path):
 def _template_columns(template):
     import string
 
-    return [field_name for _, field_name, _, _ in string.Formatter().parse(template) if field_name]
+    try:
+        names = [field_name for _, field_name, _, _ in string.Formatter().parse(template) if field_name is not None]
+    except ValueError as error:
+        raise ConfigError(f"text_template {template!r} is not a format string ({error})") from None
+    if not names or any(not name.isidentifier() for name in names):
+        raise ConfigError(f"text_template {template!r} must name item-table columns in braces, "
+                          "e.g. '{title} ({year}). {genres}'")
+    return names
 
 
 def _item_texts(content, template):
@@ -1174,7 +1188,8 @@ def _write_folder(folder, name, inter, user_tokens, item_tokens, features, argum
         for file, matrix in features.items():
             np.save(os.path.join(staging, file), matrix)
         meta = {"arguments": arguments,
-                "split_sizes": {k: int((inter[MMREC_LABEL] == v).sum()) for v, k in enumerate(("train", "valid", "test"))},
+                "split_sizes": {split: int((inter[MMREC_LABEL] == label).sum())
+                                for label, split in enumerate(("train", "valid", "test"))},
                 "n_users": len(user_tokens), "n_items": len(item_tokens), "stages": stages, "images": images,
                 **(extra_meta or {})}
         with open(os.path.join(staging, META_FILE), "w", encoding="utf-8") as handle:

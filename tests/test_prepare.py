@@ -178,7 +178,8 @@ def train_one_epoch(data_path, name, model="FREEDOM"):
 
     return run_recbole_mm(model, name, config_dict={
         "data_path": str(data_path), "epochs": 1, "state": "WARNING", "show_progress": False,
-        "checkpoint_dir": os.path.join(str(data_path), "saved"), "train_batch_size": 256, "eval_batch_size": 4096, "topk": [5, 10, 20]})
+        "checkpoint_dir": os.path.join(str(data_path), "saved"), "train_batch_size": 256, "eval_batch_size": 4096,
+        "topk": [5, 10, 20]})
 
 
 # ---------------------------------------------------------------------------- unit

