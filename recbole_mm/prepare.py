@@ -250,6 +250,8 @@ def _read_delimited(path, what):
         header = handle.readline()
     if not header.strip():
         raise PrepareError(f"{what} file {path} is empty (no header line)")
+    if header.lstrip().startswith("["):
+        raise PrepareError(f"{what} file {path} is a JSON array; write one JSON object per line (JSON lines)")
     counts = {delimiter: header.count(delimiter) for delimiter in DELIMITERS}
     delimiter = max(DELIMITERS, key=counts.get) if max(counts.values()) else ","
     try:
@@ -674,25 +676,31 @@ def encode_images_generic(model, processor, paths, batch_size=32, device="cpu"):
     return np.concatenate(out)
 
 
-def _clip_features(table_dir, item_ids, paths, texts, combine, model_name, model, processor, device, batch_size):
-    """:func:`recbole_mm.features.clip.extract_clip_features` on a table written for it."""
-    from recbole_mm.features.clip import extract_clip_features
+def _clip_features(cache_dir, item_ids, paths, texts, combine, model_name, model, processor, device, batch_size):
+    """:func:`recbole_mm.features.clip.extract_clip_features` on a table written for it, in a
+    folder of the cache named after its inputs, so that an interrupted run resumes from the
+    batches it finished (the tool's own resumable shards)."""
+    from recbole_mm.features.clip import FEATURE_FILE, extract_clip_features
 
-    folder = tempfile.mkdtemp(prefix="clip-", dir=table_dir)
-    table = pd.DataFrame({"item_id": item_ids})
-    if paths is not None:
-        table["image"] = paths
-    if texts is not None:
-        table["text"] = texts
-    table_path = os.path.join(folder, "items.tsv")
-    table.to_csv(table_path, sep="\t", index=False)
-    try:
-        path = extract_clip_features(table_path, folder, model_name_or_path=model_name, combine=combine,
+    key = _digest("clip-run", model_name, combine, batch_size, item_ids, texts,
+                  [_image_stamp(path) for path in paths] if paths is not None else None)
+    folder = os.path.join(cache_dir, f"clip-{combine}-{key}")
+    os.makedirs(folder, exist_ok=True)
+    done = os.path.join(folder, FEATURE_FILE)
+    if not os.path.isfile(done):  # else: assembled, but not yet moved into the cache
+        table = pd.DataFrame({"item_id": item_ids})
+        if paths is not None:
+            table["image"] = paths
+        if texts is not None:
+            table["text"] = texts
+        table_path = os.path.join(folder, "items.tsv")
+        table.to_csv(table_path, sep="\t", index=False)
+        done = extract_clip_features(table_path, folder, model_name_or_path=model_name, combine=combine,
                                      batch_size=batch_size, device=device, model=model, processor=processor,
                                      delimiter="\t")
-        return np.load(path)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    matrix = np.load(done)
+    shutil.rmtree(folder, ignore_errors=True)
+    return matrix
 
 
 # ============================================================================ result

@@ -148,13 +148,15 @@ def tiny_clip():
 class CountingModel:
     """Wraps a model; counts forward calls (any attribute is the model's)."""
 
-    def __init__(self, model):
-        self.__dict__["model"], self.__dict__["calls"] = model, 0
+    def __init__(self, model, interrupt_at=None):
+        self.__dict__.update(model=model, calls=0, interrupt_at=interrupt_at)
 
     def __getattr__(self, name):
         return getattr(self.model, name)
 
     def get_image_features(self, *args, **kwargs):
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the encoding
         self.__dict__["calls"] += 1
         return self.model.get_image_features(*args, **kwargs)
 
@@ -536,3 +538,23 @@ def test_amazon_2018_meta_fields_and_contentless_items(tmp_path):
     dropped = pd.read_csv(tmp_path / "data" / "dropped" / "i_id_mapping.csv", sep="\t")
     assert "B0005" in kept["asin"].tolist() and "B0005" not in dropped["asin"].tolist()
     assert len(dropped) == N_ITEMS - 1
+
+
+def test_interrupted_image_encoding_resumes_from_its_finished_batches(tmp_path, image_server):
+    base, _ = image_server
+    reviews = write_json_lines(tmp_path / "reviews.json", review_rows())
+    meta = write_json_lines(tmp_path / "meta.json", meta_rows(url_of(base)))
+    model, processor = tiny_clip()
+    options = dict(text_encoder=CountingEncoder(), image_processor=processor, timeout=1.0, retries=0,
+                   device="cpu", batch_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(reviews, meta, "resumed", tmp_path / "data", image_model=CountingModel(model, interrupt_at=2), **options)
+    assert not (tmp_path / "data" / "resumed").exists()
+    counting = CountingModel(model)
+    prepare_dataset(reviews, meta, "resumed", tmp_path / "data", image_model=counting, **options)
+    assert counting.calls == 2  # 16 images in batches of 4: the first two were kept
+    fresh = CountingModel(model)
+    prepare_dataset(reviews, meta, "fresh", tmp_path / "other", image_model=fresh, **options)
+    assert fresh.calls == 4
+    np.testing.assert_allclose(np.load(tmp_path / "data" / "resumed" / "image_feat.npy"),
+                               np.load(tmp_path / "other" / "fresh" / "image_feat.npy"), atol=1e-6)
