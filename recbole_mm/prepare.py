@@ -60,7 +60,8 @@ Steps
    its pooled output); ``--clip`` adds ``clip_feat.npy``, CLIP's mean of image and text
    embeddings (NF-VLM; text only where an item has no image); ``--vlm-model`` adds
    ``image_feat_vlm.npy``, VLIF's encoded VLM descriptions (:mod:`recbole_mm.features.vlm`).
-   Every encoded matrix is cached (keyed by the model and its inputs): a rerun encodes nothing.
+   Every encoded matrix is cached (keyed by the model and its inputs): a rerun encodes nothing,
+   and an interrupted CLIP encoding resumes from the batches it finished.
    ``--no-text`` / ``--no-images`` skip a modality.
 
 Everything is written into a temporary folder beside the target and moved into place at the
