@@ -558,3 +558,22 @@ def test_interrupted_image_encoding_resumes_from_its_finished_batches(tmp_path, 
     assert fresh.calls == 4
     np.testing.assert_allclose(np.load(tmp_path / "data" / "resumed" / "image_feat.npy"),
                                np.load(tmp_path / "other" / "fresh" / "image_feat.npy"), atol=1e-6)
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"text_template": "{title"}, "is not a format string"),
+    ({"text_template": "{0} {}"}, "must name item-table columns"),
+    ({"text_template": "{nope}"}, "unknown column 'nope' (text template); the columns are"),
+    ({"name": "../escape"}, "name must be a plain folder name"),
+    ({"split": "time"}, "split must be one of ['mmrec', 'random', 'loo']"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, option, message):
+    from recbole_mm.errors import RecboleMMError
+
+    reviews = write_json_lines(tmp_path / "reviews.json", review_rows())
+    meta = write_json_lines(tmp_path / "meta.json", meta_rows())
+    arguments = {"name": "ds", **option}
+    with pytest.raises(RecboleMMError) as caught:
+        prepare_dataset(reviews, meta, data_path=tmp_path / "data", **fast(**arguments))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "data").exists() or not os.listdir(tmp_path / "data")
