@@ -515,8 +515,13 @@ def test_download_size_cap_and_recorded_failures(tmp_path, image_server):
     assert list(paths) == [urls[0]] and hits[f"/good/1.png"] == 2
 
 
-def test_amazon_2018_meta_fields_and_contentless_items(tmp_path):
+def test_amazon_2018_meta_fields_and_contentless_items(tmp_path, monkeypatch):
+    import recbole_mm.prepare as prepare
     from recbole_mm.prepare import read_item_table
+
+    parsed = []
+    original = prepare._parse_line
+    monkeypatch.setattr(prepare, "_parse_line", lambda line, *args: parsed.append(line) or original(line, *args))
 
     rows = [{"asin": f"B{item:04d}", "title": f"Product {item}" if item != 5 else "",
              "category": ["Baby", f"Cat{item % 4}"], "description": [f"Line one of {item}.", "Line two."],
@@ -526,6 +531,7 @@ def test_amazon_2018_meta_fields_and_contentless_items(tmp_path):
     meta = write_json_lines(tmp_path / "Baby.json.gz", rows, gz=True)
     table = read_item_table(meta, {"B0003", "B0005"}).set_index("item")
     assert sorted(table.index) == ["B0003", "B0005"]
+    assert len(parsed) == 3  # the first line (to learn the fields) and the two wanted items' lines
     assert table.loc["B0003", "description"] == "Line one of 3. Line two."
     assert table.loc["B0003", "image"] == "http://x.invalid/3a.jpg"
     from recbole_mm.features.text import first_category_path
