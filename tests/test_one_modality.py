@@ -1,5 +1,6 @@
 """Models whose MMRec reference runs with whichever of the image/text features exist train on a
-text-only and an image-only dataset; the others say clearly that they need both."""
+text-only and an image-only dataset; the others say clearly that they need both (MGCN: MMRec's
+forward uses both unconditionally)."""
 import pytest
 import torch
 from recbole.utils import init_seed
@@ -9,7 +10,7 @@ from recbole_mm.data import create_dataset, data_preparation
 from recbole_mm.errors import ConfigError
 from recbole_mm.utils import get_model
 
-ONE_MODALITY_MODELS = ["FREEDOM", "BM3", "LATTICE", "MGCN", "VBPR", "GRCN", "MMGCN", "DRAGON"]
+ONE_MODALITY_MODELS = ["FREEDOM", "BM3", "LATTICE", "VBPR", "GRCN", "MMGCN", "DRAGON"]
 TINY = {"seed": 5, "n_users": 120, "n_items": 80, "mean_interactions": 10}
 
 
@@ -60,7 +61,8 @@ def test_modalities_the_user_names_must_all_exist(data_root, tmp_path):
         Config("FREEDOM", "only_text", None, config)
 
 
-@pytest.mark.parametrize("model_name", ["MICRO", "VLIF"])
-def test_subclasses_do_not_inherit_the_opt_in(data_root, tmp_path, model_name):
+@pytest.mark.parametrize("model_name", ["MICRO", "VLIF", "MGCN"])
+def test_models_whose_reference_needs_both_say_so(data_root, tmp_path, model_name):
+    """MICRO and VLIF subclass opted-in models but need both; MMRec's MGCN gates both in forward."""
     with pytest.raises(ConfigError, match=f"{model_name} needs modalities \\['image'\\]"):
         Config(model_name, "only_text", None, one_modality_config(data_root, tmp_path, "text"))

@@ -47,8 +47,6 @@ def _gate(dim):
 
 
 class MGCN(MultiModalRecommender):
-    one_modality_ok = True  # MMRec's builds only the branches whose features exist
-
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()
