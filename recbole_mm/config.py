@@ -43,7 +43,7 @@ class Config(RecBoleConfig):
         plugin_model = is_plugin_model(self.model_class)
         check_values(self.final_config_dict, plugin_model=plugin_model)
         if plugin_model:
-            check_modalities(self.final_config_dict)
+            check_modalities(self.final_config_dict, modalities_optional(self.model_class, self))
         if self.final_config_dict.get("show_progress") is None:
             self.final_config_dict["show_progress"] = sys.stdout.isatty() and sys.stderr.isatty()
         self._show_actual_split()
@@ -449,9 +449,19 @@ def check_values(values, plugin_model=True):
             raise ConfigError(f"{key} must be {rule.wanted}, got {value!r}") from None
 
 
-def check_modalities(values):
+def modalities_optional(model_class, config):
+    """True when the model may leave out missing ones of ``modalities``: its reference runs
+    with whichever modalities exist (``one_modality_ok``) and ``modalities`` is the model's
+    packaged default, not a value the user gave (a config file, the config dict, the command line)."""
+    given = getattr(config, "external_config_dict", None) or {}
+    # the class's own declaration: a subclass (MICRO of LATTICE, MENTOR of DRAGON) opts in itself
+    return bool(vars(model_class).get("one_modality_ok", False)) and "modalities" not in given
+
+
+def check_modalities(values, one_modality_ok=False):
     """``modalities`` (and ``guider_modalities`` under ``guider: true``) must name modalities
-    that the dataset config lists in ``modality_files``."""
+    that the dataset config lists in ``modality_files``; for a model that runs on any of its
+    modalities (``one_modality_ok``), at least one of ``modalities``."""
     files = values.get("modality_files")
     if not isinstance(files, dict):
         return
@@ -459,6 +469,8 @@ def check_modalities(values):
     for key in keys:
         wanted = list(values.get(key) or [])
         unknown = [name for name in wanted if name not in files]
+        if unknown and key == "modalities" and one_modality_ok and len(unknown) < len(wanted):
+            continue  # the model leaves the missing ones out (MultiModalRecommender._select_modalities)
         if unknown:
             user = "GUIDER" if key == "guider_modalities" else values["model"]
             raise ConfigError(
@@ -478,8 +490,8 @@ def is_plugin_model(model_class):
 CODE_KEYS = {
     "model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "local_rank",
     "single_spec", "world_size", "nproc", "offset", "ip", "port", "valid_neg_sample_args",
-    "test_neg_sample_args", "feature_id_map", "cold_start_items", "synthetic_generator", "modality_files",
-    "modality_dims", "hyper_parameters",
+    "test_neg_sample_args", "feature_id_map", "cold_start_items", "synthetic_generator", "dataset_builder",
+    "modality_files", "modality_dims", "hyper_parameters",
 }
 
 
@@ -540,4 +552,6 @@ def uses_mmrec_split(config):
         except DataError:  # reported, with the file's name, when the dataset is loaded
             return False
     generator = config["synthetic_generator"]
+    if not generator and config["dataset_builder"]:
+        return True  # recbole_mm.prepare writes MMRec's layout
     return bool(generator) and dict(generator).get("layout", "mmrec") == "mmrec"

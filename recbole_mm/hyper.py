@@ -523,6 +523,10 @@ def run_hyper(model, dataset, config_file_list=None, config_dict=None, hyper_par
         from recbole_mm.data.synthetic import ensure_synthetic_dataset
 
         ensure_synthetic_dataset(config["data_path"], config["dataset"], config["synthetic_generator"])
+    elif config["dataset_builder"]:  # built once here too (recbole_mm.prepare)
+        from recbole_mm.data.bundled import ensure_bundled_dataset
+
+        ensure_bundled_dataset(config["data_path"], config["dataset"], config["dataset_builder"])
 
     name = name or f"{model}_{dataset}"
     stem = os.path.join(results_dir, name)

@@ -7,6 +7,8 @@ Dataset yaml keys read here (see ``recbole_mm/properties/dataset/baby.yaml``)::
     modality_dims: {image: 4096, text: 384}                      # optional: checked against the files
     feature_id_map: ~            # optional: file with the item token of each feature row
     synthetic_generator: {...}   # optional: generate the folder on first use (``synthetic``)
+    dataset_builder: ml100k_text # optional: build the folder on first use with recbole_mm.prepare
+                                 # (``recbole_mm.data.bundled``)
 """
 import os
 
@@ -54,6 +56,10 @@ class MultiModalDataset(Dataset):
         generator_args = self.config["synthetic_generator"]
         if generator_args:
             ensure_synthetic_dataset(dataset_path, token, generator_args)
+        elif self.config["dataset_builder"]:
+            from recbole_mm.data.bundled import ensure_bundled_dataset
+
+            ensure_bundled_dataset(dataset_path, token, self.config["dataset_builder"])
         self._check_interactions_exist(token, dataset_path)
         super()._load_data(token, dataset_path)
 

@@ -1,5 +1,7 @@
 """``MultiModalRecommender``: the base class of the plugin's models."""
 
+from logging import getLogger
+
 import numpy as np
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
@@ -52,10 +54,23 @@ class MultiModalRecommender(GeneralRecommender):
         self.scoring_graph = False  # True: the full graph even in training (score_rows)
         self.bpr_loss = BPRLoss()
 
+    #: True where the model's reference runs with whichever of its modalities exist (MMRec's
+    #: FREEDOM, BM3, LATTICE, ... build only the branches whose feature files exist): missing ones
+    #: of the packaged ``modalities`` are then left out with a warning, as long as one remains
+    #: (``modalities`` given by the user must all exist).
+    one_modality_ok = False
+
     def _select_modalities(self, config, dataset):
         available = dict(getattr(dataset, "modality_features", {}) or {})
         wanted = config["modalities"] or list(available)
         missing = [name for name in wanted if name not in available]
+        from recbole_mm.config import modalities_optional  # here: recbole_mm.config imports the models
+
+        if missing and modalities_optional(type(self), config) and len(missing) < len(wanted):
+            wanted = [name for name in wanted if name in available]
+            getLogger().warning(f"{type(self).__name__}: dataset '{config['dataset']}' has no {missing} features; "
+                                f"using {wanted} only (as the reference does with one modality)")
+            missing = []
         if missing:
             raise ConfigError(
                 f"{type(self).__name__} needs modalities {missing} (config key modalities: {list(wanted)}), "

@@ -56,6 +56,8 @@ def cosine_loss(online, target):
 
 
 class BM3(MultiModalRecommender):
+    one_modality_ok = True  # MMRec's builds only the branches whose features exist
+
     input_type = InputType.POINTWISE
     use_neg_sampling = False  # see recbole_mm.config.Config._set_train_neg_sample_args
 

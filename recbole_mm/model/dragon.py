@@ -32,6 +32,8 @@ from recbole_mm.model.layers import ModalityGCN, propagate
 
 
 class DRAGON(MultiModalRecommender):
+    one_modality_ok = True  # MMRec's DRAGON builds the branch of each modality whose features exist
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()
@@ -47,7 +49,10 @@ class DRAGON(MultiModalRecommender):
         })
         self.user_modality_weight = self.build_user_modality_weight(len(self.branches))
         image_weight = config["mm_image_weight"]
-        self.item_graph = self.item_knn_graph(config["knn_k"], {"image": image_weight, "text": 1.0 - image_weight})
+        present = [name for name in ("image", "text") if name in self.modality_features]
+        weights = {"image": image_weight, "text": 1.0 - image_weight} if len(present) == 2 else \
+            {present[0]: 1.0}  # one modality: its graph alone, as MMRec
+        self.item_graph = self.item_knn_graph(config["knn_k"], weights)
         self.build_user_graph(config)
 
     def build_user_graph(self, config):
@@ -64,6 +69,9 @@ class DRAGON(MultiModalRecommender):
 
     # ------------------------------------------------------------------ structure
     def check_modalities(self):
+        present = [modality for modality in ("image", "text") if modality in self.modality_features]
+        if present and vars(type(self)).get("one_modality_ok"):  # DRAGON itself, not its subclasses
+            return
         for modality in ("image", "text"):
             if modality not in self.modality_features:
                 raise ConfigError(
@@ -76,7 +84,10 @@ class DRAGON(MultiModalRecommender):
                 if name in ("image", "text")}
 
     def build_user_modality_weight(self, n_parts):
-        """U x n_parts free weights, initialised to the softmax of a Xavier draw (MMRec)."""
+        """U x n_parts free weights, initialised to the softmax of a Xavier draw (MMRec); none for
+        one part (MMRec's one-modality DRAGON uses that branch's users as they are)."""
+        if n_parts == 1:
+            return None
         draw = nn.init.xavier_normal_(torch.empty(self.n_users, n_parts, device=self.device))
         return nn.Parameter(torch.softmax(draw, dim=1))
 
@@ -115,7 +126,8 @@ class DRAGON(MultiModalRecommender):
 
     def fuse(self, outputs):
         """Users [w_u0 x_u ‖ w_u1 y_u ‖ ...], items [x_i ‖ y_i ‖ ...] over the branches."""
-        users = torch.cat([self.user_modality_weight[:, k:k + 1] * outputs[name][0]
+        weight = self.user_modality_weight
+        users = torch.cat([(1.0 if weight is None else weight[:, k:k + 1]) * outputs[name][0]
                            for k, name in enumerate(outputs)], dim=1)
         items = torch.cat([outputs[name][1] for name in outputs], dim=1)
         return users, items

@@ -14,6 +14,9 @@ Zhou & Shen, ACM MM 2023, as MMRec implements it (``src/models/freedom.py`` of e
   projections of the raw features (trainable, as in MMRec: ``trainable_features``). The
   projected features enter only this auxiliary loss, not the scores. λ = ``reg_weight``.
 
+With one of the two modalities (a text-only or image-only dataset) FREEDOM runs as MMRec's
+does: the kNN graph is that modality's and the auxiliary loss has that modality's term only.
+
 Items absent from training (cold-start) still receive h through G, so they are scored from
 their features' neighbourhood.
 """
@@ -26,12 +29,15 @@ from recbole_mm.model.layers import propagate
 
 
 class FREEDOM(MultiModalRecommender):
+    one_modality_ok = True  # MMRec's builds only the branches whose features exist
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()
-        for modality in ("image", "text"):
-            if modality not in self.modality_features:
-                raise ConfigError(f"FREEDOM needs 'image' and 'text' modalities; got {list(self.modality_features)}")
+        present = [modality for modality in ("image", "text") if modality in self.modality_features]
+        if not present:
+            raise ConfigError(f"FREEDOM needs an 'image' or a 'text' modality (or both); got "
+                              f"{list(self.modality_features)}")
         d = self.embedding_size
         self.n_ui_layers = config["n_ui_layers"]
         self.n_mm_layers = config["n_mm_layers"]
@@ -41,11 +47,13 @@ class FREEDOM(MultiModalRecommender):
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         features = self.feature_parameters(config["trainable_features"])
-        self.image_features, self.text_features = features["image"], features["text"]
-        self.image_projection = nn.Linear(self.image_features.shape[1], d)
-        self.text_projection = nn.Linear(self.text_features.shape[1], d)
+        self.image_features, self.text_features = features.get("image"), features.get("text")
+        self.image_projection = nn.Linear(self.image_features.shape[1], d) if "image" in present else None
+        self.text_projection = nn.Linear(self.text_features.shape[1], d) if "text" in present else None
 
-        self.item_graph = self.item_knn_graph(config["knn_k"], {"image": image_weight, "text": 1.0 - image_weight})
+        # as MMRec: the mix of both graphs, or the one modality's graph when only one exists
+        weights = {"image": image_weight, "text": 1.0 - image_weight} if len(present) == 2 else {present[0]: 1.0}
+        self.item_graph = self.item_knn_graph(config["knn_k"], weights)
         self.setup_edge_pruning(config["dropout"])
 
     def pre_epoch_processing(self):
@@ -66,6 +74,8 @@ class FREEDOM(MultiModalRecommender):
         if self.reg_weight:
             for features, projection in ((self.text_features, self.text_projection),
                                          (self.image_features, self.image_projection)):
+                if projection is None:
+                    continue
                 pos_f, neg_f = projection(features[pos_items]), projection(features[neg_items])
                 loss = loss + self.reg_weight * self.bpr_loss((user_e * pos_f).sum(-1), (user_e * neg_f).sum(-1))
         return loss

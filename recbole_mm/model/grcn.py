@@ -118,6 +118,10 @@ class GRCNContentBranch(nn.Module):
 
 
 class GRCN(MultiModalRecommender):
+    # MMRec's builds only the branches whose features exist (its text-only path then fails on a
+    # typo, ``conetent_rep = t_rep``, that leaves the content part empty; here it works)
+    one_modality_ok = True
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()

@@ -62,6 +62,8 @@ CF_MODELS = ("lightgcn", "mf")
 
 
 class LATTICE(MultiModalRecommender):
+    one_modality_ok = True  # MMRec's builds only the branches whose features exist
+
     knn_chunk_elements = 2 ** 26  # similarities per row chunk of the learned graphs' kNN search
 
     def __init__(self, config, dataset):

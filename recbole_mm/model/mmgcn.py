@@ -117,6 +117,8 @@ class MMGCNBranch(nn.Module):
 
 
 class MMGCN(MultiModalRecommender):
+    one_modality_ok = True  # MMRec's builds only the branches whose features exist
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()
@@ -130,7 +132,7 @@ class MMGCN(MultiModalRecommender):
         self.frozen_quirk = bool(config["mmgcn_frozen_quirk"])
         self.reg_weight = config["reg_weight"]
         latent_dims = dict(config["modality_latent_dim"] or {})
-        unknown = sorted(set(latent_dims) - set(self.modality_features))
+        unknown = sorted(set(latent_dims) - set(self.modality_features) - set(config["modalities"] or []))
         if unknown:
             raise ConfigError(f"modality_latent_dim names modalities {unknown} that the model does not "
                              f"use (modalities: {list(self.modality_features)})")

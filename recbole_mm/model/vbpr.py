@@ -23,6 +23,8 @@ from recbole_mm.model.loss import EmbLoss
 
 
 class VBPR(MultiModalRecommender):
+    one_modality_ok = True  # MMRec's builds only the branches whose features exist
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()
