@@ -55,6 +55,8 @@ REFERENCE_OWNER = {"LIRDRec": "enoche/LIRDRec", "MENTOR": "Jinfeng-Xu/MENTOR", "
 KEY_MAP = {
     "DRAGON": {"n_layers": "n_ui_layers"},
     "COHESION": {"num_layer": "n_ui_layers"},
+    "SLMRec": {"ssl_temp": "ssl_temperature", "ssl_alpha": "ssl_weight"},
+    "MENTOR": {"temp": "ssl_temperature"},
 }
 # models whose MMRec version reads user_graph_dict.npy (built offline there; here by user_graph_dict)
 USER_GRAPH_MODELS = ("DRAGON", "DualGNN", "VLIF", "MENTOR", "COHESION")
@@ -62,7 +64,7 @@ USER_GRAPH_MODELS = ("DRAGON", "DualGNN", "VLIF", "MENTOR", "COHESION")
 # widths are brought to these by a fixed random projection (see fixed_width_features)
 FEATURE_WIDTHS = {"VLIF": (384, 384)}
 # MMRec grid keys with no counterpart on our side (passed to MMRec only).
-REFERENCE_ONLY = {"DRAGON": {"aggr_mode"}, "VLIF": {"aggr_mode", "k", "u_layers"}, "MMGCN": {"aggr_mode", "concat"}, "GRCN": {"aggr_mode"}}
+REFERENCE_ONLY = {"SLMRec": {"reg"}, "DRAGON": {"aggr_mode"}, "VLIF": {"aggr_mode", "k", "u_layers"}, "MMGCN": {"aggr_mode", "concat"}, "GRCN": {"aggr_mode"}}
 # MMRec's helper package, and its name in the Jinfeng-Xu forks (MENTOR, COHESION)
 MMREC_UTILS = ("utils", "utils_package")
 METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10")
