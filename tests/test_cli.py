@@ -158,7 +158,8 @@ def test_a_real_ctrl_c_during_training(tmp_path):
 # reference code that benchmarks/reference_runner.py runs from an MMRec checkout
 # torch_dct: probed by reference_runner.py inside the reference implementation's own venv (a
 # stand-in is installed there when it is missing), never imported by recbole_mm
-BENCHMARK_LOCAL_MODULES = {"benchmarks", "ablation_table", "guider_noise", "recbole_mm", "utils", "torch_dct"}
+# torch_dct, torch_geometric: the reference venv's modules (reference_runner.py, vlif_bisect.py), not ours
+BENCHMARK_LOCAL_MODULES = {"benchmarks", "ablation_table", "guider_noise", "recbole_mm", "utils", "torch_dct", "torch_geometric"}
 IMPORT_TO_REQUIREMENT = {"yaml": "pyyaml", "torch_scatter": "torch-scatter", "PIL": "pillow"}
 
 

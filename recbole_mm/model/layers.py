@@ -1,4 +1,6 @@
 """Layers shared by the plugin's models, and the DCT of item-feature matrices (LIRDRec)."""
+import warnings
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -72,8 +74,10 @@ class FrozenSparse:
     def __init__(self, matrix, symmetric=False):
         matrix = matrix.coalesce()
         self.shape = matrix.shape
-        self.matrix = matrix.to_sparse_csr()
-        self.transposed = self.matrix if symmetric else matrix.t().coalesce().to_sparse_csr()
+        with warnings.catch_warnings():  # torch's "Sparse CSR tensor support is in beta state"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.matrix = matrix.to_sparse_csr()
+            self.transposed = self.matrix if symmetric else matrix.t().coalesce().to_sparse_csr()
 
     def mm(self, dense):
         """:math:`A X` for a dense (m x d) X, differentiable in X; (n x d)."""
