@@ -613,6 +613,10 @@ def main(argv=None):
     parser.add_argument("--ray_address", default=None, help="Ray cluster to join, e.g. auto or <head>:6379")
     parser.add_argument("--ray_num_cpus", type=int, default=None, help="CPUs of a Ray started here")
     args, rest = parser.parse_known_args(argv)
+    for flag in ("workers", "threads_per_trial", "samples", "ray_num_cpus"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be an integer >= 1, got {value}")
 
     overrides = {}
     for arg in rest:

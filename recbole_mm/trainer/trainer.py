@@ -23,7 +23,7 @@ from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
 
 DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod")
-OPTIMIZER_IMPLS = ("fused", "foreach", "single")
+OPTIMIZER_IMPLS = ("fused", "foreach", "single", "recbole")
 TORCH_OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adagrad": optim.Adagrad,
                     "rmsprop": optim.RMSprop}
 
@@ -53,7 +53,9 @@ def build_optimizer(learner, params, impl="fused", sparse_grads=False, **hyper):
         impl: ``fused`` (one kernel per step over all tensors; falls back to ``foreach``, with
             a debug log, where the optimiser has no fused kernel or the tensors do not fit one),
             ``foreach`` (tensors batched per operation) or ``single`` (a loop over tensors,
-            RecBole's default). All three compute the same update, up to float rounding.
+            the per-tensor loop), or ``recbole`` (torch's own choice, as RecBole builds its
+            optimisers: the loop on the CPU, foreach on GPUs). All compute the same update, up to
+            float rounding.
         sparse_grads: the model produces sparse gradients (``nn.Embedding(sparse=True)``),
             which fused kernels do not take.
         **hyper: the optimiser's keyword arguments (``lr``, ``weight_decay``, ...).
@@ -61,6 +63,8 @@ def build_optimizer(learner, params, impl="fused", sparse_grads=False, **hyper):
     if impl not in OPTIMIZER_IMPLS:
         raise ConfigError(f"optimizer_impl must be one of {list(OPTIMIZER_IMPLS)}, got {impl!r}")
     optimizer_class = TORCH_OPTIMIZERS[learner.lower()]
+    if impl == "recbole":
+        return optimizer_class(params, **hyper)
     params = list(params)
     accepted = inspect.signature(optimizer_class).parameters
     if impl == "fused":
@@ -106,9 +110,10 @@ class MultiModalTrainer(Trainer):
       popularity; ``bod`` weights the model's BPR rows by BOD's weight generator and steps
       the generator by gradient matching after every ``bod_outer_every`` epochs
       (:class:`~recbole_mm.trainer.bod.BOD`, kept in ``self.bod``).
-    - The optimiser runs torch's ``optimizer_impl`` implementation (``fused`` by default: one
-      kernel per step, several times faster than RecBole's per-tensor loop on large feature
-      tables; see :func:`build_optimizer`).
+    - The optimiser runs torch's ``optimizer_impl`` implementation: ``fused`` by default for
+      the plugin's models (one kernel per step, several times faster than RecBole's per-tensor
+      loop on large feature tables; see :func:`build_optimizer`), RecBole's own optimiser for
+      RecBole's models (``recbole``), so that they give RecBole's numbers through the plugin.
     - GAUC's mean ranks are counted instead of sorted (:class:`MultiModalCollector`): the
       same metric values, without an O(I log I) sort of every user's scores.
     - Checkpoints are ``<checkpoint_dir>/<Model>-<run_id>.pth`` (:func:`new_run_id`: unique
@@ -141,8 +146,8 @@ class MultiModalTrainer(Trainer):
         """RecBole's optimiser choice (``learner``, ``learning_rate``, ``weight_decay``, or the
         same keyword arguments), built by :func:`build_optimizer` with ``optimizer_impl``."""
         learner = kwargs.get("learner", self.learner)
-        if learner.lower() not in TORCH_OPTIMIZERS:  # sparse_adam, unknown names: RecBole's handling
-            return super()._build_optimizer(**kwargs)
+        if learner.lower() not in TORCH_OPTIMIZERS or self.config["optimizer_impl"] == "recbole":
+            return super()._build_optimizer(**kwargs)  # RecBole's own (its models' default; sparse_adam)
         params = kwargs.pop("params", self.model.parameters())
         weight_decay = kwargs.get("weight_decay", self.weight_decay)
         if self.config["reg_weight"] and weight_decay and weight_decay * self.config["reg_weight"] > 0:
