@@ -15,7 +15,7 @@ from recbole.utils import set_color
 from torch import optim
 from torch.optim.lr_scheduler import LambdaLR
 
-from recbole_mm import distributed
+from recbole_mm import collectives
 from recbole_mm.errors import ConfigError, RecboleMMError
 from recbole_mm.files import atomic_torch_save
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
@@ -125,7 +125,7 @@ class MultiModalTrainer(Trainer):
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.run_id = distributed.broadcast_object(new_run_id(), config)  # every rank reads rank 0's file
+        self.run_id = collectives.broadcast_object(new_run_id(), config)  # every rank reads rank 0's file
         self.saved_model_file = os.path.join(self.checkpoint_dir, f"{config['model']}-{self.run_id}.pth")
         self.eval_collector = MultiModalCollector(config)
         self._excluded_items = None  # items masked in the current evaluation (cold-start candidates)
@@ -134,8 +134,8 @@ class MultiModalTrainer(Trainer):
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
         self.denoising_loss = self._install_denoising(config, model)
         # --- distributed runs (recbole_mm.distributed); nothing changes in one process
-        if distributed.is_distributed(config):
-            self.eval_collector = distributed.distributed_collector(MultiModalCollector)(config)
+        if collectives.is_distributed(config):
+            self.eval_collector = collectives.distributed_collector(MultiModalCollector)(config)
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimiser choice (``learner``, ``learning_rate``, ``weight_decay``, or the
@@ -173,7 +173,7 @@ class MultiModalTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         hook = getattr(self.model, "pre_epoch_processing", None)
         if callable(hook):
-            with distributed.same_random_state(self.config, epoch_idx):
+            with collectives.same_random_state(self.config, epoch_idx):
                 hook()
         loss_func = loss_func or self.model.calculate_loss
         if self.denoising_loss is not None:
@@ -266,7 +266,7 @@ class MultiModalTrainer(Trainer):
         if not eval_data:
             return None
         if load_best_model:
-            distributed.barrier(self.config)  # rank 0 has written the checkpoint
+            collectives.barrier(self.config)  # rank 0 has written the checkpoint
             self.load_checkpoint(model_file)
         candidates = getattr(eval_data._dataset, "candidate_items", None)
         self._excluded_items = None
@@ -280,7 +280,7 @@ class MultiModalTrainer(Trainer):
 
     def _map_reduce(self, result, num_sample):
         """RecBole's reduction of each rank's metrics, skipped where the collector already
-        computed them over every rank's users (:class:`~recbole_mm.distributed.GatheringCollector`)."""
+        computed them over every rank's users (:class:`~recbole_mm.collectives.GatheringCollector`)."""
         if getattr(self.eval_collector, "gathered", False):
             return result
         return super()._map_reduce(result, num_sample)

@@ -1,4 +1,5 @@
-"""Training on several processes: several GPUs of one machine, several machines, or CPU cores.
+"""Processes of a distributed run, as seen from inside one rank: rank queries, the process group and
+device, DDP wrapping, and the collectives that keep the ranks in step.
 
 RecBole 1.2.1 has a distributed path (the config keys ``nproc``, ``world_size``, ``ip``,
 ``port``, ``offset`` and ``local_rank``): one process per rank, the model wrapped in
@@ -24,8 +25,11 @@ plugin:
 - :func:`broadcast_module`, :func:`average_gradients`, :func:`broadcast_tensor`: models that
   train outside DDP stay one model over the ranks (GUIDER's teacher and its clean/noisy split,
   BOD's weight generator).
-- :func:`run_distributed` starts ``nproc`` processes on this machine (RecBole's ``run``);
-  :func:`torchrun_config` reads the ranks ``torchrun`` gives.
+- :func:`single_process_config`: a checkpoint's config made fit for one process again.
+
+Starting the ranks is :mod:`recbole_mm.distributed`'s (the launcher, on the entry points'
+floor); this module sits at the bottom of the package and imports none of it (nor the
+config, data, models or trainers), so trainers and the compatibility patches can use it.
 
 A single process never enters any of these paths: everything here is a no-op when
 ``config['single_spec']`` is true.
@@ -287,25 +291,7 @@ def broadcast_tensor(tensor, config):
     return value.to(tensor.device)
 
 
-# ---------------------------------------------------------------------- launching
-def torchrun_config(environ=None):
-    """The config keys of this rank when launched by ``torchrun`` (``{}`` otherwise): its
-    ``local_rank``, the ``world_size``, the processes on this machine (``nproc``), the global
-    rank of this machine's first process (``offset``) and the rendezvous ``ip``/``port``."""
-    env = os.environ if environ is None else environ
-    if "LOCAL_RANK" not in env or "WORLD_SIZE" not in env:
-        return {}
-    local_rank, rank = int(env["LOCAL_RANK"]), int(env.get("RANK", env["LOCAL_RANK"]))
-    return {
-        "local_rank": local_rank,
-        "world_size": int(env["WORLD_SIZE"]),
-        "nproc": int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
-        "offset": rank - local_rank,
-        "ip": env.get("MASTER_ADDR", "localhost"),
-        "port": env.get("MASTER_PORT", "5678"),
-    }
-
-
+# ---------------------------------------------------------------------- one process again
 def single_process_config(config):
     """A config saved by a distributed run, made fit for one process (``load_data_and_model``):
     the run keys dropped, ``single_spec`` set, the device this machine has."""
@@ -318,49 +304,3 @@ def single_process_config(config):
     if device.type == "cuda":
         final["device"] = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     return config
-
-
-def result_summary(result):
-    """The picklable part of a ``run_recbole_mm`` result (no trainer), for rank 0 to hand back."""
-    return {key: value for key, value in result.items() if key != "trainer"}
-
-
-def _worker(local_rank, model, dataset, config_file_list, config_dict, saved, queue):
-    import recbole_mm  # noqa: F401  (the RecBole patches, in the new process)
-    from recbole_mm.quick_start import run_recbole_mm
-
-    config_dict = dict(config_dict, local_rank=local_rank)
-    try:
-        result = run_recbole_mm(model, dataset, config_file_list, config_dict, saved=saved)
-        if local_rank == 0 and queue is not None:
-            queue.put(result_summary(result))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run_distributed(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, nproc=1,
-                    world_size=-1, ip="localhost", port=5678, group_offset=0):
-    """``run_recbole_mm`` on ``nproc`` processes of this machine (RecBole's ``run``).
-
-    Args:
-        nproc: processes to start here (one per GPU; on CPUs, one per group of cores).
-        world_size: processes over all machines (``-1``: ``nproc``, a single machine).
-        ip, port: address of the machine whose processes hold ranks 0..nproc-1.
-        group_offset: global rank of this machine's first process (0 on the first machine,
-            the sum of the previous machines' ``nproc`` on the others).
-
-    Returns:
-        rank 0's result (``run_recbole_mm``'s dict without ``trainer``), or ``None`` on a
-        machine that holds no rank 0.
-    """
-    import torch.multiprocessing as mp
-
-    world_size = nproc if world_size in (None, -1) else world_size
-    config_dict = dict(config_dict or {}, world_size=world_size, ip=ip, port=port, nproc=nproc,
-                       offset=group_offset)
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    mp.spawn(_worker, args=(model, dataset, config_file_list, config_dict, saved, queue), nprocs=nproc,
-             join=True)
-    return None if queue.empty() else queue.get()
