@@ -51,11 +51,10 @@ from recbole.utils import InputType, set_color
 from recbole_mm import collectives
 from recbole_mm.config import Config
 from recbole_mm.errors import ConfigError
+from recbole_mm.options import KD_MODES
 from recbole_mm.trainer import guider_ops as ops
 from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
 from recbole_mm.utils import get_model
-
-KD_MODES = ("ot", "ot_pairs", "kl", "none")
 
 
 class _MemoisedForward:

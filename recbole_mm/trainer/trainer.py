@@ -19,11 +19,10 @@ from recbole_mm import collectives
 from recbole_mm.errors import ConfigError, RecboleMMError
 from recbole_mm.files import atomic_torch_save
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
+from recbole_mm.options import DENOISE_MODES, OPTIMIZER_IMPLS
 from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
 
-DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod")
-OPTIMIZER_IMPLS = ("fused", "foreach", "single")
 TORCH_OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adagrad": optim.Adagrad,
                     "rmsprop": optim.RMSprop}
 
