@@ -537,7 +537,7 @@ def uses_mmrec_split(config):
     the file is one, or the synthetic generator is about to write one."""
     from recbole.utils import ModelType
 
-    from recbole_mm.data.mmrec_format import inter_layout
+    from recbole_mm.mmrec_format import inter_layout
     from recbole_mm.errors import DataError
 
     if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.TRADITIONAL):
