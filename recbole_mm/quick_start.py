@@ -9,9 +9,9 @@ The package's top floor (nothing in ``recbole_mm`` imports it; ``run_recbole_mm.
   ``nproc`` processes).
 
 Layers, lowest first (``tests/test_structure.py`` checks that every import, function-level
-ones included, points down this list): errors, files, options, collectives, mmrec_format,
-compat, features → data, model, utils → config → trainer → pipeline → hyper, distributed →
-quick_start. (``recbole.quick_start`` itself is never imported: it pulls in ray.)
+ones included, points down this list): errors, files, options, collectives, mmrec_format →
+compat, features, prepare → data → model, utils → config → trainer → pipeline → hyper,
+distributed → quick_start. (``recbole.quick_start`` itself is never imported: it pulls in ray.)
 """
 from recbole_mm.distributed import run_distributed
 from recbole_mm.hyper import run_hyper
