@@ -117,7 +117,7 @@ class MultiModalTrainer(Trainer):
     - Without validation (an empty valid split, or ``eval_step: 0``) it says so before the
       first epoch, trains every configured epoch without early stopping, and the test pass
       uses the last epoch's model (RecBole's behaviour, which it leaves silent).
-    - On a distributed run (:mod:`recbole_mm.distributed`) the per-epoch hook draws from the
+    - On a distributed run (:mod:`recbole_mm.collectives`) the per-epoch hook draws from the
       same seed on every rank and full-sort metrics are computed over every rank's users at
       once.
     """
@@ -132,7 +132,7 @@ class MultiModalTrainer(Trainer):
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
         self.denoising_loss = self._install_denoising(config, model)
-        # --- distributed runs (recbole_mm.distributed); nothing changes in one process
+        # --- distributed runs (recbole_mm.collectives); nothing changes in one process
         if collectives.is_distributed(config):
             self.eval_collector = collectives.distributed_collector(MultiModalCollector)(config)
 
