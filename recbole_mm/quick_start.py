@@ -15,7 +15,7 @@ distributed → quick_start. (``recbole.quick_start`` itself is never imported: 
 """
 from recbole_mm.distributed import run_distributed
 from recbole_mm.hyper import run_hyper
-from recbole_mm.pipeline import (
+from recbole_mm.pipeline import (  # noqa: F401  (_build, _trainer: for tests, outside __all__)
     FILE_ONLY,
     _build,
     _trainer,
