@@ -217,6 +217,15 @@ def test_one_back_import_inside_a_function_fails_the_checks(module, statement):
     assert upward and all(entry.startswith(module + " ") for entry in upward), upward
 
 
+def test_options_name_the_function_tables_they_choose_from():
+    """Two of recbole_mm.options' tuples name the keys of a table of functions in a model module."""
+    from recbole_mm import options
+    from recbole_mm.model import lattice, layers
+
+    assert tuple(layers._DCT_TRANSFORMS) == options.DCT_MODES
+    assert tuple(lattice.ADJACENCY_NORMS) == options.ADJACENCY_NORMS
+
+
 def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
