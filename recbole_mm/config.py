@@ -12,6 +12,22 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.abstract_recommender import modalities_optional
+from recbole_mm.options import (
+    ADJACENCY_NORMS,
+    CF_MODELS,
+    DCT_MODES,
+    DENOISE_MODES,
+    EVAL_PROTOCOLS,
+    FUSIONS,
+    KD_MODES,
+    OPTIMIZER_IMPLS,
+    ROW_TRANSFORMS,
+    SPLIT_SCORES,
+    SSL_TASKS,
+    THRESHOLD_MODES,
+    TRAIN_SAMPLINGS,
+)
 from recbole_mm.utils import get_model
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
@@ -285,17 +301,7 @@ def value_checks():
     key -> :class:`Rule`. ``recbole`` keys are checked for every model, ``plugin`` keys
     (``properties/overall.yaml``) too, ``model`` keys (the plugin's model yamls) for the plugin's
     models only (RecBole's models give some of these names other meanings). ``~`` passes unless
-    the rule is :func:`required`. (Built on first use: the choices come from the modules.)"""
-    from recbole_mm.data import EVAL_PROTOCOLS
-    from recbole_mm.data.dataloader import TRAIN_SAMPLINGS
-    from recbole_mm.model.layers import DCT_MODES
-    from recbole_mm.model.lattice import ADJACENCY_NORMS, CF_MODELS
-    from recbole_mm.model.slmrec import SSL_TASKS
-    from recbole_mm.model.vlif import FUSIONS
-    from recbole_mm.trainer.guider import KD_MODES
-    from recbole_mm.trainer.guider_ops import ROW_TRANSFORMS, SPLIT_SCORES, THRESHOLD_MODES
-    from recbole_mm.trainer.trainer import DENOISE_MODES, OPTIMIZER_IMPLS
-
+    the rule is :func:`required`. (Built on first use; the allowed values come from :mod:`recbole_mm.options`.)"""
     share, positive, non_negative = number(0, 1), number(0, low_open=True), number(0)
     count, layers = integer(1), integer(0)
     recbole = {
@@ -461,15 +467,6 @@ def check_values(values, plugin_model=True):
             values[key] = rule.convert(value)
         except (ValueError, TypeError):
             raise ConfigError(f"{key} must be {rule.wanted}, got {value!r}") from None
-
-
-def modalities_optional(model_class, config):
-    """True when the model may leave out missing ones of ``modalities``: its reference runs
-    with whichever modalities exist (``one_modality_ok``) and ``modalities`` is the model's
-    packaged default, not a value the user gave (a config file, the config dict, the command line)."""
-    given = getattr(config, "external_config_dict", None) or {}
-    # the class's own declaration: a subclass (MICRO of LATTICE, MENTOR of DRAGON) opts in itself
-    return bool(vars(model_class).get("one_modality_ok", False)) and "modalities" not in given
 
 
 def read_config_file(path, loader=yaml.SafeLoader):
@@ -646,7 +643,7 @@ def uses_mmrec_split(config):
     the file is one, or the synthetic generator is about to write one."""
     from recbole.utils import ModelType
 
-    from recbole_mm.data.mmrec_format import inter_layout
+    from recbole_mm.mmrec_format import inter_layout
     from recbole_mm.errors import DataError
 
     if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.TRADITIONAL):

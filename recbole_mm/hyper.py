@@ -123,7 +123,7 @@ def space_trials(space, samples=None, seed=2020):
     Returns:
         list of dicts name -> value.
     """
-    from recbole_mm.quick_start import grid_configs
+    from recbole_mm.pipeline import grid_configs
 
     if samples is None:
         continuous = [name for name, (kind, _) in space.items() if kind != "choice"]
@@ -231,7 +231,7 @@ def run_trial(task):
 
         torch.set_num_threads(threads)
         import recbole_mm  # noqa: F401  (RecBole compatibility patches)
-        from recbole_mm.quick_start import objective_function
+        from recbole_mm.pipeline import objective_function
 
         config_dict = {"model": task["model"], "dataset": task["dataset"], **task["config"],
                        "checkpoint_dir": task["checkpoint_dir"]}

@@ -17,14 +17,6 @@ import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType, set_color
 
-from recbole_mm.data.mmrec_format import (
-    MMREC_ITEM,
-    MMREC_LABEL,
-    MMREC_USER,
-    feature_files,
-    inter_layout,
-    read_mmrec_inter,
-)
 from recbole_mm.data.modality import (
     FeatureFileError,
     align_rows,
@@ -35,6 +27,14 @@ from recbole_mm.data.modality import (
 from recbole_mm.data.noise import inject_noise
 from recbole_mm.data.synthetic import ensure_synthetic_dataset
 from recbole_mm.errors import ConfigError, DataError
+from recbole_mm.mmrec_format import (
+    MMREC_ITEM,
+    MMREC_LABEL,
+    MMREC_USER,
+    feature_files,
+    inter_layout,
+    read_mmrec_inter,
+)
 
 SPLIT_NAMES = ("train", "valid", "test")
 

@@ -15,15 +15,14 @@ from recbole.utils import set_color
 from torch import optim
 from torch.optim.lr_scheduler import LambdaLR
 
-from recbole_mm import distributed
+from recbole_mm import collectives
 from recbole_mm.errors import ConfigError, RecboleMMError
 from recbole_mm.files import atomic_torch_save
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
+from recbole_mm.options import DENOISE_MODES, OPTIMIZER_IMPLS
 from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
 
-DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod")
-OPTIMIZER_IMPLS = ("fused", "foreach", "single", "recbole")
 TORCH_OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adagrad": optim.Adagrad,
                     "rmsprop": optim.RMSprop}
 
@@ -123,14 +122,14 @@ class MultiModalTrainer(Trainer):
     - Without validation (an empty valid split, or ``eval_step: 0``) it says so before the
       first epoch, trains every configured epoch without early stopping, and the test pass
       uses the last epoch's model (RecBole's behaviour, which it leaves silent).
-    - On a distributed run (:mod:`recbole_mm.distributed`) the per-epoch hook draws from the
+    - On a distributed run (:mod:`recbole_mm.collectives`) the per-epoch hook draws from the
       same seed on every rank and full-sort metrics are computed over every rank's users at
       once.
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.run_id = distributed.broadcast_object(new_run_id(), config)  # every rank reads rank 0's file
+        self.run_id = collectives.broadcast_object(new_run_id(), config)  # every rank reads rank 0's file
         self.saved_model_file = os.path.join(self.checkpoint_dir, f"{config['model']}-{self.run_id}.pth")
         self.eval_collector = MultiModalCollector(config)
         self._excluded_items = None  # items masked in the current evaluation (cold-start candidates)
@@ -138,9 +137,9 @@ class MultiModalTrainer(Trainer):
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
         self.denoising_loss = self._install_denoising(config, model)
-        # --- distributed runs (recbole_mm.distributed); nothing changes in one process
-        if distributed.is_distributed(config):
-            self.eval_collector = distributed.distributed_collector(MultiModalCollector)(config)
+        # --- distributed runs (recbole_mm.collectives); nothing changes in one process
+        if collectives.is_distributed(config):
+            self.eval_collector = collectives.distributed_collector(MultiModalCollector)(config)
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimiser choice (``learner``, ``learning_rate``, ``weight_decay``, or the
@@ -178,7 +177,7 @@ class MultiModalTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         hook = getattr(self.model, "pre_epoch_processing", None)
         if callable(hook):
-            with distributed.same_random_state(self.config, epoch_idx):
+            with collectives.same_random_state(self.config, epoch_idx):
                 hook()
         loss_func = loss_func or self.model.calculate_loss
         if self.denoising_loss is not None:
@@ -271,7 +270,7 @@ class MultiModalTrainer(Trainer):
         if not eval_data:
             return None
         if load_best_model:
-            distributed.barrier(self.config)  # rank 0 has written the checkpoint
+            collectives.barrier(self.config)  # rank 0 has written the checkpoint
             self.load_checkpoint(model_file)
         candidates = getattr(eval_data._dataset, "candidate_items", None)
         self._excluded_items = None
@@ -285,7 +284,7 @@ class MultiModalTrainer(Trainer):
 
     def _map_reduce(self, result, num_sample):
         """RecBole's reduction of each rank's metrics, skipped where the collector already
-        computed them over every rank's users (:class:`~recbole_mm.distributed.GatheringCollector`)."""
+        computed them over every rank's users (:class:`~recbole_mm.collectives.GatheringCollector`)."""
         if getattr(self.eval_collector, "gathered", False):
             return result
         return super()._map_reduce(result, num_sample)
