@@ -4,6 +4,8 @@ latest run, ours against the reference, as ratios, with the issue's targets mark
 
     python benchmarks/reference_summary.py results/reference/synthetic.jsonl results/reference/sports.jsonl
 
+A run over several seeds (``--seeds``) is judged on each side's mean over them.
+
 Targets: Recall@20 within ±3% (relative) of the reference's; seconds per training epoch
 ≤ 0.7× the reference's, per full evaluation ≤ 1.0×, peak RSS ≤ 1.0×. A run capped at a few
 epochs (``epochs run`` < 20) compares speed and memory only: its Recall@20 is shown but not
@@ -66,8 +68,9 @@ def summary_rows(latest):
                          "train_epoch_s": None, "eval_s": None}
         epochs = ours["epochs_run"] if failed else min(row["epochs_run"] or 0 for row in by_side.values())
         judged = epochs >= MIN_EPOCHS_FOR_FIDELITY
-        cells = [model + (f" (reference: {record['rows'][0]['status'].split(':')[0]})" if failed else ""),
-                 sets or "-", str(epochs)]
+        seeds = ours.get("seeds")
+        cells = [model + (f" (reference: {record['rows'][0]['status'].split(':')[0]})" if failed else "")
+                 + (f", {seeds} seeds" if seeds else ""), sets or "-", f"{epochs:.0f}"]
         for metric in ("valid_recall@20", "test_recall@20"):
             ref_value = reference[metric] if reference else None
             cells.append(f"{ref_value:.4f}" if ref_value is not None else "-")
