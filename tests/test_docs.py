@@ -54,6 +54,7 @@ SLOW = {
     'python run_recbole_mm.py --model=FREEDOM --dataset=synthetic --config_files="properties/guider.yaml properties/noise.yaml"',
     'python run_recbole_mm.py --model=VBPR --dataset=synthetic --config_files="properties/noise.yaml properties/denoise_tce.yaml"',
     "python run_recbole_mm.py --model=VBPR --dataset=synthetic --nproc=2 --use_gpu=False",
+    "python run_recbole_mm.py --hyper --model=VBPR --dataset=synthetic --epochs=5 --workers=2",
     "python run_recbole_mm.py --model=NFVLM --dataset=clip_synthetic --config_files=properties/nfvlm.yaml",
 }
 
@@ -302,11 +303,13 @@ def test_command_names_what_exists(command):
 # ---------------------------------------------------------------- running them
 
 def _workspace(root, data):
-    """A working folder that sees the repository's files at their documented relative paths."""
+    """A working folder that sees the repository's files at their documented relative paths
+    (``results/`` itself is the folder's own: a search writes its tables under results/hyper/)."""
     os.makedirs(root, exist_ok=True)
-    for name in ("run_recbole_mm.py", "properties", "benchmarks", "results"):
+    for name in ("run_recbole_mm.py", "properties", "benchmarks", os.path.join("results", "reference")):
         link = os.path.join(root, name)
         if not os.path.exists(link):
+            os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink(os.path.join(REPO_ROOT, name), link)
     if not os.path.exists(os.path.join(root, "dataset")):
         os.symlink(data, os.path.join(root, "dataset"))
