@@ -402,25 +402,32 @@ def test_readme_is_short_and_starts_with_the_two_commands():
     assert order == sorted(order)
 
 
-def _readme_model_rows():
-    text = read("README.md")
-    section = text.split("\n## Models\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")][2:]  # header, rule
-    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+def _model_rows(page):
+    """The cells of the rows of ``page``'s first table whose header starts with ``| model |``."""
+    lines = read(page).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
+    rows = []
+    for line in lines[start + 2:]:  # header, rule
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
 
 
-def test_readme_model_table_lists_exactly_the_registered_models():
+@pytest.mark.parametrize("page", ["README.md", os.path.join("docs", "models.md")])
+def test_model_table_lists_exactly_the_registered_models(page):
     from recbole_mm import model as registry
 
     registered = set(registry.__all__) - {"MultiModalRecommender"}
-    names = [cells[0].strip("`") for cells in _readme_model_rows()]
-    assert len(names) == len(set(names)), "a model listed twice"
+    names = [cells[0].strip("`") for cells in _model_rows(page)]
+    assert len(names) == len(set(names)), f"{page}: a model listed twice"
     assert set(names) == registered | {"any RecBole model"}, (
-        f"missing: {sorted(registered - set(names))}; not registered: {sorted(set(names) - registered - {'any RecBole model'})}")
+        f"{page}: missing {sorted(registered - set(names))}; "
+        f"not registered {sorted(set(names) - registered - {'any RecBole model'})}")
 
 
 def test_readme_model_switches_are_the_models_keys():
-    for cells in _readme_model_rows():
+    for cells in _model_rows("README.md"):
         name, switch = cells[0], cells[-1]
         if name == "any RecBole model" or not switch:
             continue
