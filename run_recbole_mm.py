@@ -94,7 +94,20 @@ def config_overrides(extra):
     return list(extra)
 
 
+def check_launch_flags(args):
+    """``--nproc`` >= 1, ``--world_size`` -1 (= nproc) or >= nproc, ``--group_offset`` >= 0."""
+    from recbole_mm.errors import ConfigError
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be an integer >= 1 (processes on this machine), got {args.nproc}")
+    if args.world_size != -1 and args.world_size < args.nproc:
+        raise ConfigError(f"--world_size must be -1 (= --nproc) or >= --nproc ({args.nproc}), got {args.world_size}")
+    if args.group_offset < 0:
+        raise ConfigError(f"--group_offset must be an integer >= 0, got {args.group_offset}")
+
+
 def run(args, extra):
+    check_launch_flags(args)
     import recbole_mm  # noqa: F401  (applies the RecBole compatibility patches)
     from recbole_mm.quick_start import run_recbole_mm
 

@@ -31,7 +31,7 @@ call sites, and covered by a test in ``tests/test_compat.py`` that fails without
    wraps the model in ``DistributedDataParallel(device_ids=[local_rank])``, which torch
    refuses for a CPU module. ``Config._init_device`` and ``AbstractTrainer.__init__`` are
    replaced by versions that choose NCCL/CUDA on GPUs and gloo/CPU otherwise
-   (:func:`recbole_mm.distributed.init_device`, :func:`recbole_mm.distributed.wrap_model`).
+   (:func:`recbole_mm.collectives.init_device`, :func:`recbole_mm.collectives.wrap_model`).
 10. ``rank_checkpoint``: on a distributed run only rank 0 writes the checkpoint, but every rank
    reloads it (``evaluate(load_best_model=True)``) from a path it named itself,
    ``<model>-<local time to the second>.pth``: a rank whose trainer starts in another second
@@ -164,8 +164,8 @@ def patch_explicit_sparse_checks():
     if not checks.is_enabled():
         checks.disable()
 def _trainer_init(self, config, model):
-    """``AbstractTrainer.__init__`` with the DDP wrapper of :func:`recbole_mm.distributed.wrap_model`."""
-    from recbole_mm.distributed import wrap_model
+    """``AbstractTrainer.__init__`` with the DDP wrapper of :func:`recbole_mm.collectives.wrap_model`."""
+    from recbole_mm.collectives import wrap_model
 
     self.config = config
     self.model = model
@@ -178,7 +178,7 @@ def patch_distributed_backend():
     from recbole.config import Config
     from recbole.trainer.trainer import AbstractTrainer
 
-    from recbole_mm.distributed import init_device
+    from recbole_mm.collectives import init_device
 
     Config._init_device = init_device
     AbstractTrainer.__init__ = _trainer_init
@@ -193,13 +193,13 @@ def patch_rank_checkpoint():
     init, evaluate = Trainer.__init__, Trainer.evaluate
 
     def __init__(self, config, model):
-        from recbole_mm.distributed import broadcast_object
+        from recbole_mm.collectives import broadcast_object
 
         init(self, config, model)
         self.saved_model_file = broadcast_object(self.saved_model_file, config)
 
     def evaluate_after_rank_zero(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        from recbole_mm.distributed import barrier
+        from recbole_mm.collectives import barrier
 
         if eval_data and load_best_model:
             barrier(self.config)

@@ -12,6 +12,22 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.abstract_recommender import modalities_optional
+from recbole_mm.options import (
+    ADJACENCY_NORMS,
+    CF_MODELS,
+    DCT_MODES,
+    DENOISE_MODES,
+    EVAL_PROTOCOLS,
+    FUSIONS,
+    KD_MODES,
+    OPTIMIZER_IMPLS,
+    ROW_TRANSFORMS,
+    SPLIT_SCORES,
+    SSL_TASKS,
+    THRESHOLD_MODES,
+    TRAIN_SAMPLINGS,
+)
 from recbole_mm.utils import get_model
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
@@ -36,12 +52,26 @@ class Config(RecBoleConfig):
       ``x_label`` split and ``cold_start_items`` holds items out, whatever ``split`` says.
     """
 
+    def _load_config_files(self, file_list):
+        """RecBole's reading of ``config_file_list``, with one :class:`ConfigError` line per
+        problem (missing file, not YAML, a top level that is not ``key: value`` lines) in
+        place of a traceback from inside yaml; an empty file is no settings."""
+        values = {}
+        for path in file_list or []:
+            values.update(read_config_file(path, self.yaml_loader))
+        return values
+
     def _set_default_parameters(self):
+        plugin_model = is_plugin_model(self.model_class)
+        # before RecBole's own setup, which fails on some of these with a traceback
+        check_values(self.final_config_dict, plugin_model=plugin_model)
+        check_metrics(self.final_config_dict)
+        check_checkpoint_dir(self.final_config_dict.get("checkpoint_dir"))
         super()._set_default_parameters()
+        if self.final_config_dict.get("optimizer_impl") is None:  # RecBole's numbers for RecBole's models
+            self.final_config_dict["optimizer_impl"] = "fused" if plugin_model else "recbole"
         for message in unknown_key_warnings(self):
             getLogger().warning(message)
-        plugin_model = is_plugin_model(self.model_class)
-        check_values(self.final_config_dict, plugin_model=plugin_model)
         if plugin_model:
             check_modalities(self.final_config_dict, modalities_optional(self.model_class, self))
         if self.final_config_dict.get("show_progress") is None:
@@ -271,17 +301,7 @@ def value_checks():
     key -> :class:`Rule`. ``recbole`` keys are checked for every model, ``plugin`` keys
     (``properties/overall.yaml``) too, ``model`` keys (the plugin's model yamls) for the plugin's
     models only (RecBole's models give some of these names other meanings). ``~`` passes unless
-    the rule is :func:`required`. (Built on first use: the choices come from the modules.)"""
-    from recbole_mm.data import EVAL_PROTOCOLS
-    from recbole_mm.data.dataloader import TRAIN_SAMPLINGS
-    from recbole_mm.model.layers import DCT_MODES
-    from recbole_mm.model.lattice import ADJACENCY_NORMS, CF_MODELS
-    from recbole_mm.model.slmrec import SSL_TASKS
-    from recbole_mm.model.vlif import FUSIONS
-    from recbole_mm.trainer.guider import KD_MODES
-    from recbole_mm.trainer.guider_ops import ROW_TRANSFORMS, SPLIT_SCORES, THRESHOLD_MODES
-    from recbole_mm.trainer.trainer import DENOISE_MODES, OPTIMIZER_IMPLS
-
+    the rule is :func:`required`. (Built on first use; the allowed values come from :mod:`recbole_mm.options`.)"""
     share, positive, non_negative = number(0, 1), number(0, low_open=True), number(0)
     count, layers = integer(1), integer(0)
     recbole = {
@@ -449,13 +469,96 @@ def check_values(values, plugin_model=True):
             raise ConfigError(f"{key} must be {rule.wanted}, got {value!r}") from None
 
 
-def modalities_optional(model_class, config):
-    """True when the model may leave out missing ones of ``modalities``: its reference runs
-    with whichever modalities exist (``one_modality_ok``) and ``modalities`` is the model's
-    packaged default, not a value the user gave (a config file, the config dict, the command line)."""
-    given = getattr(config, "external_config_dict", None) or {}
-    # the class's own declaration: a subclass (MICRO of LATTICE, MENTOR of DRAGON) opts in itself
-    return bool(vars(model_class).get("one_modality_ok", False)) and "modalities" not in given
+def read_config_file(path, loader=yaml.SafeLoader):
+    """The settings of one config file (a dict; ``{}`` for an empty file).
+
+    Raises:
+        ConfigError: naming the file, when it is missing or unreadable, not valid YAML (with the
+            line of the problem), or its top level is not a mapping of keys to values.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (config_files / --config_files)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} cannot be read: {error}") from None
+    try:
+        values = yaml.load(text, Loader=loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold 'key: value' lines at its top level; it holds a "
+                          f"{type(values).__name__}")
+    return values
+
+
+def metric_keys(metrics, topk):
+    """The result keys full-sort evaluation gives for ``metrics`` at ``topk``: ``recall@20`` for
+    a top-k metric, ``gauc`` for the others."""
+    from recbole.evaluator.base_metric import TopkMetric
+    from recbole.evaluator.register import metrics_dict
+
+    keys = []
+    for metric in metrics:
+        if issubclass(metrics_dict[metric.lower()], TopkMetric):
+            keys += [f"{metric.lower()}@{k}" for k in topk]
+        else:
+            keys.append(metric.lower())
+    return keys
+
+
+def check_metrics(values):
+    """``metrics`` must name RecBole metrics and ``valid_metric`` one of the results they give
+    (checked before training: RecBole would fail with a KeyError after the first epoch).
+
+    Raises:
+        ConfigError: naming the key, the value and the choices.
+    """
+    from recbole.evaluator.register import metrics_dict
+
+    metrics = values.get("metrics")
+    if metrics is None:
+        return
+    metrics = [metrics] if isinstance(metrics, str) else metrics
+    if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics):
+        raise ConfigError(f"metrics must be a list of metric names, got {metrics!r}")
+    unknown = [m for m in metrics if m.lower() not in metrics_dict]
+    if unknown:
+        raise ConfigError(f"metrics: no metric named {', '.join(map(repr, unknown))}; RecBole's metrics are "
+                          f"{', '.join(sorted(metrics_dict))}")
+    valid = values.get("valid_metric")
+    topk = values.get("topk") or []
+    if valid is None or not values.get("eval_step", 1):
+        return
+    topk = topk if isinstance(topk, list) else [topk]
+    if not isinstance(valid, str) or valid.lower() not in metric_keys(metrics, topk):
+        at_k = [m for m in metrics if "@" in metric_keys([m], [1])[0]]
+        plain = [m for m in metrics if m not in at_k]
+        wanted = f"<metric>@<k> with <metric> one of metrics ({', '.join(at_k)}) and k one of topk {topk}"
+        wanted += f", or one of {', '.join(plain)}" if plain else ""
+        raise ConfigError(f"valid_metric must be {wanted}; got {valid!r}")
+
+
+def check_checkpoint_dir(path):
+    """A ``checkpoint_dir`` that cannot be created is a :class:`ConfigError` now, not an
+    ``OSError`` once the data is loaded. Nothing is created here."""
+    if not path:
+        return
+    folder = os.path.abspath(os.path.expanduser(str(path)))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"checkpoint_dir {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"checkpoint_dir {path} cannot be {'written' if existing == folder else 'created'}: "
+                          f"{existing} is not writable")
 
 
 def check_modalities(values, one_modality_ok=False):
@@ -540,7 +643,7 @@ def uses_mmrec_split(config):
     the file is one, or the synthetic generator is about to write one."""
     from recbole.utils import ModelType
 
-    from recbole_mm.data.mmrec_format import inter_layout
+    from recbole_mm.mmrec_format import inter_layout
     from recbole_mm.errors import DataError
 
     if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.TRADITIONAL):

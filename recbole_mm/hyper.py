@@ -123,7 +123,7 @@ def space_trials(space, samples=None, seed=2020):
     Returns:
         list of dicts name -> value.
     """
-    from recbole_mm.quick_start import grid_configs
+    from recbole_mm.pipeline import grid_configs
 
     if samples is None:
         continuous = [name for name, (kind, _) in space.items() if kind != "choice"]
@@ -231,7 +231,7 @@ def run_trial(task):
 
         torch.set_num_threads(threads)
         import recbole_mm  # noqa: F401  (RecBole compatibility patches)
-        from recbole_mm.quick_start import objective_function
+        from recbole_mm.pipeline import objective_function
 
         config_dict = {"model": task["model"], "dataset": task["dataset"], **task["config"],
                        "checkpoint_dir": task["checkpoint_dir"]}
@@ -613,6 +613,10 @@ def main(argv=None):
     parser.add_argument("--ray_address", default=None, help="Ray cluster to join, e.g. auto or <head>:6379")
     parser.add_argument("--ray_num_cpus", type=int, default=None, help="CPUs of a Ray started here")
     args, rest = parser.parse_known_args(argv)
+    for flag in ("workers", "threads_per_trial", "samples", "ray_num_cpus"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be an integer >= 1, got {value}")
 
     overrides = {}
     for arg in rest:

@@ -94,7 +94,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recbole_mm.data.mmrec_format import MMREC_ITEM, MMREC_LABEL, MMREC_USER
+from recbole_mm.mmrec_format import MMREC_ITEM, MMREC_LABEL, MMREC_USER
 from recbole_mm.errors import ConfigError, DataError
 
 try:  # optional: about three times faster than json on review dumps

@@ -9,11 +9,12 @@ from recbole.data import data_preparation as recbole_data_preparation
 from recbole.data.utils import get_dataloader, load_split_dataloaders, save_split_dataloaders
 from recbole.utils import ModelType, set_color
 
-from recbole_mm.data.dataloader import TRAIN_SAMPLINGS, UserSampledTrainDataLoader
+from recbole_mm.data.dataloader import UserSampledTrainDataLoader
 from recbole_mm.data.dataset import DatasetNotFoundError, MultiModalDataset
 from recbole_mm.data.modality import FeatureFileError
 from recbole_mm.data.sampler import create_samplers
 from recbole_mm.errors import ConfigError
+from recbole_mm.options import EVAL_PROTOCOLS, TRAIN_SAMPLINGS
 
 
 def create_dataset(config):
@@ -25,9 +26,6 @@ def create_dataset(config):
             dataset.save()
         return dataset
     return recbole_create_dataset(config)
-
-
-EVAL_PROTOCOLS = ("recbole", "mmrec")
 
 
 def data_preparation(config, dataset):

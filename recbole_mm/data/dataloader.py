@@ -5,8 +5,7 @@ import torch
 from recbole.data.dataloader import TrainDataLoader
 
 from recbole_mm.errors import ConfigError
-
-TRAIN_SAMPLINGS = ("interaction", "user")
+from recbole_mm.options import TRAIN_SAMPLINGS  # noqa: F401  (importable from here too)
 
 
 class UserSampledTrainDataLoader(TrainDataLoader):

@@ -17,14 +17,6 @@ import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType, set_color
 
-from recbole_mm.data.mmrec_format import (
-    MMREC_ITEM,
-    MMREC_LABEL,
-    MMREC_USER,
-    feature_files,
-    inter_layout,
-    read_mmrec_inter,
-)
 from recbole_mm.data.modality import (
     FeatureFileError,
     align_rows,
@@ -35,6 +27,14 @@ from recbole_mm.data.modality import (
 from recbole_mm.data.noise import inject_noise
 from recbole_mm.data.synthetic import ensure_synthetic_dataset
 from recbole_mm.errors import ConfigError, DataError
+from recbole_mm.mmrec_format import (
+    MMREC_ITEM,
+    MMREC_LABEL,
+    MMREC_USER,
+    feature_files,
+    inter_layout,
+    read_mmrec_inter,
+)
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -62,6 +62,21 @@ class MultiModalDataset(Dataset):
             ensure_bundled_dataset(dataset_path, token, self.config["dataset_builder"])
         self._check_interactions_exist(token, dataset_path)
         super()._load_data(token, dataset_path)
+        self._warn_about_repeated_pairs(os.path.join(dataset_path, f"{token}.inter"))
+
+    def _warn_about_repeated_pairs(self, path):
+        """One warning with the count when user–item pairs occur more than once (RecBole and
+        MMRec train on every row, so a repeated train pair weighs double); nothing is changed
+        unless ``rm_dup_inter`` asks RecBole to drop the repeats."""
+        if self.inter_feat is None or self.config["rm_dup_inter"] is not None:
+            return
+        repeats = int(self.inter_feat.duplicated(subset=[self.uid_field, self.iid_field]).sum())
+        if repeats:
+            remedy = ("delete the repeated rows" if getattr(self, "mmrec_layout", False)
+                      else "set rm_dup_inter: first (or last) or delete the repeated rows")
+            self.logger.warning(f"{path}: {repeats} of {len(self.inter_feat)} rows repeat a user–item pair of an "
+                                f"earlier row; they are kept, and a pair repeated in train is trained on as often "
+                                f"as it occurs; to train each pair once, {remedy}")
 
     def _check_interactions_exist(self, token, dataset_path):
         if self.benchmark_filename_list is not None:

@@ -34,8 +34,8 @@ import tempfile
 
 import numpy as np
 
-from recbole_mm.data.mmrec_format import write_mmrec_inter
 from recbole_mm.errors import ConfigError
+from recbole_mm.mmrec_format import write_mmrec_inter
 
 DEFAULTS = {
     "seed": 2026,

@@ -15,6 +15,16 @@ from recbole_mm.model.layers import FrozenSparse
 from recbole_mm.model.loss import BPRLoss
 
 
+def modalities_optional(model_class, config):
+    """True when the model may leave out missing ones of ``modalities``: its reference runs
+    with whichever modalities exist (``one_modality_ok``) and ``modalities`` is the model's
+    packaged default, not a value the user gave (a config file, the config dict, the command line).
+    (Also read by :class:`recbole_mm.config.Config`, which sits above the models.)"""
+    given = getattr(config, "external_config_dict", None) or {}
+    # the class's own declaration: a subclass (MICRO of LATTICE, MENTOR of DRAGON) opts in itself
+    return bool(vars(model_class).get("one_modality_ok", False)) and "modalities" not in given
+
+
 class MultiModalRecommender(GeneralRecommender):
     """A RecBole ``GeneralRecommender`` with item features, graphs and an evaluation cache.
 
@@ -64,8 +74,6 @@ class MultiModalRecommender(GeneralRecommender):
         available = dict(getattr(dataset, "modality_features", {}) or {})
         wanted = config["modalities"] or list(available)
         missing = [name for name in wanted if name not in available]
-        from recbole_mm.config import modalities_optional  # here: recbole_mm.config imports the models
-
         if missing and modalities_optional(type(self), config) and len(missing) < len(wanted):
             wanted = [name for name in wanted if name in available]
             getLogger().warning(f"{type(self).__name__}: dataset '{config['dataset']}' has no {missing} features; "

@@ -56,9 +56,9 @@ from recbole_mm.data.graphs import (
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import propagate, sparse_dense_mm
+from recbole_mm.options import CF_MODELS
 
 ADJACENCY_NORMS = {"random_walk": random_walk_adjacency, "symmetric": bipartite_adjacency}
-CF_MODELS = ("lightgcn", "mf")
 
 
 class LATTICE(MultiModalRecommender):

@@ -7,6 +7,7 @@ import torch.nn as nn
 from scipy import fft
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.options import DCT_MODES  # the keys of _DCT_TRANSFORMS below
 
 try:  # optional extra `scatter`; the native fallback gives the same result
     import torch_scatter
@@ -247,7 +248,6 @@ _DCT_TRANSFORMS = {
            lambda a: fft.idctn(a, type=2, norm="ortho", axes=(0, 1))),
     "none": (lambda a: a, lambda a: a),
 }
-DCT_MODES = tuple(_DCT_TRANSFORMS)
 
 
 def _dct_transform(matrix, mode, inverse):

@@ -68,8 +68,7 @@ from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import FrozenSparse, propagate
 from recbole_mm.model.loss import info_nce
-
-SSL_TASKS = ("FAC",)
+from recbole_mm.options import SSL_TASKS
 
 
 def xavier_linear(in_features, out_features):

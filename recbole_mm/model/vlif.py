@@ -86,8 +86,7 @@ from torch.utils.checkpoint import checkpoint
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.loss import info_nce
-
-FUSIONS = ("pid", "synergy", "weighted", "concat", "pooling")
+from recbole_mm.options import FUSIONS
 
 
 def orthogonal_residual(v, r, eps=1e-8):

@@ -94,7 +94,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_mm import distributed
+from recbole_mm import collectives
 from recbole_mm.errors import ConfigError
 
 # key -> (check, what it must be); the defaults are in properties/overall.yaml
@@ -309,7 +309,7 @@ class BOD:
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=float(settings["bod_generator_lr"]))
         self.last_outer_loss = None
         self.config = config
-        distributed.broadcast_module(self.generator, config)  # distributed: rank 0's generator everywhere
+        collectives.broadcast_module(self.generator, config)  # distributed: rank 0's generator everywhere
 
     def _ids(self, interaction):
         model = self.model
@@ -360,7 +360,7 @@ class BOD:
         loss = gradient_matching_loss(self.generator, user_all, item_all, users, pos_items, neg_items)
         self.optimizer.zero_grad()
         loss.backward(inputs=list(self.generator.parameters()))
-        distributed.average_gradients(self.generator, self.config)  # distributed: as DDP does
+        collectives.average_gradients(self.generator, self.config)  # distributed: as DDP does
         self.optimizer.step()
         self.last_outer_loss = float(loss.detach())
         return self.last_outer_loss

@@ -48,14 +48,13 @@ import torch
 from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import InputType, set_color
 
-from recbole_mm import distributed
+from recbole_mm import collectives
 from recbole_mm.config import Config
 from recbole_mm.errors import ConfigError
+from recbole_mm.options import KD_MODES
 from recbole_mm.trainer import guider_ops as ops
 from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
 from recbole_mm.utils import get_model
-
-KD_MODES = ("ot", "ot_pairs", "kl", "none")
 
 
 class _MemoisedForward:
@@ -160,7 +159,7 @@ class GUIDERTrainer(MultiModalTrainer):
         teacher_config = self._teacher_config()
         teacher_config["device"] = self.device
         self.teacher = get_model(self.config["guider_teacher"])(teacher_config, dataset).to(self.device)
-        distributed.broadcast_module(self.teacher, self.config)  # distributed: rank 0's teacher everywhere
+        collectives.broadcast_module(self.teacher, self.config)  # distributed: rank 0's teacher everywhere
         lr = self.config["guider_teacher_learning_rate"] or self.config["learning_rate"]
         self.teacher_optimizer = build_optimizer("adamw", self.teacher.parameters(),
                                                  self.config["optimizer_impl"] or "fused", lr=lr,
@@ -287,14 +286,14 @@ class GUIDERTrainer(MultiModalTrainer):
         total = 0.0
         hook = getattr(self.teacher, "pre_epoch_processing", None)
         if callable(hook):
-            with distributed.same_random_state(self.config, -1 - self.teacher_epochs):
+            with collectives.same_random_state(self.config, -1 - self.teacher_epochs):
                 hook()
         for interaction in self._teacher_batches(train_data):
             interaction = interaction.to(self.device)
             self.teacher_optimizer.zero_grad()
             loss = self.teacher_loss(interaction)
             loss.backward()
-            distributed.average_gradients(self.teacher, self.config)  # distributed: as DDP does
+            collectives.average_gradients(self.teacher, self.config)  # distributed: as DDP does
             self.teacher_optimizer.step()
             total += loss.item()
         return total
@@ -376,7 +375,7 @@ class GUIDERTrainer(MultiModalTrainer):
         if self.use_amsc and self.modalities:
             clean = ops.amsc_split(self.train_users, self.train_items, reliable, self.modalities, self.confidence,
                                    self.threshold, self.n_users, self.threshold_mode, pairs=self.pair_similarity)
-        noisy = distributed.broadcast_tensor(~clean, self.config)  # distributed: rank 0's split everywhere
+        noisy = collectives.broadcast_tensor(~clean, self.config)  # distributed: rank 0's split everywhere
         keys = self.train_users[noisy] * self.n_items + self.train_items[noisy]
         self.false_keys = torch.sort(keys).values
         record = {"false": int(noisy.sum()), "spurious": int((~reliable).sum()), "interactions": len(clean)}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from recbole_mm.errors import ConfigError, DataError
 from recbole_mm.model.layers import scatter_mean
+from recbole_mm.options import ROW_TRANSFORMS, SPLIT_SCORES, THRESHOLD_MODES
 
 
 # --------------------------------------------------------------------------- Eq. 6
@@ -89,9 +90,6 @@ def hash_confidence(text, image, hash_params):
 
 
 # --------------------------------------------------------------------------- Eq. 2-5
-SPLIT_SCORES = ("logsigmoid", "rank", "bpr")
-
-
 def per_interaction_loss(user_embeddings, item_embeddings, users, items, score="logsigmoid", n_negatives=4,
                          generator=None, chunk=1 << 12):
     r""":math:`\mathcal L_{Rec}(u, i)` of every train interaction under the teacher (Eq. 2).
@@ -154,9 +152,6 @@ def _extreme_similarities(spurious_items, reliable_lists, modalities):
         sims = torch.bmm(features[reliable_lists], features[spurious_items].unsqueeze(2)).squeeze(2)
         similarity = sims if similarity is None else torch.maximum(similarity, sims)
     return similarity.amax(1), similarity.amin(1)
-
-
-THRESHOLD_MODES = ("quantile", "absolute")
 
 
 class UserPairSimilarity:
@@ -369,9 +364,6 @@ def sinkhorn_kd(teacher_logits, student_logits, reg, n_iterations=100):
     r""":math:`\mathcal L_{KD} = \langle P_\lambda, D \rangle` (Eq. 9)."""
     plan, cost = sinkhorn_plan(teacher_logits, student_logits, reg, n_iterations)
     return (plan.float() * cost).sum()
-
-
-ROW_TRANSFORMS = ("center", "zscore", "softmax", "raw")
 
 
 def transform_rows(scores, transform="zscore"):

@@ -15,15 +15,14 @@ from recbole.utils import set_color
 from torch import optim
 from torch.optim.lr_scheduler import LambdaLR
 
-from recbole_mm import distributed
+from recbole_mm import collectives
 from recbole_mm.errors import ConfigError, RecboleMMError
 from recbole_mm.files import atomic_torch_save
 from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
+from recbole_mm.options import DENOISE_MODES, OPTIMIZER_IMPLS
 from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
 
-DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod")
-OPTIMIZER_IMPLS = ("fused", "foreach", "single")
 TORCH_OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adagrad": optim.Adagrad,
                     "rmsprop": optim.RMSprop}
 
@@ -53,7 +52,9 @@ def build_optimizer(learner, params, impl="fused", sparse_grads=False, **hyper):
         impl: ``fused`` (one kernel per step over all tensors; falls back to ``foreach``, with
             a debug log, where the optimiser has no fused kernel or the tensors do not fit one),
             ``foreach`` (tensors batched per operation) or ``single`` (a loop over tensors,
-            RecBole's default). All three compute the same update, up to float rounding.
+            the per-tensor loop), or ``recbole`` (torch's own choice, as RecBole builds its
+            optimisers: the loop on the CPU, foreach on GPUs). All compute the same update, up to
+            float rounding.
         sparse_grads: the model produces sparse gradients (``nn.Embedding(sparse=True)``),
             which fused kernels do not take.
         **hyper: the optimiser's keyword arguments (``lr``, ``weight_decay``, ...).
@@ -61,6 +62,8 @@ def build_optimizer(learner, params, impl="fused", sparse_grads=False, **hyper):
     if impl not in OPTIMIZER_IMPLS:
         raise ConfigError(f"optimizer_impl must be one of {list(OPTIMIZER_IMPLS)}, got {impl!r}")
     optimizer_class = TORCH_OPTIMIZERS[learner.lower()]
+    if impl == "recbole":
+        return optimizer_class(params, **hyper)
     params = list(params)
     accepted = inspect.signature(optimizer_class).parameters
     if impl == "fused":
@@ -106,9 +109,10 @@ class MultiModalTrainer(Trainer):
       popularity; ``bod`` weights the model's BPR rows by BOD's weight generator and steps
       the generator by gradient matching after every ``bod_outer_every`` epochs
       (:class:`~recbole_mm.trainer.bod.BOD`, kept in ``self.bod``).
-    - The optimiser runs torch's ``optimizer_impl`` implementation (``fused`` by default: one
-      kernel per step, several times faster than RecBole's per-tensor loop on large feature
-      tables; see :func:`build_optimizer`).
+    - The optimiser runs torch's ``optimizer_impl`` implementation: ``fused`` by default for
+      the plugin's models (one kernel per step, several times faster than RecBole's per-tensor
+      loop on large feature tables; see :func:`build_optimizer`), RecBole's own optimiser for
+      RecBole's models (``recbole``), so that they give RecBole's numbers through the plugin.
     - GAUC's mean ranks are counted instead of sorted (:class:`MultiModalCollector`): the
       same metric values, without an O(I log I) sort of every user's scores.
     - Checkpoints are ``<checkpoint_dir>/<Model>-<run_id>.pth`` (:func:`new_run_id`: unique
@@ -118,14 +122,14 @@ class MultiModalTrainer(Trainer):
     - Without validation (an empty valid split, or ``eval_step: 0``) it says so before the
       first epoch, trains every configured epoch without early stopping, and the test pass
       uses the last epoch's model (RecBole's behaviour, which it leaves silent).
-    - On a distributed run (:mod:`recbole_mm.distributed`) the per-epoch hook draws from the
+    - On a distributed run (:mod:`recbole_mm.collectives`) the per-epoch hook draws from the
       same seed on every rank and full-sort metrics are computed over every rank's users at
       once.
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.run_id = distributed.broadcast_object(new_run_id(), config)  # every rank reads rank 0's file
+        self.run_id = collectives.broadcast_object(new_run_id(), config)  # every rank reads rank 0's file
         self.saved_model_file = os.path.join(self.checkpoint_dir, f"{config['model']}-{self.run_id}.pth")
         self.eval_collector = MultiModalCollector(config)
         self._excluded_items = None  # items masked in the current evaluation (cold-start candidates)
@@ -133,16 +137,16 @@ class MultiModalTrainer(Trainer):
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
         self.denoising_loss = self._install_denoising(config, model)
-        # --- distributed runs (recbole_mm.distributed); nothing changes in one process
-        if distributed.is_distributed(config):
-            self.eval_collector = distributed.distributed_collector(MultiModalCollector)(config)
+        # --- distributed runs (recbole_mm.collectives); nothing changes in one process
+        if collectives.is_distributed(config):
+            self.eval_collector = collectives.distributed_collector(MultiModalCollector)(config)
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimiser choice (``learner``, ``learning_rate``, ``weight_decay``, or the
         same keyword arguments), built by :func:`build_optimizer` with ``optimizer_impl``."""
         learner = kwargs.get("learner", self.learner)
-        if learner.lower() not in TORCH_OPTIMIZERS:  # sparse_adam, unknown names: RecBole's handling
-            return super()._build_optimizer(**kwargs)
+        if learner.lower() not in TORCH_OPTIMIZERS or self.config["optimizer_impl"] == "recbole":
+            return super()._build_optimizer(**kwargs)  # RecBole's own (its models' default; sparse_adam)
         params = kwargs.pop("params", self.model.parameters())
         weight_decay = kwargs.get("weight_decay", self.weight_decay)
         if self.config["reg_weight"] and weight_decay and weight_decay * self.config["reg_weight"] > 0:
@@ -173,7 +177,7 @@ class MultiModalTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         hook = getattr(self.model, "pre_epoch_processing", None)
         if callable(hook):
-            with distributed.same_random_state(self.config, epoch_idx):
+            with collectives.same_random_state(self.config, epoch_idx):
                 hook()
         loss_func = loss_func or self.model.calculate_loss
         if self.denoising_loss is not None:
@@ -266,7 +270,7 @@ class MultiModalTrainer(Trainer):
         if not eval_data:
             return None
         if load_best_model:
-            distributed.barrier(self.config)  # rank 0 has written the checkpoint
+            collectives.barrier(self.config)  # rank 0 has written the checkpoint
             self.load_checkpoint(model_file)
         candidates = getattr(eval_data._dataset, "candidate_items", None)
         self._excluded_items = None
@@ -280,7 +284,7 @@ class MultiModalTrainer(Trainer):
 
     def _map_reduce(self, result, num_sample):
         """RecBole's reduction of each rank's metrics, skipped where the collector already
-        computed them over every rank's users (:class:`~recbole_mm.distributed.GatheringCollector`)."""
+        computed them over every rank's users (:class:`~recbole_mm.collectives.GatheringCollector`)."""
         if getattr(self.eval_collector, "gathered", False):
             return result
         return super()._map_reduce(result, num_sample)
