@@ -12,7 +12,7 @@
 
 Any other ``--key=value`` overrides that config key (RecBole reads it from the command line).
 
-Several processes (NCCL on GPUs, gloo on CPUs; see README, "Distributed training"):
+Several processes (NCCL on GPUs, gloo on CPUs; see docs/scale.md):
 
     python run_recbole_mm.py --model=FREEDOM --dataset=baby --nproc=4
     python run_recbole_mm.py --model=FREEDOM --dataset=baby --nproc=4 --world_size=8 \

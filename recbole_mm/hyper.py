@@ -35,7 +35,7 @@ Backends:
 - ``local``: a ``concurrent.futures.ProcessPoolExecutor`` (spawn, one process per trial);
   ``workers`` defaults to the cores (``os.cpu_count() // threads_per_trial``) or, with GPUs, one
   trial per GPU at a time, each given its own device (``gpu_id``, i.e. ``CUDA_VISIBLE_DEVICES``).
-- ``ray``: Ray Tune (``pip install "ray[tune]>=2.58,<3"``, see the README): one Tune trial per
+- ``ray``: Ray Tune (``pip install "ray[tune]>=2.58,<3"``, see docs/scale.md): one Tune trial per
   configuration, ``cpu=threads_per_trial`` and ``gpu=1`` per trial when the cluster has GPUs,
   placed by Ray over the nodes of the cluster at ``ray_address`` (``ray start --head`` on one
   machine, ``ray start --address=<head>:6379`` on the others), or over a Ray started on this
