@@ -152,6 +152,10 @@ def write_markdown(path, records, models, command, sports):
                      f"{intro}\n\nCommand: `{command}`\n\nMachine: {machine}; written {stamp}. Runs that shared "
                      "the CPUs with other jobs have indicative timings only.\n\n")
         handle.write(table(records, models, accuracy=not sports) + "\n")
+        missing = [model for model in models if not any(r["model"] == model for r in records)]
+        if missing:
+            handle.write(f"\nNot run yet: {', '.join(missing)}. The same command resumes: it runs only what "
+                         "the .jsonl beside this file lacks.\n")
     os.replace(path + ".tmp", path)
 
 
