@@ -144,7 +144,7 @@ def write_markdown(path, records, models, command, sports):
                  "evaluation of the valid split, one CPU thread per run.")
     else:
         intro = ("Every model of the plugin (BPR and LightGCN from RecBole as anchors) on the bundled synthetic "
-                 "dataset with its packaged defaults and the dataset's budget (60 epochs, early stopping after 10 "
+                 "dataset with its packaged defaults and the dataset's budget (60 epochs unless the command sets epochs, early stopping after 10 "
                  "evaluations without a better valid Recall@20); test at the best valid epoch; mean ± std over "
                  "the seeds; one CPU thread per run.")
     with open(path + ".tmp", "w") as handle:
