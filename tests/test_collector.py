@@ -7,7 +7,8 @@ from recbole_mm.trainer.collector import MultiModalCollector, mean_rank_rows
 
 
 def test_mean_rank_rows_equal_recboles_sorted_ranks(run_config):
-    config = Config("BPR", "synthetic", config_dict=run_config(metrics=["GAUC", "Recall"], topk=[5]))
+    config = Config("BPR", "synthetic", config_dict=run_config(metrics=["GAUC", "Recall"], topk=[5],
+                                                                valid_metric="Recall@5"))
     generator = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 6, (40, 30), generator=generator).float()   # many ties
     scores[torch.rand(40, 30, generator=generator) < 0.2] = -torch.inf    # masked history items
