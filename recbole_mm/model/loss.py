@@ -164,13 +164,6 @@ def install_denoising_loss(model, loss_module):
 
 
 
-def _info_nce_rows(anchor_rows, rows, positive):
-    """Per-row InfoNCE of L2-normalised, temperature-scaled anchors (B x d) against all rows of
-    the L2-normalised ``positive`` (n x d); row ``rows[b]`` is the positive of anchor b."""
-    logits = anchor_rows @ positive.T
-    return torch.logsumexp(logits, dim=1) - logits[torch.arange(len(rows), device=rows.device), rows]
-
-
 def chunked_info_nce(anchor, positive, temperature=0.2, chunk_size=4096):
     r""":func:`info_nce` (one direction, every row of ``positive`` a candidate) in bounded memory
     for large n: anchors are taken ``chunk_size`` rows at a time and, with more than one chunk,
@@ -188,13 +181,12 @@ def chunked_info_nce(anchor, positive, temperature=0.2, chunk_size=4096):
     n_rows = anchor.shape[0]
     if n_rows <= chunk_size:
         return info_nce(anchor, positive, temperature)
-    anchor, positive = F.normalize(anchor, dim=1) / temperature, F.normalize(positive, dim=1)
     rows = torch.arange(n_rows, device=anchor.device)
     total = anchor.new_zeros(())
-    for start in range(0, n_rows, chunk_size):
+    for start in range(0, n_rows, chunk_size):  # each chunk: table_info_nce against all rows
         stop = min(start + chunk_size, n_rows)
-        losses = checkpoint(_info_nce_rows, anchor[start:stop], rows[start:stop], positive, use_reentrant=False)
-        total = total + losses.sum()
+        total = total + checkpoint(table_info_nce, anchor[start:stop], positive, rows[start:stop], temperature,
+                                   "sum", use_reentrant=False)
     return total / n_rows
 
 
