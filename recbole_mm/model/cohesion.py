@@ -169,22 +169,13 @@ class COHESION(MultiModalRecommender):
         self.user_graph_sampler = UserGraphSampler(
             self.interaction_matrix, config["user_graph_k"], config["user_graph_stored"], self.device
         )
-        # buffers: the graph the saved epoch used travels with the checkpoint (state_dict); dense
-        # ones, since DistributedDataParallel cannot broadcast a sparse buffer
-        graph = self.user_graph_sampler.sample()
-        self.register_buffer("user_graph_indices", graph.indices())
-        self.register_buffer("user_graph_values", graph.values())
-
-    @property
-    def user_graph(self):
-        """This epoch's user–user graph S, sparse (U x U), row-stochastic where a user has neighbours."""
-        return torch.sparse_coo_tensor(self.user_graph_indices, self.user_graph_values,
-                                       (self.n_users, self.n_users), is_coalesced=True)
+        # a buffer: the graph the saved epoch used travels with the checkpoint (state_dict); under
+        # DDP it is left out of the buffer broadcast (collectives.wrap_model), as DRAGON's
+        self.register_buffer("user_graph", self.user_graph_sampler.sample())
 
     def pre_epoch_processing(self):
         """Redraw the user–user graph and the pruned training graph (no pruning by default)."""
-        graph = self.user_graph_sampler.sample()
-        self.user_graph_indices, self.user_graph_values = graph.indices(), graph.values()
+        self.user_graph = self.user_graph_sampler.sample()
         self.resample_edges()
 
     # ------------------------------------------------------------------ forward
