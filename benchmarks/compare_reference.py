@@ -47,7 +47,10 @@ import scipy.sparse as sp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-DEFAULT_REF_PYTHON = "/work/refvenv/bin/python"
+WORKSPACE = os.path.dirname(REPO)  # the folder that holds this checkout (and ../shared, ../refvenv)
+# a virtual environment beside the checkout with the reference's dependencies (torch, numpy, scipy,
+# pandas, pyyaml, torch_geometric, scikit-learn); RECBOLE_MM_REF_PYTHON overrides it
+DEFAULT_REF_PYTHON = os.environ.get("RECBOLE_MM_REF_PYTHON", os.path.join(WORKSPACE, "refvenv", "bin", "python"))
 
 # reference code in MMRec's layout that is not MMRec itself, by model (the table's label)
 REFERENCE_OWNER = {"LIRDRec": "enoche/LIRDRec", "MENTOR": "Jinfeng-Xu/MENTOR", "COHESION": "Jinfeng-Xu/COHESION"}
@@ -552,6 +555,14 @@ def format_mean_cell(key, row):
     return f"{cell} ± {format_cell(key, std)}"
 
 
+def portable(text):
+    """``text`` with this machine's paths made portable: a fetched mirror ``.../<owner>+<name>/repo``
+    becomes ``<owner/name checkout>``, the checkout ``.`` and the folder around it ``..``, so the
+    results files name no path of the machine they were measured on."""
+    text = re.sub(r"[^\s\"']*/([\w.-]+)\+([\w.-]+)/repo", r"<\1/\2 checkout>", text)
+    return text.replace(REPO, ".").replace(WORKSPACE + os.sep, "../")
+
+
 def report(args, rows, meta, argv):
     table = markdown_table(rows)
     print(table)
@@ -567,13 +578,13 @@ def report(args, rows, meta, argv):
         notes.append(f"- MMRec grid keys at MMRec's first value (no counterpart of ours): "
                      f"`{json.dumps(meta['grid_left'])}`")
     with open(args.out, "a") as handle:
-        command = "python benchmarks/compare_reference.py " + " ".join(argv)
+        command = portable("python benchmarks/compare_reference.py " + " ".join(argv))
         handle.write(f"\n## {args.model} ({stamp})\n\n```\n{command}\n```\n\n"
                      f"Machine: {machine}; one thread per side, both sides at once.\n\n")
         handle.write("\n".join(notes) + "\n\n" + table + "\n")
     with open(os.path.splitext(args.out)[0] + ".jsonl", "a") as handle:
-        handle.write(json.dumps({"time": stamp, "command": argv, "machine": machine, "rows": rows,
-                                 **{k: v for k, v in meta.items() if k != "workdir"}}, default=str) + "\n")
+        handle.write(portable(json.dumps({"time": stamp, "command": argv, "machine": machine, "rows": rows,
+                                          **{k: v for k, v in meta.items() if k != "workdir"}}, default=str)) + "\n")
 
 
 def main(argv=None):
@@ -596,7 +607,8 @@ def main(argv=None):
     parser.add_argument("--stopping-step", type=int, default=20, help="early-stopping patience, both sides")
     parser.add_argument("--only", choices=("reference", "ours", "both"), default="both")
     parser.add_argument("--ref-python", default=None,
-                        help=f"interpreter for the reference (default {DEFAULT_REF_PYTHON} if present)")
+                        help="interpreter for the reference (default: $RECBOLE_MM_REF_PYTHON, else ../refvenv/bin/python "
+                             "beside this checkout if present, else this interpreter)")
     parser.add_argument("--fake-features", action="store_true",
                         help="random 4096/384-d features where the folder has none")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before both runs are killed")

@@ -4,8 +4,8 @@ graph-build time, seconds per training epoch, evaluation seconds and peak RSS.
 
 One process per model (peak RSS is the process's ``ru_maxrss``)::
 
-    python benchmarks/scale.py generate --data-path /work/exp/scale
-    python benchmarks/scale.py run VBPR --data-path /work/exp/scale [--max-batches N] [--eval-users N]
+    python benchmarks/scale.py generate --data-path <empty folder>
+    python benchmarks/scale.py run VBPR --data-path <that folder> [--max-batches N] [--eval-users N]
 
 ``generate`` writes the dataset through :func:`recbole_mm.data.synthetic.generate_synthetic`
 (the same code path as the ``synthetic_generator`` dataset key); ``run`` builds the model

@@ -2,7 +2,7 @@
 sides' weights set equal; then one optimiser step, and what is not a tensor (initialisation,
 optimiser, scheduler, negative sampling, graphs, evaluation, loader order).
 
-    python benchmarks/vlif_bisect.py --reference /work/.mirror/dangkh+VIRAL/repo --ref-branch master \\
+    python benchmarks/vlif_bisect.py --reference <dangkh/VIRAL checkout> --ref-branch master \\
         --data dataset/synthetic [--config-file properties/vlif_master.yaml] [--set key=value] [--seed 999]
 
 Both models live in this one process (the system python; ``torch_geometric``, which their
@@ -721,7 +721,7 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="our side only")
     parser.add_argument("--seed", type=int, default=999)
     parser.add_argument("--tol", type=float, default=1e-4, help="relative max abs difference that counts")
-    parser.add_argument("--ref-site", default=None, help="site-packages with torch_geometric (default: /work/refvenv's)")
+    parser.add_argument("--ref-site", default=None, help="site-packages with torch_geometric (default: the reference venv's, beside DEFAULT_REF_PYTHON)")
     parser.add_argument("--skip-loaders", action="store_true")
     parser.add_argument("--double", action="store_true",
                         help="compare the forward, gradients and step in float64 (rounding then ~1e-16)")
@@ -738,7 +738,7 @@ def main(argv=None):
     try:
         import torch_geometric  # noqa: F401
     except ImportError:
-        site = args.ref_site or next(iter(glob.glob("/work/refvenv/lib/python3*/site-packages")), None)
+        site = args.ref_site or next(iter(glob.glob(os.path.join(os.path.dirname(os.path.dirname(cr.DEFAULT_REF_PYTHON)), "lib", "python3*", "site-packages"))), None)
         if site:
             sys.path.append(site)
     # before reference_runner's stubs (torchvision etc.), which transformers, imported by

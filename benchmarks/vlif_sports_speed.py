@@ -2,7 +2,7 @@
 and after ``fused_infonce``) beside the public code (dangkh/VIRAL), same data, one thread each,
 all sides started at the same time.
 
-    python benchmarks/vlif_sports_speed.py --data /work/data/sports --batches 2 \\
+    python benchmarks/vlif_sports_speed.py --data <Sports folder> --reference <dangkh/VIRAL checkout> --batches 2 \\
         --out results/vlif_sports_speed.md
 
 The data folder holds the real ``sports.inter`` (MMRec layout) with ``image_feat.npy`` /
@@ -37,7 +37,6 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import compare_reference as compare  # noqa: E402
 
-REFERENCE = "/work/.mirror/dangkh+VIRAL/repo"
 PROFILES = {"code": [], "master": [os.path.join(REPO, "properties", "vlif_master.yaml")]}
 
 
@@ -143,14 +142,14 @@ def run_ours(root, profile, schedule, n_batches):
     return {"batches_per_epoch": len(train), "setup_s": setup, "batch_s": seconds, "losses": losses}
 
 
-def run_reference(root, branch, n_batches):
+def run_reference(reference, root, branch, n_batches):
     import reference_runner
 
     reference_runner.install_shims()
     import torch
 
     workdir = tempfile.mkdtemp(prefix="vlif_ref_")
-    _, src = compare.export_reference(REFERENCE, workdir, branch)
+    _, src = compare.export_reference(reference, workdir, branch)
     names = feature_files(root)
     compare.write_mmrec_dataset_yaml(src, "sports", names["image"], names["text"])
     os.chdir(os.path.dirname(src))  # VIRAL reads src/configs/ from the directory above src/
@@ -183,7 +182,7 @@ def run_reference(root, branch, n_batches):
 
 def child(args):
     kind, *rest = args.side.split(":")
-    result = run_reference(args.root, rest[0], args.batches) if kind == "reference" else \
+    result = run_reference(args.reference, args.root, rest[0], args.batches) if kind == "reference" else \
         run_ours(args.root, rest[0], rest[1], args.batches)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
@@ -205,7 +204,7 @@ def driver(args):
         python = compare.DEFAULT_REF_PYTHON if side.startswith("reference") else sys.executable
         log = os.path.join(root, side.replace(":", "_") + ".log")
         command = [python, os.path.abspath(__file__), "--child", side, "--root", root + os.sep,
-                   "--batches", str(args.batches)]
+                   "--batches", str(args.batches)] + (["--reference", args.reference] if args.reference else [])
         processes[side] = compare.start(command, HERE, log)
     outcome = compare.wait_all(processes, args.timeout)
     rows = []
@@ -242,17 +241,18 @@ def report(args, rows, widths):
     if not args.out:
         return
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/vlif_sports_speed.py " + " ".join(sys.argv[1:])
+    command = compare.portable("python benchmarks/vlif_sports_speed.py " + " ".join(sys.argv[1:]))
     with open(args.out, "a") as handle:
         handle.write(f"\n## {stamp}\n\n```\n{command}\n```\n\nMachine: {platform.node()}, {os.cpu_count()} CPUs "
                      f"(shared), one thread per side, all sides at once; features {widths}.\n\n{table}\n")
     with open(os.path.splitext(args.out)[0] + ".jsonl", "a") as handle:
-        handle.write(json.dumps({"time": stamp, "command": sys.argv[1:], "rows": rows}) + "\n")
+        handle.write(compare.portable(json.dumps({"time": stamp, "command": sys.argv[1:], "rows": rows})) + "\n")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="/work/data/sports")
+    parser.add_argument("--data", required=True, help="MMRec-layout folder with sports.inter and the feature files")
+    parser.add_argument("--reference", default=None, help="dangkh/VIRAL checkout or bare git dir (for reference sides)")
     parser.add_argument("--root", default=None, help="working folder (kept; default a new temporary one)")
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--sides", nargs="+", default=["ours:code:fused", "ours:master:fused", "ours:master:autograd",
@@ -263,6 +263,8 @@ def main():
                         help="only print the share of items a batch's BPR terms read")
     parser.add_argument("--child", dest="side", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.reference and any(side.startswith("reference") for side in args.sides):
+        parser.error("--reference is needed for a reference side (or give --sides without one)")
     if args.receptive_field:
         root = args.root or tempfile.mkdtemp(prefix="vlif_sports_")
         prepare_folder(args.data, root)

@@ -464,7 +464,9 @@ def test_every_docs_page_is_linked_and_starts_with_a_runnable_command():
 
 def test_no_path_of_the_development_machine():
     paths = ["README.md", os.path.join("results", "README.md"), os.path.join("results", "reference", "README.md")]
-    paths += PAGES + glob.glob(os.path.join("benchmarks", "*.md"), root_dir=REPO_ROOT)
+    paths += PAGES + glob.glob(os.path.join("benchmarks", "*.[mp][dy]"), root_dir=REPO_ROOT)
+    paths += [path for path in glob.glob(os.path.join("results", "**", "*"), root_dir=REPO_ROOT, recursive=True)
+              if path.endswith((".md", ".jsonl", ".log", ".txt"))]
     for folder in ("properties", "recbole_mm"):
         for root, _, files in os.walk(os.path.join(REPO_ROOT, folder)):
             paths += [os.path.relpath(os.path.join(root, name), REPO_ROOT) for name in files
