@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from recbole_mm.model import layers
 from recbole_mm.model.grcn import GRCN, attention_conv
-from recbole_mm.model.layers import scatter_max, scatter_softmax, scatter_sum
+from recbole_mm.model.layers import EdgeGraph, scatter_max, scatter_softmax, scatter_sum
 from tests.conftest import build_model, train_each, train_steps
 
 
@@ -61,7 +61,7 @@ def test_attention_conv_matches_a_dense_masked_softmax():
     nodes = torch.randn(6, 4)
     sources = torch.tensor([0, 1, 2, 3, 0, 5])
     targets = torch.tensor([3, 3, 3, 4, 4, 1])
-    out, alpha = attention_conv(nodes, sources, targets)
+    out, alpha = attention_conv(nodes, EdgeGraph(sources, targets, 6))
     adjacency = torch.zeros(6, 6, dtype=torch.bool)
     adjacency[targets, sources] = True
     logits = torch.where(adjacency, nodes @ nodes.T, torch.tensor(float("-inf")))
@@ -124,7 +124,7 @@ def test_routing_updates_users_from_their_items(run_config):
     branch = model.branches["text"]
     with torch.no_grad():
         items = branch.item_vectors(model.modality_features["text"])
-        routed = branch.route(items, model.routing_sources, model.routing_targets)
+        routed = branch.route(items, model.routing_graph)
         start = F.normalize(branch.preference, dim=1)
     active = torch.from_numpy(model.interaction_matrix.row).unique()
     idle = torch.ones(model.n_users, dtype=torch.bool)
@@ -148,8 +148,8 @@ def test_routing_quirk_makes_routing_a_no_op_and_changes_nothing_else(run_config
             items = branch.item_vectors(quirk.modality_features[name])
             assert torch.equal(items, fixed.branches[name].item_vectors(fixed.modality_features[name]))
             start = F.normalize(branch.preference, dim=1)
-            assert torch.allclose(branch.route(items, quirk.routing_sources, quirk.routing_targets), start, atol=1e-6)
-            routed = fixed.branches[name].route(items, fixed.routing_sources, fixed.routing_targets)
+            assert torch.allclose(branch.route(items, quirk.routing_graph), start, atol=1e-6)
+            routed = fixed.branches[name].route(items, fixed.routing_graph)
             assert not torch.allclose(routed, start, atol=1e-3)
         # the quirk = no routing at all, everywhere (users, items, edge weights) ...
         for got, expected in zip(quirk.forward(), no_routing.forward()):

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mm.model import layers
-from recbole_mm.model.layers import MLP, propagate, scatter_mean, scatter_sum
+from recbole_mm.model.layers import MLP, EdgeGraph, propagate, scatter_mean, scatter_sum
 from recbole_mm.model.loss import info_nce
 
 
@@ -51,3 +51,39 @@ def test_info_nce_matches_its_formula():
     assert torch.allclose(info_nce(a, b, 0.2, symmetric=True), (expected + backward) / 2, atol=1e-6)
     aligned = torch.eye(6)
     assert info_nce(aligned, aligned, 0.1) < info_nce(aligned, aligned.roll(1, 0), 0.1)
+
+
+def random_edges(n_nodes, n_edges, seed):
+    """n_edges distinct directed pairs s -> t (s != t) over n_nodes, in random order."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = torch.randperm(n_nodes * n_nodes, generator=generator)
+    pairs = pairs[pairs // n_nodes != pairs % n_nodes][:n_edges]
+    return pairs // n_nodes, pairs % n_nodes
+
+
+def test_edge_graph_products_match_gather_scatter_in_value_and_gradient():
+    """EdgeGraph.aggregate / .dot against the gather-multiply-scatter they replace (GRCN's
+    convolution), values and gradients with respect to the nodes and the edge weights."""
+    torch.manual_seed(0)
+    n_nodes, dim = 30, 5
+    sources, targets = random_edges(n_nodes, 120, seed=1)
+    graph = EdgeGraph(sources, targets, n_nodes)
+    nodes = torch.randn(n_nodes, dim, requires_grad=True)
+    weights = torch.randn(len(sources), requires_grad=True)
+    upstream_nodes, upstream_edges = torch.randn(n_nodes, dim), torch.randn(len(sources))
+
+    def gather_scatter():
+        aggregated = scatter_sum(nodes[sources] * weights.unsqueeze(-1), targets, n_nodes)
+        return aggregated, (nodes[targets] * nodes[sources]).sum(-1)
+
+    results = []
+    for run in (lambda: (graph.aggregate(nodes, weights), graph.dot(nodes)), gather_scatter):
+        aggregated, dots = run()
+        grads = torch.autograd.grad((aggregated * upstream_nodes).sum() + (dots * upstream_edges).sum(),
+                                    (nodes, weights))
+        results.append((aggregated, dots) + grads)
+    for ours, expected in zip(*results):
+        assert torch.allclose(ours, expected, atol=1e-5)
+    dense = torch.zeros(n_nodes, n_nodes)
+    dense[targets, sources] = weights.detach()
+    assert torch.allclose(results[0][0], dense @ nodes.detach(), atol=1e-5), "h_t = sum_s w_st z_s"

@@ -39,8 +39,10 @@ user -> item edges and PyG's default ``source_to_target`` flow sends messages to
 targets, so during routing only items receive, the users' update is zero and the routing
 rounds change nothing. ``True`` reproduces that (the rounds run on the user -> item edges).
 
-Message passing uses gathers and :func:`~recbole_mm.model.layers.scatter_sum` /
-:func:`~recbole_mm.model.layers.scatter_softmax` (torch-scatter when installed), not PyG.
+Message passing is one CSR product per convolution on a fixed
+:class:`~recbole_mm.model.layers.EdgeGraph` (attention and edge weights carry gradient through
+it), with :func:`~recbole_mm.model.layers.scatter_softmax` (torch-scatter when installed) for
+the attention normalisation; not PyG.
 MMRec's edge dropout is 0 and its ``has_act`` False: neither is offered. MMRec scores
 evaluation from the last training batch's output; we run a fresh forward pass per evaluation.
 """
@@ -52,30 +54,22 @@ from recbole_mm.data.graphs import bipartite_edges, interaction_edges
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.loss import node_rows_l2
-from recbole_mm.model.layers import scatter_softmax, scatter_sum
+from recbole_mm.model.layers import EdgeGraph, scatter_softmax
 
 
-def attention_conv(nodes, sources, targets):
+def attention_conv(nodes, graph):
     r"""Dot-product attention convolution over directed edges (MMRec's ``GATConv``).
 
     Args:
         nodes: (N x d) node vectors z.
-        sources, targets: int64 (E,) edge endpoints s -> t.
+        graph: :class:`~recbole_mm.model.layers.EdgeGraph` of the E edges s -> t.
 
     Returns:
         (N x d) :math:`\sum_{s \to t} \alpha_{s \to t} z_s` (zero for nodes without in-edges),
         and the attention :math:`\alpha` (E,), a softmax over each target's in-edges.
     """
-    n_nodes = nodes.shape[0]
-    # index_select, not nodes[...]: its backward is an index_add, much faster than index_put
-    senders = nodes.index_select(0, sources)
-    alpha = scatter_softmax((nodes.index_select(0, targets) * senders).sum(dim=-1), targets, n_nodes)
-    return scatter_sum(senders * alpha.unsqueeze(-1), targets, n_nodes), alpha
-
-
-def weighted_conv(nodes, sources, targets, weights):
-    r""":math:`h_t = \sum_{s \to t} w_{s \to t} z_s`: (N x d) nodes, (E,) edges and weights -> (N x d)."""
-    return scatter_sum(nodes.index_select(0, sources) * weights.unsqueeze(-1), targets, nodes.shape[0])
+    alpha = scatter_softmax(graph.dot(nodes), graph.targets, nodes.shape[0])
+    return graph.aggregate(nodes, alpha), alpha
 
 
 class GRCNContentBranch(nn.Module):
@@ -100,20 +94,20 @@ class GRCNContentBranch(nn.Module):
         """rownorm(LeakyReLU(Lin(x))), (I x d_c)."""
         return F.normalize(F.leaky_relu(self.projection(item_features)), dim=1)
 
-    def route(self, item_vectors, routing_sources, routing_targets):
+    def route(self, item_vectors, routing_graph):
         """User preferences after the routing rounds over the given edges, (U x d_c)."""
         preference = F.normalize(self.preference, dim=1)
         for _ in range(self.n_routing):
             nodes = torch.cat([preference, item_vectors], dim=0)
-            received, _ = attention_conv(nodes, routing_sources, routing_targets)
+            received, _ = attention_conv(nodes, routing_graph)
             preference = F.normalize(preference + received[:self.n_users], dim=1)
         return preference
 
-    def forward(self, item_features, sources, targets, routing_sources, routing_targets):
-        """((U + I) x d_c) content representations and the (E,) attention of the edges s -> t."""
+    def forward(self, item_features, graph, routing_graph):
+        """((U + I) x d_c) content representations and the (E,) attention of the graph's edges."""
         items = self.item_vectors(item_features)
-        nodes = torch.cat([self.route(items, routing_sources, routing_targets), items], dim=0)
-        received, alpha = attention_conv(nodes, sources, targets)
+        nodes = torch.cat([self.route(items, routing_graph), items], dim=0)
+        received, alpha = attention_conv(nodes, graph)
         return nodes + received, alpha
 
 
@@ -138,21 +132,21 @@ class GRCN(MultiModalRecommender):
         n_edges = len(users)
         # routing: item -> user edges (the users receive); MMRec's quirk: user -> item edges
         half = slice(0, n_edges) if self.routing_quirk else slice(n_edges, 2 * n_edges)
-        self.routing_sources, self.routing_targets = self.sources[half], self.targets[half]
+        n_nodes = self.n_users + self.n_items
+        self.graph = EdgeGraph(self.sources, self.targets, n_nodes)
+        self.routing_graph = EdgeGraph(self.sources[half], self.targets[half], n_nodes)
 
         content_dim = config["content_embedding_size"]
         self.branches = nn.ModuleDict({
             name: GRCNContentBranch(self.n_users, features.shape[1], content_dim, config["n_routing"])
             for name, features in self.modality_features.items()
         })
-        n_nodes = self.n_users + self.n_items
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, self.embedding_size)))
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, len(self.branches))))
 
     def content_outputs(self):
         """dict modality -> ((U + I) x d_c representations, (2E,) edge attention)."""
-        return {name: branch(self.modality_features[name], self.sources, self.targets,
-                             self.routing_sources, self.routing_targets)
+        return {name: branch(self.modality_features[name], self.graph, self.routing_graph)
                 for name, branch in self.branches.items()}
 
     def edge_weights(self, attentions):
@@ -166,7 +160,7 @@ class GRCN(MultiModalRecommender):
         """e + h¹ + ... + h^L on the refined graph, ((U + I) x d)."""
         layers = [F.normalize(self.id_embedding, dim=1)]
         for _ in range(self.n_id_layers):
-            layers.append(weighted_conv(layers[-1], self.sources, self.targets, weights))
+            layers.append(self.graph.aggregate(layers[-1], weights))
         return torch.stack(layers).sum(dim=0)
 
     def forward(self):

@@ -147,6 +147,103 @@ def sparse_dense_mm(adjacency, dense, chunk_elements=2 ** 22):
     return _SparseDenseProduct.apply(adjacency.indices(), values, dense, adjacency.shape[0], chunk_elements)
 
 
+def _csr_rows(rows, n_rows):
+    """CSR row pointers (n_rows + 1,) of sorted row indices (E,)."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class EdgeGraph:
+    r"""A fixed set of E directed edges :math:`s \to t` over N nodes, for message passing whose
+    per-edge values carry gradient (attention, learned edge weights): GRCN's convolutions.
+
+    Gather–multiply–scatter (``index_select``, ``*``, ``index_add_``) moves three (E x d)
+    tensors each way and ``index_add_``'s backward is another gather; here a message pass is
+    one CSR product (SpMM) forward and one backward, and a per-edge dot product
+    :math:`a_t^\top b_s` is a sampled dense product (SDDMM, ``torch.sparse.sampled_addmm``):
+    no (E x d) tensor is formed (the edges are stored sorted by target and by source once).
+    Values and results are in the order of the edges given.
+
+    Args:
+        sources, targets: int64 (E,) edge endpoints, each pair at most once.
+        n_nodes: N.
+    """
+
+    def __init__(self, sources, targets, n_nodes):
+        self.sources, self.targets, self.n_nodes = sources, targets, n_nodes
+        self.by_target = torch.argsort(targets * n_nodes + sources)
+        self.by_source = torch.argsort(sources * n_nodes + targets)
+        self.from_target_order = torch.argsort(self.by_target)
+        self.target_pointers = _csr_rows(targets[self.by_target], n_nodes)
+        self.target_columns = sources[self.by_target]
+        self.source_pointers = _csr_rows(sources[self.by_source], n_nodes)
+        self.source_columns = targets[self.by_source]
+
+    def matrix(self, values, transposed=False):
+        r"""The (N x N) CSR matrix :math:`A_{t,s} = v_{s \to t}` (its transpose when ``transposed``)
+        of per-edge values (E,) in edge order; no gradient."""
+        if transposed:
+            pointers, columns, order = self.source_pointers, self.source_columns, self.by_source
+        else:
+            pointers, columns, order = self.target_pointers, self.target_columns, self.by_target
+        with warnings.catch_warnings():  # torch's "Sparse CSR tensor support is in beta state"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(pointers, columns, values.detach()[order], (self.n_nodes, self.n_nodes),
+                                           check_invariants=False)
+
+    def edge_dots(self, at_targets, at_sources):
+        r""":math:`a_t^\top b_s` per edge s -> t: (N x d) a and b -> (E,) in edge order; no gradient."""
+        pattern = self.matrix(at_targets.new_zeros(len(self.sources)))
+        products = torch.sparse.sampled_addmm(pattern, at_targets.detach(), at_sources.detach().t(), beta=0.0)
+        return products.values().index_select(0, self.from_target_order)
+
+    def aggregate(self, nodes, weights):
+        r""":math:`h_t = \sum_{s \to t} w_{s \to t}\, z_s`: (N x d) nodes z, (E,) weights w -> (N x d),
+        differentiable in both."""
+        return _EdgeAggregate.apply(nodes, weights, self)
+
+    def dot(self, nodes):
+        r""":math:`z_t^\top z_s` per edge: (N x d) nodes -> (E,), differentiable in z."""
+        return _EdgeDot.apply(nodes, self)
+
+    def __deepcopy__(self, memo):
+        """Shared, not copied: never changed in place."""
+        return self
+
+
+class _EdgeAggregate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, nodes, weights, graph):
+        ctx.save_for_backward(nodes, weights)
+        ctx.graph = graph
+        return graph.matrix(weights) @ nodes
+
+    @staticmethod
+    def backward(ctx, grad):
+        nodes, weights = ctx.saved_tensors
+        graph = ctx.graph
+        grad_nodes = grad_weights = None
+        if ctx.needs_input_grad[0]:  # dL/dz_s = sum_t w_st g_t
+            grad_nodes = graph.matrix(weights, transposed=True) @ grad
+        if ctx.needs_input_grad[1]:  # dL/dw_st = <g_t, z_s>
+            grad_weights = graph.edge_dots(grad, nodes)
+        return grad_nodes, grad_weights, None
+
+
+class _EdgeDot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, nodes, graph):
+        ctx.save_for_backward(nodes)
+        ctx.graph = graph
+        return graph.edge_dots(nodes, nodes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (nodes,) = ctx.saved_tensors
+        graph = ctx.graph  # d/dz of sum_e g_e <z_t, z_s>: A_g z at the targets, A_gᵀ z at the sources
+        return graph.matrix(grad) @ nodes + graph.matrix(grad, transposed=True) @ nodes, None
+
+
 class MLP(nn.Sequential):
     """Feed-forward projection ``dims[0] -> dims[1] -> ... -> dims[-1]``.
 
