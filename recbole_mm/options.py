@@ -25,3 +25,4 @@ CF_MODELS = ("lightgcn", "mf")  # cf_model: model.lattice, model.lgmrec
 ADJACENCY_NORMS = ("random_walk", "symmetric")  # adjacency_norm: model.lattice (the keys of its ADJACENCY_NORMS)
 SSL_TASKS = ("FAC",)  # ssl_task: model.slmrec
 FUSIONS = ("pid", "synergy", "weighted", "concat", "pooling")  # fusion: model.vlif
+EDGE_PRUNINGS = ("alternate", "degree", "random")  # edge_pruning: model.layergcn

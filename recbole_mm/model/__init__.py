@@ -11,6 +11,7 @@ from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
 from recbole_mm.model.lattice import LATTICE
+from recbole_mm.model.layergcn import LayerGCN
 from recbole_mm.model.lgmrec import LGMRec
 from recbole_mm.model.lirdrec import LIRDRec
 from recbole_mm.model.mentor import MENTOR
@@ -31,6 +32,7 @@ __all__ = [
     "FREEDOM",
     "GRCN",
     "LATTICE",
+    "LayerGCN",
     "LGMRec",
     "LIRDRec",
     "MENTOR",
