@@ -82,7 +82,7 @@ def test_modalities_the_user_names_must_all_exist(data_root, tmp_path):
 def test_models_whose_reference_needs_both_say_so(data_root, tmp_path, model_name, modality):
     other = {"text": "image", "image": "text"}[modality]
     with pytest.raises(ConfigError, match=f"{model_name} needs modalities \\['{other}'\\].*"
-                                          f"{model_name} does not run on one modality: .*{NEEDS_BOTH[model_name]}"):
+                                          f"{model_name} cannot leave a modality out: .*{NEEDS_BOTH[model_name]}"):
         Config(model_name, f"only_{modality}", None, one_modality_config(data_root, tmp_path, modality))
 
 
@@ -94,7 +94,7 @@ def test_models_without_a_one_modality_variant_refuse_a_given_one(data_root, tmp
     init_seed(config["seed"], True)
     dataset = create_dataset(config)
     train, _, _ = data_preparation(config, dataset)
-    with pytest.raises(ConfigError, match=f"needs 'image' and 'text'.*{model_name} does not run on one modality"):
+    with pytest.raises(ConfigError, match=f"needs 'image' and 'text'.*{model_name} cannot leave a modality out"):
         get_model(model_name)(config, train._dataset)
 
 

@@ -30,7 +30,7 @@ def one_modality_refusal(model_class):
     ``one_modality_refusal``, not inherited), as a sentence for error messages; "" when none is
     declared. (Also read by :class:`recbole_mm.config.Config`.)"""
     reason = vars(model_class).get("one_modality_refusal")
-    return f" {model_class.__name__} does not run on one modality: {reason}." if reason else ""
+    return f" {model_class.__name__} cannot leave a modality out: {reason}." if reason else ""
 
 
 class MultiModalRecommender(GeneralRecommender):
