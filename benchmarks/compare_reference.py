@@ -291,9 +291,11 @@ def export_reference(path, workdir, branch=None):
     raise ValueError(f"--reference {path}: no src/utils/quick_start.py (MMRec) or codes/main.py (MICRO) in it")
 
 
-def link_data(folder, workdir, fake_features, seed):
-    """``workdir/data/<name>/`` with every file of ``folder`` linked; returns (data root, name,
-    train users, train items, n_users)."""
+def link_data(folder, workdir, fake_features, seed, modalities=("image", "text")):
+    """``workdir/data/<name>/`` with every file of ``folder`` linked, but the feature files of the
+    modalities not in ``modalities`` (both sides then see a one-modality dataset: MMRec leaves
+    ``v_feat`` / ``t_feat`` None for an absent file); returns (data root, name, train users,
+    train items, n_users)."""
     folder = os.path.abspath(folder.rstrip("/"))
     name = os.path.basename(folder)
     inter = os.path.join(folder, f"{name}.inter")
@@ -301,17 +303,18 @@ def link_data(folder, workdir, fake_features, seed):
         raise ValueError(f"--data {folder}: no {name}.inter (MMRec layout: userID, itemID, x_label)")
     target = os.path.join(workdir, "data", name)
     os.makedirs(target)
+    left_out = {f"{modality}_feat.npy" for modality in ("image", "text") if modality not in modalities}
     for entry in os.listdir(folder):
-        if os.path.isfile(os.path.join(folder, entry)):
+        if os.path.isfile(os.path.join(folder, entry)) and entry not in left_out:
             os.symlink(os.path.join(folder, entry), os.path.join(target, entry))
     frame = pd.read_csv(inter, sep="\t", usecols=["userID", "itemID", "x_label"])
     n_users, n_items = int(frame.userID.max()) + 1, int(frame.itemID.max()) + 1
-    missing = [f for f in ("image_feat.npy", "text_feat.npy") if not os.path.isfile(os.path.join(target, f))]
+    missing = [f"{m}_feat.npy" for m in modalities if not os.path.isfile(os.path.join(target, f"{m}_feat.npy"))]
     if missing and not fake_features:
         raise ValueError(f"--data {folder}: missing {missing} (pass --fake-features to use random ones)")
     rng = np.random.default_rng(seed)
     for file, dim in (("image_feat.npy", 4096), ("text_feat.npy", 384)):
-        if file in missing:
+        if file in missing:  # only files of ``modalities``
             np.save(os.path.join(target, file), rng.standard_normal((n_items, dim), dtype=np.float32))
     train = frame[frame.x_label == 0]
     return os.path.join(workdir, "data") + os.sep, name, train.userID.to_numpy(), train.itemID.to_numpy(), n_users
@@ -322,11 +325,14 @@ def fixed_width_features(folder, widths, seed):
     VLM descriptions as the visual modality, 384-d text), written into ``folder`` beside the
     originals: a file already that wide is used as it is, another is mapped by a fixed
     Gaussian projection (seeded), the visual one L2-normalised per row as the MiniLM
-    encodings are. Returns {"image": file name, "text": file name}."""
+    encodings are. Returns {"image": file name, "text": file name}, without a modality whose file
+    is absent."""
     rng = np.random.default_rng(seed)
     names = {}
     for modality, source, width, normalise in (("image", "image_feat.npy", widths[0], True),
                                                ("text", "text_feat.npy", widths[1], False)):
+        if not os.path.isfile(os.path.join(folder, source)):
+            continue  # a modality left out by --modalities
         features = np.load(os.path.join(folder, source)).astype(np.float32)
         if features.shape[1] == width:
             names[modality] = source
@@ -444,7 +450,9 @@ def reference_command(args, kind, src, data, grid, values, unresolved):
         for key, value in values.items():
             argv += [f"--{key}", str(value)]
         return [python, runner, "--micro", src, *argv], {"argv": argv}
-    write_mmrec_dataset_yaml(src, name, args.feature_files["image"], args.feature_files["text"])
+    # a modality left out keeps its usual file name, absent from the folder: MMRec reads it as None
+    write_mmrec_dataset_yaml(src, name, args.feature_files.get("image", "image_feat.npy"),
+                             args.feature_files.get("text", "text_feat.npy"))
     graph_file = os.path.join(data_root, name, "user_graph_dict.npy")
     if args.model in USER_GRAPH_MODELS and not os.path.exists(graph_file):
         np.save(graph_file, user_graph_dict(train_users, train_items, n_users), allow_pickle=True)
@@ -488,8 +496,8 @@ def run(args):
     fixed = parse_sets(args.set)
     workdir = tempfile.mkdtemp(prefix="compare_reference_")
     sides = ("reference", "ours") if args.only == "both" else (args.only,)
-    data = link_data(args.data, workdir, args.fake_features, args.seed)
-    args.feature_files = {"image": "image_feat.npy", "text": "text_feat.npy"}
+    data = link_data(args.data, workdir, args.fake_features, args.seed, args.modalities)
+    args.feature_files = {modality: f"{modality}_feat.npy" for modality in args.modalities}
     if args.model in FEATURE_WIDTHS:
         args.feature_files = fixed_width_features(os.path.join(data[0], data[1]), FEATURE_WIDTHS[args.model], args.seed)
     kind, src = export_reference(args.reference, workdir, args.ref_branch) if args.reference else (None, None)
@@ -611,6 +619,9 @@ def main(argv=None):
                              "beside this checkout if present, else this interpreter)")
     parser.add_argument("--fake-features", action="store_true",
                         help="random 4096/384-d features where the folder has none")
+    parser.add_argument("--modalities", nargs="+", choices=("image", "text"), default=["image", "text"],
+                        help="feature files both sides get (default both): 'text' alone runs a text-only dataset, "
+                             "the image file left out (MMRec's v_feat None; ours with modality_files {text: ...})")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before both runs are killed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--out", default=None, help="append a section to this markdown file (and a .jsonl beside it)")

@@ -12,7 +12,7 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_mm.errors import ConfigError
-from recbole_mm.model.abstract_recommender import modalities_optional
+from recbole_mm.model.abstract_recommender import modalities_optional, one_modality_refusal
 from recbole_mm.options import (
     ADJACENCY_NORMS,
     CF_MODELS,
@@ -74,7 +74,8 @@ class Config(RecBoleConfig):
         for message in unknown_key_warnings(self):
             getLogger().warning(message)
         if plugin_model:
-            check_modalities(self.final_config_dict, modalities_optional(self.model_class, self))
+            check_modalities(self.final_config_dict, modalities_optional(self.model_class, self),
+                             one_modality_refusal(self.model_class))
         if self.final_config_dict.get("show_progress") is None:
             self.final_config_dict["show_progress"] = sys.stdout.isatty() and sys.stderr.isatty()
         self._show_actual_split()
@@ -563,10 +564,11 @@ def check_checkpoint_dir(path):
                           f"{existing} is not writable")
 
 
-def check_modalities(values, one_modality_ok=False):
+def check_modalities(values, one_modality_ok=False, refusal=""):
     """``modalities`` (and ``guider_modalities`` under ``guider: true``) must name modalities
     that the dataset config lists in ``modality_files``; for a model that runs on any of its
-    modalities (``one_modality_ok``), at least one of ``modalities``."""
+    modalities (``one_modality_ok``), at least one of ``modalities``. ``refusal``: the model's
+    reason for needing them all, added to the message about ``modalities``."""
     files = values.get("modality_files")
     if not isinstance(files, dict):
         return
@@ -581,7 +583,7 @@ def check_modalities(values, one_modality_ok=False):
             raise ConfigError(
                 f"{user} needs modalities {unknown} (config key {key}: {wanted}); dataset '{values['dataset']}' "
                 f"lacks {unknown}: it has {sorted(files)} (modality_files of its dataset config). Set {key} to "
-                "some of these, or add their files to modality_files.")
+                "some of these, or add their files to modality_files." + (refusal if key == "modalities" else ""))
 
 
 def is_plugin_model(model_class):

@@ -141,3 +141,8 @@ def test_reference_layouts_and_data_folder(tmp_path):
     assert name == "tiny" and n_users == 2 and users.tolist() == [0, 1] and items.tolist() == [0, 1]
     assert np.load(os.path.join(root, name, "image_feat.npy")).shape == (3, 4096)
     assert not (folder / "image_feat.npy").exists()
+    # --modalities text: a one-modality run, the image file left out (MMRec's v_feat is then None)
+    np.save(folder / "image_feat.npy", np.ones((3, 4), dtype=np.float32))
+    np.save(folder / "text_feat.npy", np.ones((3, 2), dtype=np.float32))
+    root, name = compare.link_data(str(folder), str(tmp_path / "w3"), False, seed=0, modalities=("text",))[:2]
+    assert sorted(os.listdir(os.path.join(root, name))) == ["text_feat.npy", "tiny.inter"]

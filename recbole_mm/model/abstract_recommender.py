@@ -25,6 +25,14 @@ def modalities_optional(model_class, config):
     return bool(vars(model_class).get("one_modality_ok", False)) and "modalities" not in given
 
 
+def one_modality_refusal(model_class):
+    """Why the model cannot run with one of its modalities missing (the class's own
+    ``one_modality_refusal``, not inherited), as a sentence for error messages; "" when none is
+    declared. (Also read by :class:`recbole_mm.config.Config`.)"""
+    reason = vars(model_class).get("one_modality_refusal")
+    return f" {model_class.__name__} cannot leave a modality out: {reason}." if reason else ""
+
+
 class MultiModalRecommender(GeneralRecommender):
     """A RecBole ``GeneralRecommender`` with item features, graphs and an evaluation cache.
 
@@ -69,6 +77,10 @@ class MultiModalRecommender(GeneralRecommender):
     #: of the packaged ``modalities`` are then left out with a warning, as long as one remains
     #: (``modalities`` given by the user must all exist).
     one_modality_ok = False
+    #: Where the model's reference cannot run on one modality: why (one clause), appended to the
+    #: error that a dataset lacking one of ``modalities`` gets; declared per class, not inherited
+    #: (MICRO subclasses LATTICE, MENTOR and VLIF subclass DRAGON).
+    one_modality_refusal = None
 
     def _select_modalities(self, config, dataset):
         available = dict(getattr(dataset, "modality_features", {}) or {})
@@ -84,6 +96,7 @@ class MultiModalRecommender(GeneralRecommender):
                 f"{type(self).__name__} needs modalities {missing} (config key modalities: {list(wanted)}), "
                 f"which dataset '{config['dataset']}' does not provide (it has {sorted(available)}); "
                 "set modalities to some of these, or add the files to modality_files of the dataset config."
+                + one_modality_refusal(type(self))
             )
         return {name: available[name].to(self.device) for name in wanted}
 

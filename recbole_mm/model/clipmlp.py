@@ -25,6 +25,10 @@ _CHUNK_ELEMENTS = 2 ** 24
 
 
 class CLIPMLP(MultiModalRecommender):
+    one_modality_refusal = (
+        "NF-VLM's MLP baseline scores a CLIP joint image-text embedding (clip_feat.npy: python -m "
+        "recbole_mm.features.clip, or recbole_mm.prepare --clip); modalities: [text] or [image], given, runs it on "
+        "that embedding instead, which is not the paper's setting")
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()

@@ -69,7 +69,7 @@ import torch.nn as nn
 
 from recbole_mm.data.graphs import UserGraphSampler
 from recbole_mm.errors import ConfigError
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import MultiModalRecommender, one_modality_refusal
 from recbole_mm.model.layers import MLP, layer_refined_propagate, propagate
 
 MODALITIES = ("image", "text")
@@ -142,12 +142,16 @@ class FusedLayerGCNBranch(nn.Module):
 
 
 class COHESION(MultiModalRecommender):
+    one_modality_refusal = (
+        "Jinfeng-Xu/COHESION builds its item graph from both features and scores three blocks (ID, image, "
+        "text) unconditionally (on a one-modality folder it stops in __init__)")
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()
         missing = [name for name in MODALITIES if name not in self.modality_features]
         if missing:
-            raise ConfigError(f"COHESION needs 'image' and 'text' modalities; got {list(self.modality_features)}")
+            raise ConfigError(f"COHESION needs 'image' and 'text' modalities; got {list(self.modality_features)}."
+                              + one_modality_refusal(COHESION))
         d = self.embedding_size
         self.n_ui_layers = config["n_ui_layers"]
         self.n_mm_layers = config["n_mm_layers"]

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from recbole_mm.data.graphs import UserGraphSampler
 from recbole_mm.errors import ConfigError
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import MultiModalRecommender, one_modality_refusal
 from recbole_mm.model.layers import ModalityGCN, propagate
 
 
@@ -75,7 +75,8 @@ class DRAGON(MultiModalRecommender):
         for modality in ("image", "text"):
             if modality not in self.modality_features:
                 raise ConfigError(
-                    f"{type(self).__name__} needs 'image' and 'text' modalities; got {list(self.modality_features)}"
+                    f"{type(self).__name__} needs 'image' and 'text' modalities; got {list(self.modality_features)}."
+                    + one_modality_refusal(type(self))
                 )
 
     def branch_dims(self):

@@ -103,6 +103,10 @@ def _xavier(rows, columns):
 
 
 class LGMRec(MultiModalRecommender):
+    one_modality_refusal = (
+        "MMRec's forward returns the hypergraph views of both image and text (on a one-modality folder it "
+        "stops with an UnboundLocalError); modalities: [image] or [text], given, runs this port's one-modality "
+        "variant (no hypergraph contrast), which has no reference counterpart")
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()

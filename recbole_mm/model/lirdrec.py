@@ -67,6 +67,9 @@ from recbole_mm.model.layers import MLP, FrozenSparse, dct_features, propagate
 
 
 class LIRDRec(MultiModalRecommender):
+    # the paper's "w/o visual" / "w/o textual" ablations (use_visual / use_textual); enoche/LIRDRec's
+    # code itself stops on a one-modality folder (it transforms v_feat and t_feat unconditionally)
+    one_modality_ok = True
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()

@@ -100,6 +100,9 @@ def feature_masking_loss(embeddings, projection, dropout):
 
 
 class MENTOR(DRAGON):
+    one_modality_refusal = (
+        "Jinfeng-Xu/MENTOR's forward builds the image and text GCNs and their noisy views unconditionally "
+        "(on a one-modality folder it stops with an AttributeError), and its alignment pairs the two modalities")
     def __init__(self, config, dataset):
         self.use_user_graph = bool(config["mentor_user_graph"])
         super().__init__(config, dataset)

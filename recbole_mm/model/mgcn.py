@@ -47,6 +47,10 @@ def _gate(dim):
 
 
 class MGCN(MultiModalRecommender):
+    one_modality_refusal = (
+        "MMRec's forward gates and fuses the image and the text views unconditionally (on a one-modality "
+        "folder it stops with an UnboundLocalError); modalities: [image] or [text], given, runs this port's "
+        "one-view generalisation, which has no reference counterpart")
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()

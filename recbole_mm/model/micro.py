@@ -45,6 +45,10 @@ from recbole_mm.model.loss import grace_info_nce
 
 
 class MICRO(LATTICE):
+    one_modality_refusal = (
+        "CRIPAC-DIG/MICRO loads image_feat.npy and text_feat.npy unconditionally and contrasts each modality "
+        "with their fusion; modalities: [image] or [text], given, runs this port's one-modality "
+        "generalisation, which has no reference counterpart")
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.cl_weight = config["cl_weight"]

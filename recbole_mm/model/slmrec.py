@@ -79,6 +79,10 @@ def xavier_linear(in_features, out_features):
 
 
 class SLMRec(MultiModalRecommender):
+    # MMRec's one-modality path is its kwai branch (ID + visual, chosen by the dataset's name): it
+    # runs with the visual file alone, and so with text features given as that file; here one
+    # modality, image or text, takes that branch whatever the dataset's name
+    one_modality_ok = True
     input_type = InputType.POINTWISE
     use_neg_sampling = False  # see recbole_mm.config.Config._set_train_neg_sample_args
 

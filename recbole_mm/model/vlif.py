@@ -311,6 +311,9 @@ class RedundancyEncoder(nn.Module):
 
 
 class VLIF(DRAGON):
+    one_modality_refusal = (
+        "its synergy (and redundancy) module fuses each item's image and text features (dangkh/VIRAL stops "
+        "in CrossModal on a one-modality folder; its abl_1modal branches still read both files)")
     def __init__(self, config, dataset):
         self.fusion = config["fusion"]
         if self.fusion not in FUSIONS:
