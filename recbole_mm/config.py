@@ -370,6 +370,7 @@ def value_checks():
     }
     model = {
         "knn_k": count,
+        "shrink": non_negative,
         "n_layers": layers,
         "n_ui_layers": layers,
         "n_mm_layers": layers,

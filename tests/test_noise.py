@@ -208,6 +208,8 @@ def test_noise_and_denoising_end_to_end(tmp_path, denoise):
 # trained on positive pairs only (BM3, SLMRec): no BPR for tce / rce / bod to replace
 NO_BPR_MODELS = tuple(name for name in available_models(plugin=True)
                       if getattr(get_model(name), "use_neg_sampling", True) is False)
+# nothing trained (ItemKNNCBF): no loss to denoise
+UNTRAINED_MODELS = tuple(name for name in available_models(plugin=True) if not getattr(get_model(name), "trainable", True))
 
 
 @pytest.mark.parametrize("model_name", available_models(plugin=True))
@@ -215,6 +217,10 @@ def test_every_plugin_model_accepts_a_denoising_loss(run_config, model_name):
     from recbole_mm.utils import get_model
 
     config, _, loaders, model = build_model(run_config(denoise="rce"), get_model(model_name))
+    if model_name in UNTRAINED_MODELS:
+        with pytest.raises(ValueError, match=f"{model_name} trains nothing"):
+            MultiModalTrainer(config, model)
+        return
     if model_name in NO_BPR_MODELS:
         with pytest.raises(ValueError, match=f"{model_name} computes its loss without a BPRLoss module"):
             MultiModalTrainer(config, model)
@@ -235,6 +241,10 @@ def test_every_plugin_model_accepts_bod_or_says_why_not(run_config, model_name):
     from recbole_mm.utils import get_model
 
     config, _, loaders, model = build_model(run_config(denoise="bod"), get_model(model_name))
+    if model_name in UNTRAINED_MODELS:
+        with pytest.raises(ValueError, match=f"{model_name} trains nothing"):
+            MultiModalTrainer(config, model)
+        return
     if model_name == "CLIPMLP":
         with pytest.raises(ValueError, match="CLIPMLP cannot be trained with denoise: bod"):
             MultiModalTrainer(config, model)

@@ -151,8 +151,12 @@ def _row_chunk(n_columns, budget_elements):
     return max(1, budget_elements // max(n_columns, 1))
 
 
-def knn_neighbours(features, k, budget_elements=2 ** 26):
-    """Top-k cosine neighbours of every row (itself included), computed in row chunks.
+def knn_neighbours(features, k, budget_elements=2 ** 26, shrink=0.0):
+    r"""Top-k cosine neighbours of every row (itself included), computed in row chunks.
+
+    With ``shrink`` > 0 the similarity is the shrunk cosine
+    :math:`f_i^\top f_j / (\lVert f_i \rVert \lVert f_j \rVert + \text{shrink})`
+    (ItemKNNCBF's; it ranks pairs of small norm lower).
 
     Never forms the n x n similarity matrix: each chunk holds ``chunk x n`` similarities, with
     ``chunk = budget_elements // n`` (256 MB of float32 by default), and the feature matrix
@@ -173,8 +177,12 @@ def knn_neighbours(features, k, budget_elements=2 ** 26):
     chunk = _row_chunk(n_rows, budget_elements)
     neighbours, similarities = [], []
     for start in range(0, n_rows, chunk):
-        block = features[start:start + chunk] / norms[start:start + chunk, None]
-        sims = (block @ features.T).div_(norms)  # in place: one chunk x n buffer at a time
+        if shrink:
+            sims = features[start:start + chunk] @ features.T
+            sims.div_(torch.outer(norms[start:start + chunk], norms).add_(shrink))
+        else:
+            block = features[start:start + chunk] / norms[start:start + chunk, None]
+            sims = (block @ features.T).div_(norms)  # in place: one chunk x n buffer at a time
         top = torch.topk(sims, k, dim=1)
         neighbours.append(top.indices)
         similarities.append(top.values)

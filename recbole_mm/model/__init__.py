@@ -10,6 +10,7 @@ from recbole_mm.model.cohesion import COHESION
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
+from recbole_mm.model.itemknncbf import ItemKNNCBF
 from recbole_mm.model.lattice import LATTICE
 from recbole_mm.model.layergcn import LayerGCN
 from recbole_mm.model.lgmrec import LGMRec
@@ -31,6 +32,7 @@ __all__ = [
     "DRAGON",
     "FREEDOM",
     "GRCN",
+    "ItemKNNCBF",
     "LATTICE",
     "LayerGCN",
     "LGMRec",

@@ -8,6 +8,7 @@ import importlib
 from recbole.utils import ModelType
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.utils import get_model
 from recbole_mm.trainer.guider import GUIDERTrainer
 from recbole_mm.trainer.trainer import MultiModalTrainer
 
@@ -28,6 +29,9 @@ def get_trainer(model_type, model_name, guider=False):
     if guider:
         if model_type != ModelType.GENERAL:
             raise ConfigError(f"guider: true trains general models only; {model_name} is {model_type.name.lower()}")
+        if not getattr(get_model(model_name), "trainable", True):
+            raise ConfigError(f"guider: true distils a teacher into a student that trains; {model_name} trains "
+                              "nothing (its scores come from the data directly)")
         return plugin_trainers.GUIDERTrainer
     if hasattr(plugin_trainers, model_name + "Trainer"):
         return getattr(plugin_trainers, model_name + "Trainer")

@@ -135,6 +135,9 @@ class MultiModalTrainer(Trainer):
         self._excluded_items = None  # items masked in the current evaluation (cold-start candidates)
         decay, period = config["learning_rate_scheduler"] or (1.0, 50)
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
+        if config["denoise"] and not getattr(model, "trainable", True):
+            raise ConfigError(f"denoise: {config['denoise']} reweighs a trained model's loss; "
+                              f"{type(model).__name__} trains nothing")
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
         self.denoising_loss = self._install_denoising(config, model)
         # --- distributed runs (recbole_mm.collectives); nothing changes in one process

@@ -1,0 +1,83 @@
+r"""ItemKNNCBF: content-based item kNN, the baseline every content model must beat.
+
+Dacrema et al., "Are We Really Making Much Progress?", RecSys 2019, as MMRec implements it
+(``src/models/itemknncbf.py`` of enoche/MMRec). Nothing is trained.
+
+**Similarity** of items i and j from their features f (the dataset's modalities concatenated,
+MMRec's ``[v; t]``, or the one that exists), shrunk:
+
+.. math:: s_{ij} = \frac{f_i^\top f_j}{\lVert f_i \rVert \lVert f_j \rVert + \text{shrink}}
+
+and each item keeps its ``knn_k`` most similar items (itself included): W (I x I) holds
+:math:`s_{ij}` for j among i's neighbours, 0 elsewhere.
+
+**Score** of user u for item j: :math:`\sum_{i \in \mathcal{I}_u} W_{ij}` over the user's train
+items, i.e. :math:`R W`. MMRec forms the dense I x I similarity and the dense U x I score
+matrix up front; here the neighbours come from the chunked top-k
+(:func:`~recbole_mm.data.graphs.knn_neighbours`, no I x I tensor), W is sparse, and the scores
+are computed per evaluated batch of users (one sparse x dense product).
+"""
+import torch
+import torch.nn as nn
+
+from recbole_mm.data.graphs import interaction_edges, knn_neighbours
+from recbole_mm.errors import ConfigError
+from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.layers import FrozenSparse
+
+
+class ItemKNNCBF(MultiModalRecommender):
+    # MMRec's uses [v; t] when both exist, else whichever does
+    one_modality_ok = True
+    #: nothing to train: GUIDER has no student to distil into
+    trainable = False
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.require_features()
+        if not isinstance(config["knn_k"], int) or not 1 <= config["knn_k"] <= self.n_items:
+            raise ConfigError(f"knn_k must be an integer in [1, {self.n_items}], got {config['knn_k']!r}")
+        self.knn_k, self.shrink = config["knn_k"], float(config["shrink"])
+        self.similarity_transposed = FrozenSparse(self.neighbour_similarities())
+        users, items = interaction_edges(self.interaction_matrix)
+        order = torch.argsort(users * self.n_items + items)
+        self.history_items = items[order].to(self.device)
+        counts = torch.bincount(users, minlength=self.n_users)
+        self.history_pointers = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(self.device)
+        # RecBole's trainer steps an optimiser: one parameter that nothing changes
+        self.placeholder = nn.Parameter(torch.zeros(1))
+
+    def neighbour_similarities(self):
+        r""":math:`W^\top` as a sparse (I x I) tensor: :math:`(W^\top)_{ji} = s_{ij}` for each of
+        item i's ``knn_k`` neighbours j."""
+        neighbours, similarities = knn_neighbours(self.concat_features(), self.knn_k, shrink=self.shrink)
+        items = torch.arange(self.n_items, device=neighbours.device).repeat_interleave(self.knn_k)
+        indices = torch.stack([neighbours.reshape(-1), items])
+        return torch.sparse_coo_tensor(indices, similarities.reshape(-1), (self.n_items, self.n_items))
+
+    def history_rows(self, users):
+        """(B x I) 0/1 rows of the users' train items (R restricted to the batch)."""
+        starts, ends = self.history_pointers[users], self.history_pointers[users + 1]
+        lengths = ends - starts
+        rows = torch.arange(len(users), device=users.device).repeat_interleave(lengths)
+        offsets = torch.arange(int(lengths.sum()), device=users.device) - (torch.cumsum(lengths, 0) - lengths).repeat_interleave(lengths)
+        history = torch.zeros(len(users), self.n_items, device=users.device)
+        history[rows, self.history_items[starts.repeat_interleave(lengths) + offsets]] = 1.0
+        return history
+
+    def score_batch(self, users):
+        r""":math:`R_{users} W`, (B x I), as :math:`(W^\top R_{users}^\top)^\top`."""
+        return self.similarity_transposed.mm(self.history_rows(users).T.contiguous()).T
+
+    def calculate_loss(self, interaction):
+        return self.placeholder.sum() * 0.0
+
+    def forward(self):
+        raise NotImplementedError("ItemKNNCBF scores users by their histories, not by embeddings")
+
+    def predict(self, interaction):
+        scores = self.score_batch(interaction[self.USER_ID])
+        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
+
+    def full_sort_predict(self, interaction):
+        return self.score_batch(interaction[self.USER_ID]).reshape(-1)
