@@ -54,6 +54,8 @@ DEFAULT_REF_PYTHON = os.environ.get("RECBOLE_MM_REF_PYTHON", os.path.join(WORKSP
 
 # reference code in MMRec's layout that is not MMRec itself, by model (the table's label)
 REFERENCE_OWNER = {"LIRDRec": "enoche/LIRDRec", "MENTOR": "Jinfeng-Xu/MENTOR", "COHESION": "Jinfeng-Xu/COHESION"}
+# our model name -> the reference's, where they differ
+REFERENCE_MODEL = {"SelfCF": "SELFCFED_LGN"}
 # MMRec key -> our key, per model, where the names differ.
 KEY_MAP = {
     "DRAGON": {"n_layers": "n_ui_layers"},
@@ -464,7 +466,7 @@ def reference_command(args, kind, src, data, grid, values, unresolved):
     config.update({key: grid[key][:1] for key in unresolved})
     if args.epochs:
         config["epochs"] = args.epochs
-    return [python, runner, src, args.model, name, json.dumps(config)], config
+    return [python, runner, src, REFERENCE_MODEL.get(args.model, args.model), name, json.dumps(config)], config
 
 
 def our_command(args, data, values):
@@ -501,7 +503,7 @@ def run(args):
     if args.model in FEATURE_WIDTHS:
         args.feature_files = fixed_width_features(os.path.join(data[0], data[1]), FEATURE_WIDTHS[args.model], args.seed)
     kind, src = export_reference(args.reference, workdir, args.ref_branch) if args.reference else (None, None)
-    grid = mmrec_grid(src, args.model) if kind == "mmrec" else {}
+    grid = mmrec_grid(src, REFERENCE_MODEL.get(args.model, args.model)) if kind == "mmrec" else {}
     ref_values, our_values, unresolved = split_configs(args.model, fixed, list(grid), our_defaults(args.model, data[1]))
     our_values.update(parse_sets(args.ours_set))
     meta = {"workdir": workdir, "reference_kind": kind, "reference_branch": args.ref_branch,

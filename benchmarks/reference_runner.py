@@ -175,6 +175,19 @@ def cuda_parity(get_model):
     return patched
 
 
+def alias_models_common(src_dir):
+    """MMRec's ``layergcn.py`` imports ``models.common...``, a package its tree does not have
+    (the helpers are ``common/``): alias it, so that the model imports as its author meant."""
+    if not os.path.isdir(os.path.join(src_dir, "common")) or os.path.isdir(os.path.join(src_dir, "models", "common")):
+        return
+    models = importlib.import_module("models")
+    common = importlib.import_module("common")
+    sys.modules["models.common"] = models.common = common
+    for name in ("abstract_recommender", "loss", "encoders", "init"):
+        if os.path.isfile(os.path.join(src_dir, "common", f"{name}.py")):
+            sys.modules[f"models.common.{name}"] = importlib.import_module(f"common.{name}")
+
+
 def main(src_dir, model, dataset, config_json):
     install_shims()
     config_dict = json.loads(config_json)
@@ -186,6 +199,7 @@ def main(src_dir, model, dataset, config_json):
         from_parent = "'src/configs'" in handle.read()
     os.chdir(os.path.dirname(os.path.abspath(src_dir)) if from_parent else src_dir)
     sys.path.insert(0, src_dir)
+    alias_models_common(src_dir)
     quick_start = importlib.import_module(f"{package}.quick_start")
     quick_start.get_model = cuda_parity(quick_start.get_model)
     quick_start.quick_start(model=model, dataset=dataset, config_dict=config_dict, save_model=False)

@@ -20,6 +20,7 @@ from recbole_mm.model.mgcn import MGCN
 from recbole_mm.model.micro import MICRO
 from recbole_mm.model.mmgcn import MMGCN
 from recbole_mm.model.nfvlm import NFVLM
+from recbole_mm.model.selfcf import SelfCF
 from recbole_mm.model.slmrec import SLMRec
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.model.vlif import VLIF
@@ -42,6 +43,7 @@ __all__ = [
     "MICRO",
     "MMGCN",
     "NFVLM",
+    "SelfCF",
     "SLMRec",
     "VBPR",
     "VLIF",

@@ -46,13 +46,7 @@ from recbole.utils import InputType
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.layers import propagate
-from recbole_mm.model.loss import EmbLoss
-
-
-def cosine_loss(online, target):
-    """1 − mean cosine similarity of matching rows, (B x d), (B x d) -> scalar; no gradient
-    reaches ``target``."""
-    return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
+from recbole_mm.model.loss import EmbLoss, cosine_loss
 
 
 class BM3(MultiModalRecommender):

@@ -15,6 +15,12 @@ from recbole.model.loss import BPRLoss, EmbLoss
 from recbole_mm.errors import ConfigError
 
 
+def cosine_loss(online, target):
+    """1 − mean cosine similarity of matching rows, (B x d), (B x d) -> scalar; no gradient
+    reaches ``target`` (BYOL-style bootstrapping: BM3, SelfCF)."""
+    return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
+
+
 def info_nce(anchor, positive, temperature=0.2, symmetric=False, normalize=True):
     r"""In-batch InfoNCE: row i of ``positive`` is the positive of row i of ``anchor``, the
     other rows are its negatives.
