@@ -61,7 +61,9 @@ def _run(args, config_file_list, run_recbole_mm):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: --mode=global (a config key) must not be read as --model
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--model", "-m", type=str, default="VBPR", help="model name")
     parser.add_argument("--dataset", "-d", type=str, default="synthetic", help="dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="config files, separated by spaces")

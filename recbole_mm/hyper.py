@@ -598,7 +598,7 @@ def main(argv=None):
     import argparse
 
     parser = argparse.ArgumentParser(prog="run_recbole_mm.py --hyper", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--hyper", action="store_true")
     parser.add_argument("--model", "-m", default="VBPR")
     parser.add_argument("--dataset", "-d", default="synthetic")

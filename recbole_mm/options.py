@@ -26,3 +26,4 @@ ADJACENCY_NORMS = ("random_walk", "symmetric")  # adjacency_norm: model.lattice 
 SSL_TASKS = ("FAC",)  # ssl_task: model.slmrec
 FUSIONS = ("pid", "synergy", "weighted", "concat", "pooling")  # fusion: model.vlif
 EDGE_PRUNINGS = ("alternate", "degree", "random")  # edge_pruning: model.layergcn
+PGL_MODES = ("local", "global")  # mode: model.pgl

@@ -197,3 +197,9 @@ def test_readme_and_ci_say_how_to_get_the_cpu_build_and_the_bench_extra():
         assert "`torch==2.13.0` is the CPU build" not in text, name
     with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as handle:
         assert 'pip install -e ".[bench]"' in handle.read()
+
+
+def test_a_config_key_that_prefixes_a_flag_stays_a_config_key():
+    """argparse would read --mode=global (PGL's key) as an abbreviation of --model."""
+    args, extra = cli.parse_args(["--model=PGL", "--mode=global", "--data_path=here"])
+    assert args.model == "PGL" and extra == ["--mode=global", "--data_path=here"]

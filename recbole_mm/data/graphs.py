@@ -13,6 +13,7 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse.linalg import svds
 
 from recbole_mm.errors import ConfigError
 from recbole_mm.files import atomic_torch_save
@@ -145,6 +146,48 @@ class DegreeSensitiveEdgeSampler:
         """The pruned, re-normalised training adjacency, (U + I) x (U + I) sparse."""
         kept = self.sample_edges(generator)
         return bipartite_adjacency(self.users[kept], self.items[kept], self.n_users, self.n_items)
+
+
+def principal_subgraph(adjacency, rank, share=0.25, threshold=1e-3, budget_elements=2 ** 26):
+    r"""PGL's *global* principal subgraph (Yu et al., AAAI 2025; MMRec ``pgl.py``).
+
+    From the ``rank`` largest singular triplets :math:`(u_k, \sigma_k, v_k)` of the normalised
+    adjacency :math:`\hat A` (descending), with :math:`m = \lfloor \text{share} \cdot
+    \text{rank} \rfloor`:
+
+    .. math:: P = \sum_{k < m} \sigma_k \sigma_{\text{rank} - m + k}\, u_k v_k^\top,
+
+    entries with :math:`|P_{ij}| < \text{threshold}` dropped. MMRec takes the triplets from the
+    ``sparsesvd`` package and forms P as a dense N x N array; here they come from
+    ``scipy.sparse.linalg.svds`` (the same subspaces: P does not depend on the signs of the
+    singular vectors, nor on the basis within a repeated singular value, which shares one
+    weight) and P is formed ``budget_elements`` entries of rows at a time.
+
+    Args:
+        adjacency: scipy sparse (N x N).
+        rank: singular triplets computed (MMRec: ``embedding_size``).
+
+    Returns:
+        sparse float32 torch tensor (N x N).
+    """
+    n_rows, n_cols = adjacency.shape
+    if not 1 <= rank < min(n_rows, n_cols):
+        raise ConfigError(f"the principal subgraph's rank must lie in [1, {min(n_rows, n_cols) - 1}], got {rank}")
+    left, values, right = svds(adjacency.astype(np.float64), k=rank, random_state=0)
+    order = np.argsort(-values)
+    left, values, right = left[:, order], values[order], right[order]
+    m = int(share * rank)
+    weights = values[:m] * values[rank - m:]
+    left = torch.from_numpy(left[:, :m] * weights)
+    right = torch.from_numpy(right[:m])
+    chunk = _row_chunk(n_cols, budget_elements)
+    indices, kept = [], []
+    for start in range(0, n_rows, chunk):
+        block = left[start:start + chunk] @ right
+        rows, cols = torch.nonzero(block.abs() >= threshold, as_tuple=True)
+        indices.append(torch.stack([rows + start, cols]))
+        kept.append(block[rows, cols].float())
+    return torch.sparse_coo_tensor(torch.cat(indices, 1), torch.cat(kept), (n_rows, n_cols)).coalesce()
 
 
 def _row_chunk(n_columns, budget_elements):

@@ -20,6 +20,7 @@ from recbole_mm.model.mgcn import MGCN
 from recbole_mm.model.micro import MICRO
 from recbole_mm.model.mmgcn import MMGCN
 from recbole_mm.model.nfvlm import NFVLM
+from recbole_mm.model.pgl import PGL
 from recbole_mm.model.selfcf import SelfCF
 from recbole_mm.model.slmrec import SLMRec
 from recbole_mm.model.vbpr import VBPR
@@ -43,6 +44,7 @@ __all__ = [
     "MICRO",
     "MMGCN",
     "NFVLM",
+    "PGL",
     "SelfCF",
     "SLMRec",
     "VBPR",
