@@ -371,6 +371,9 @@ def value_checks():
     }
     model = {
         "knn_k": count,
+        "image_knn_k": count,
+        "text_knn_k": count,
+        "dropout_rate": share,
         "shrink": non_negative,
         "n_layers": layers,
         "n_ui_layers": layers,

@@ -446,6 +446,19 @@ def learned_item_graph(embeddings, k, weights=None, budget_elements=2 ** 26):
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_items, n_items)).coalesce()
 
 
+def elementwise_max(graphs):
+    """The entry-wise maximum of sparse (n x m) graphs over the union of their stored entries
+    (an entry stored in one graph only keeps its value): SMORE's max-pooled fusion graph."""
+    graphs = [graph.coalesce() for graph in graphs]
+    n_rows, n_cols = graphs[0].shape
+    indices = torch.cat([graph.indices() for graph in graphs], dim=1)
+    values = torch.cat([graph.values() for graph in graphs])
+    keys, slot = torch.unique(indices[0] * n_cols + indices[1], return_inverse=True)
+    pooled = torch.full((len(keys),), float("-inf"), dtype=values.dtype, device=values.device)
+    pooled = pooled.scatter_reduce(0, slot, values, reduce="amax")
+    return torch.sparse_coo_tensor(torch.stack([keys // n_cols, keys % n_cols]), pooled, (n_rows, n_cols)).coalesce()
+
+
 def combine_graphs(graphs, coefficients):
     r""":math:`\sum_i c_i G_i` of sparse (n x n) graphs of one shape, differentiable in the
     coefficients (floats or scalar tensors) and in the graphs' values.

@@ -23,6 +23,7 @@ from recbole_mm.model.nfvlm import NFVLM
 from recbole_mm.model.pgl import PGL
 from recbole_mm.model.selfcf import SelfCF
 from recbole_mm.model.slmrec import SLMRec
+from recbole_mm.model.smore import SMORE
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.model.vlif import VLIF
 
@@ -47,6 +48,7 @@ __all__ = [
     "PGL",
     "SelfCF",
     "SLMRec",
+    "SMORE",
     "VBPR",
     "VLIF",
 ]

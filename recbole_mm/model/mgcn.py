@@ -59,9 +59,9 @@ class MGCN(MultiModalRecommender):
         self.n_layers = config["n_layers"]
         self.reg_weight = config["reg_weight"]
         self.cl_weight = config["cl_loss"]
-        for key in ("n_ui_layers", "n_layers", "knn_k"):
-            if not isinstance(config[key], int) or config[key] < (1 if key == "knn_k" else 0):
-                raise ConfigError(f"MGCN: {key} must be a non-negative integer (knn_k >= 1), got {config[key]!r}")
+        for key in ("n_ui_layers", "n_layers"):
+            if not isinstance(config[key], int) or config[key] < 0:
+                raise ConfigError(f"{type(self).__name__}: {key} must be a non-negative integer, got {config[key]!r}")
         self.modality_names = list(self.modality_features)
 
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
@@ -70,12 +70,16 @@ class MGCN(MultiModalRecommender):
         self.projections = nn.ModuleDict({
             name: nn.Linear(features.shape[1], d) for name, features in self.modality_features.items()
         })
+        self.adjacency = self.normalized_adjacency()
+        self.user_item_block = self._user_item_block(self.adjacency)
+        self.setup_views(config)
+
+    def setup_views(self, config):
+        """The modules and graphs of :meth:`views` (SMORE, a subclass, has its own)."""
+        d = self.embedding_size
         self.purifier_gates = nn.ModuleDict({name: _gate(d) for name in self.modality_names})
         self.preference_gates = nn.ModuleDict({name: _gate(d) for name in self.modality_names})
         self.query = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
-
-        self.adjacency = self.normalized_adjacency()
-        self.user_item_block = self._user_item_block(self.adjacency)
         self.item_graphs = {
             name: self.item_knn_graph(config["knn_k"], {name: 1.0}, weighted=True) for name in self.modality_names
         }
