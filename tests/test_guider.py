@@ -389,22 +389,45 @@ def test_student_optimiser_and_teacher_evaluation_switches(run_config):
     assert trainer.teacher_results[0] != first
 
 
+GUIDER_SEEDS = (2020, 2021, 2022)
+# measured (test Recall@20, seeds 2020/2021/2022): plain 0.179 / 0.174 / 0.181 (mean 0.178, std
+# 0.004), GUIDER 0.231 / 0.216 / 0.237 (mean 0.228, std 0.011): GUIDER - plain is 0.043 at the
+# least; the margins are twice GUIDER's seed std or more. GUIDER-DBPR 0.247 / 0.239 / 0.244
+# (mean 0.243, std 0.004): above GUIDER on every seed, by less than twice the seed spread.
+GUIDER_OVER_PLAIN = 0.025      # on every seed
+GUIDER_MEAN_OVER_PLAIN = 0.035  # on the means (measured 0.050)
+GUIDER_VS_NO_DBPR = 0.025       # GUIDER-DBPR is not worse than GUIDER by more than this (measured: 0.015 better)
+
+
 @pytest.mark.slow
 def test_guider_student_beats_the_plain_student_under_injected_noise(data_root, tmp_path):
-    """The bundled dataset with 10% injected noise, one seed, a short budget: VBPR trained
-    under GUIDER (packaged defaults, a shorter teacher pre-training) beats plain VBPR on valid
-    Recall@20."""
+    """The bundled dataset with 10% injected noise, a short budget (12 student epochs after 20
+    teacher epochs), 3 seeds, test Recall@20: VBPR under GUIDER beats plain VBPR on every seed
+    and on the mean by far more than the seed spread. GUIDER−DBPR (``guider_dbpr: false``: the
+    same distillation from a teacher trained on every interaction) does as well: what helps at
+    this budget is the distillation from the teacher, not the denoised teacher loss (see the
+    measured numbers in docs/guider.md)."""
     from recbole_mm.quick_start import run_recbole_mm
 
     common = {"data_path": data_root, "checkpoint_dir": str(tmp_path), "state": "WARNING", "noise_ratio": 0.1,
-              "epochs": 12, "seed": 2020}
-    plain = run_recbole_mm("VBPR", "synthetic", config_dict=common)
-    guided = run_recbole_mm("VBPR", "synthetic", config_dict={**common, "guider": True,
-                                                               "guider_teacher_pretrain_epochs": 20})
-    trainer = guided["trainer"]
-    assert trainer.teacher_epochs == 20 + 12 and trainer.kd_history[-1]["diagonal"] > 0.5
-    assert guided["best_valid_result"]["recall@20"] > plain["best_valid_result"]["recall@20"] + 0.02, (
-        guided["best_valid_result"], plain["best_valid_result"])
+              "epochs": 12}
+    guider = {"guider": True, "guider_teacher_pretrain_epochs": 20}
+    test = {"plain": [], "GUIDER": [], "GUIDER-DBPR": []}
+    for seed in GUIDER_SEEDS:
+        for name, extra in (("plain", {}), ("GUIDER", guider), ("GUIDER-DBPR", {**guider, "guider_dbpr": False})):
+            run = run_recbole_mm("VBPR", "synthetic", config_dict={**common, **extra, "seed": seed})
+            test[name].append(run["test_result"]["recall@20"])
+            if name == "GUIDER":
+                trainer = run["trainer"]
+                assert trainer.teacher_epochs == 20 + 12 and trainer.kd_history[-1]["diagonal"] > 0.5
+                assert trainer.calibration_history[-1]["false"] > 0, "DBPR's split was used"
+    mean = {name: sum(values) / len(values) for name, values in test.items()}
+    assert all(g > p + GUIDER_OVER_PLAIN for g, p in zip(test["GUIDER"], test["plain"])), test
+    assert mean["GUIDER"] > mean["plain"] + GUIDER_MEAN_OVER_PLAIN, test
+    # the distillation is what helps: without DBPR the student does as well (not asserted: that
+    # DBPR helps; it does not at this budget)
+    assert all(g > p + GUIDER_OVER_PLAIN for g, p in zip(test["GUIDER-DBPR"], test["plain"])), test
+    assert mean["GUIDER-DBPR"] > mean["GUIDER"] - GUIDER_VS_NO_DBPR, test
 
 
 def test_precomputed_user_pairs_give_the_same_amsc_split_as_the_direct_scoring():
