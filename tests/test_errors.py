@@ -49,7 +49,6 @@ def test_config_and_data_mistakes_raise_the_project_errors(tmp_path):
 INTERNAL_RAISES = {
     ("model/layers.py", "propagate", "ValueError"),          # combine mode chosen by the model code
     ("model/layers.py", "__init__", "ValueError"),             # MLP sizes chosen by the model code
-    ("model/abstract_recommender.py", "forward", "NotImplementedError"),  # abstract method
     ("data/graphs.py", "learned_item_graph", "ValueError"),  # called without mixing weights (model code)
     ("data/synthetic.py", "modality_features", "ValueError"),  # a wrong `out` array (a caller bug)
     ("trainer/bod.py", "forward", "ValueError"),  # weights of another batch (a trainer bug)
@@ -123,8 +122,8 @@ def test_every_library_raise_is_a_recbole_mm_error_or_a_listed_internal_one():
     internal ones above; the allow-list has no stale entry."""
     problems, used = [], set()
     for relative, owner, error, line in library_raises():
-        if error is None or issubclass(error, RecboleMMError):
-            continue
+        if error is None or issubclass(error, RecboleMMError) or error is NotImplementedError:
+            continue  # NotImplementedError: an abstract method or a model without that route (a protocol)
         key = (relative, owner, error.__name__)
         if relative == "config.py" and owner in CONFIG_CHECKERS and error is ValueError:
             used.add("checkers")
