@@ -36,7 +36,8 @@ setup(
         "features": FEATURES,
         # Qwen2-VL/2.5-VL processors need torchvision (features.vlm with the default model)
         "vlm": FEATURES + ["torchvision"],
-        "test": FEATURES + ["pytest>=7"],
+        # sentence-transformers: the reference that tests/test_features_vlm.py checks the encoder against
+        "test": FEATURES + ["pytest>=7", "sentence-transformers>=2.2"],
         # hyper-parameter search on Ray Tune (recbole_mm.hyper). RecBole 1.2.1 pins ray<=2.6.3,
         # which does not import on setuptools>=81; recbole_mm never imports recbole.quick_start,
         # RecBole's only module that imports ray, so a current Ray is installed over that pin in

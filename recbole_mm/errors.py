@@ -18,3 +18,11 @@ class ConfigError(RecboleMMError, ValueError):
 
 class DataError(RecboleMMError, ValueError):
     """A dataset file is missing or does not fit the config; the message names the file."""
+
+
+class MissingFileError(DataError, FileNotFoundError):
+    """An input file or folder named in the config or on the command line does not exist."""
+
+
+class OutputExistsError(ConfigError, FileExistsError):
+    """An output file would be overwritten without the option that allows it."""

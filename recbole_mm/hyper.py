@@ -54,7 +54,7 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from recbole_mm.errors import ConfigError
+from recbole_mm.errors import ConfigError, RecboleMMError
 from recbole_mm.files import atomic_write
 
 BACKENDS = ("local", "ray")
@@ -69,6 +69,14 @@ class HyperFileError(ConfigError):
 
 class SearchSpaceError(ConfigError):
     """A search space that cannot be enumerated as asked (continuous parameters without samples)."""
+
+
+class RayUnavailableError(RecboleMMError, ImportError):
+    """``backend: ray`` without a usable Ray (missing, or older than the search needs)."""
+
+
+class TrialProcessDiedError(RecboleMMError, RuntimeError):
+    """A trial's worker process died; the journal keeps the finished trials for a resume."""
 
 
 def read_hyper_file(path):
@@ -298,8 +306,8 @@ def run_local(tasks, on_done, workers=None, gpus=(), function=run_trial):
                 try:
                     running[pool.submit(function, {**task, "device": slot})] = (slot, task)
                 except BrokenProcessPool as error:
-                    raise RuntimeError("a trial's process died (killed, out of memory?); the finished trials are "
-                                       "in the journal: run the search again to resume") from error
+                    raise TrialProcessDiedError("a trial's process died (killed, out of memory?); the finished trials "
+                                                "are in the journal: run the search again to resume") from error
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 slot, task = running.pop(future)
@@ -328,10 +336,10 @@ def import_ray():
         import ray
         from ray import tune
     except ImportError as error:
-        raise ImportError(f"{hint} (import ray: {error})") from error
+        raise RayUnavailableError(f"{hint} (import ray: {error})") from error
     version = tuple(int(part) for part in ray.__version__.split(".")[:2] if part.isdigit())
     if version < RAY_MIN_VERSION:
-        raise ImportError(f"{hint} (found ray {ray.__version__})")
+        raise RayUnavailableError(f"{hint} (found ray {ray.__version__})")
     return ray, tune
 
 

@@ -211,11 +211,42 @@ def test_outer_rounds_follow_bod_outer_every(run_config):
     assert len(calls) == 6, "3 steps after epochs 1 and 3"
 
 
-def test_bod_end_to_end_with_vbpr_and_recbole_bpr(tmp_path):
+def test_bod_end_to_end_with_vbpr_and_recbole_bpr(tmp_path, monkeypatch):
+    """One epoch under denoise: bod, with spies: every training batch's BPR is weighted by the
+    generator (weights set, not all equal), the generator takes its outer step after the epoch,
+    and it ends with other weights than it started with."""
+    seen = {"weighted": [], "unweighted": 0, "outer": 0, "generators": []}
+    forward, outer_step, init = WeightedBPRLoss.forward, BOD.outer_step, BOD.__init__
+
+    def spied_forward(self, pos_score, neg_score):
+        if self.pos_weight is None:
+            seen["unweighted"] += 1
+        else:
+            seen["weighted"].append(float(torch.cat([self.pos_weight, self.neg_weight]).std()))
+        return forward(self, pos_score, neg_score)
+
+    def spied_outer_step(self, interaction):
+        seen["outer"] += 1
+        return outer_step(self, interaction)
+
+    def spied_init(self, config, model):
+        init(self, config, model)
+        seen["generators"].append([p.detach().clone() for p in self.generator.parameters()])
+
+    monkeypatch.setattr(WeightedBPRLoss, "forward", spied_forward)
+    monkeypatch.setattr(BOD, "outer_step", spied_outer_step)
+    monkeypatch.setattr(BOD, "__init__", spied_init)
     runs = train_each(tmp_path, ["VBPR", "BPR"], "synthetic", epochs=1, noise_ratio=0.1, denoise="bod",
                       synthetic_generator=dict(SMALL_SYNTHETIC))
-    for name in ("VBPR", "BPR"):
+    assert len(seen["generators"]) == 2, "one BOD per run"
+    for name, initial in zip(("VBPR", "BPR"), seen["generators"]):
         assert 0.0 <= runs[name]["test_result"]["recall@20"] <= 1.0
+        bod = runs[name]["trainer"].bod
+        assert bod.last_outer_loss is not None
+        assert any(not torch.equal(a, b) for a, b in zip(initial, bod.generator.parameters())), name
+    assert seen["unweighted"] == 0, "no training batch's BPR ran without the generator's weights"
+    assert len(seen["weighted"]) >= 2 and all(spread > 0 for spread in seen["weighted"])
+    assert seen["outer"] == 2, "bod_outer_steps 1 after the epoch, for each model"
 
 
 @pytest.mark.parametrize("model_class, reason", [

@@ -1,7 +1,10 @@
 """Checkpoints: one file per trainer even within one second, written atomically, and the test
 pass loads the file its own run wrote (issue 14, defect 1)."""
 import datetime
+import json
 import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -13,7 +16,7 @@ from recbole_mm.model.vbpr import VBPR
 from recbole_mm.quick_start import run_recbole_mm
 from recbole_mm.trainer import GUIDERTrainer, MultiModalTrainer
 from recbole_mm.trainer.trainer import CheckpointError, new_run_id
-from tests.conftest import build_model
+from tests.conftest import REPO_ROOT, build_model
 
 SECOND = datetime.datetime(2025, 3, 5, 14, 3, 22, 123456)
 
@@ -131,3 +134,54 @@ def test_two_runs_in_the_same_second_report_their_own_test_results(run_config, f
             torch.nn.init.zeros_(parameter)
         _, _, loaders, _ = build_model(run_config(epochs=1), VBPR)
         assert dict(trainer.evaluate(loaders[2], load_best_model=True)) == dict(run["test_result"])
+
+
+CHILD = """
+import datetime, json, sys, types
+config = json.loads(sys.argv[1])
+sys.argv = ["child"]
+import recbole_mm.trainer.trainer as trainer_module
+second = datetime.datetime(2025, 3, 5, 14, 3, 22, 123456)  # both processes: the same microsecond
+trainer_module.datetime = types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda: second))
+from recbole_mm.quick_start import run_recbole_mm
+run = run_recbole_mm("VBPR", "synthetic", config_dict=config)
+print("RESULT " + json.dumps({"file": run["saved_model_file"], "run_id": run["trainer"].run_id,
+                              "test": dict(run["test_result"])}))
+"""
+
+
+@pytest.mark.slow  # two interpreters that import RecBole and train: ~20 s on 2 cores
+def test_two_processes_sharing_one_saved_folder_keep_their_own_checkpoints(run_config, tmp_path):
+    """Two real processes, started together, each the first trainer of its process and both
+    with the clock at the same microsecond, save into one checkpoint_dir: two files, each
+    holding its own run's id and weights, each run's test pass reading its own file."""
+    from recbole_mm.config import Config
+    from recbole_mm.data import create_dataset
+
+    create_dataset(Config("VBPR", "synthetic", config_dict=run_config()))  # the data exists before both start
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"}
+    children = []
+    for rate in (0.0001, 0.05):
+        config = run_config(epochs=1, learning_rate=rate)
+        children.append(subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(config)], cwd=tmp_path, env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    runs = []
+    for child in children:
+        stdout, stderr = child.communicate(timeout=600)
+        assert child.returncode == 0, stderr[-3000:]
+        runs.append(json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0]))
+    first, second = runs
+    assert first["run_id"] != second["run_id"] and first["file"] != second["file"]
+    assert os.path.dirname(first["file"]) == os.path.dirname(second["file"]), "one shared folder"
+    assert sorted(os.listdir(os.path.dirname(first["file"]))) == sorted(
+        os.path.basename(run["file"]) for run in runs), "two files, nothing else (no temporary left)"
+    checkpoints = [torch.load(run["file"], weights_only=False) for run in runs]
+    assert [c["run_id"] for c in checkpoints] == [first["run_id"], second["run_id"]]
+    assert not same_weights(checkpoints[0]["state_dict"], checkpoints[1]["state_dict"])
+    assert first["test"] != second["test"], "the two runs differ"
+    _, _, loaders, model = build_model(run_config(epochs=1), VBPR)
+    for run, checkpoint in zip(runs, checkpoints):  # each reported test result is its own file's
+        model.load_state_dict(checkpoint["state_dict"])
+        cfg = Config("VBPR", "synthetic", config_dict=run_config(epochs=1))
+        trainer = MultiModalTrainer(cfg, model)
+        assert dict(trainer.evaluate(loaders[2], load_best_model=False)) == run["test"]

@@ -285,6 +285,68 @@ def test_two_processes_train_like_one_and_their_checkpoint_reloads_in_one(tmp_pa
     assert b0["generator"] == b1["generator"] and b0["digest"] == b1["digest"]
 
 
+def _shard_worker(local_rank, root, port, config_dict, weights_file, queue):
+    """One rank of a real two-process gloo group: the train pairs of each batch of one epoch,
+    under both train loaders, and the test metrics of the given weights."""
+    sys.argv = ["pytest"]
+    os.chdir(root)
+    torch.set_num_threads(1)
+    import recbole_mm  # noqa: F401
+
+    ranks = dict(local_rank=local_rank, world_size=2, nproc=2, ip=ADDRESS, port=port, offset=0)
+    try:
+        batches = {}
+        for sampling in ("interaction", "user"):
+            config, (train, _, test), model = _build({**config_dict, **ranks, "train_sampling": sampling})
+            n_items = train._dataset.item_num
+            batches[sampling] = [(batch["user_id"] * n_items + batch["item_id"]).tolist() for batch in train]
+        model.load_state_dict(torch.load(weights_file, weights_only=False))
+        result = MultiModalTrainer(config, model).evaluate(test, load_best_model=False)
+        queue.put((local_rank, batches, dict(result), config["world_size"], dist.get_world_size()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_real_ranks_split_the_batches_and_evaluate_as_one_process(tmp_path, run_config):
+    """World size 2 (two spawned gloo processes): in every batch the ranks hold disjoint train
+    pairs, together the whole epoch (RecBole's interaction loader: every train pair once, bar
+    the sampler's padding) or the whole batch (train_sampling: user); the same weights
+    evaluated by the two ranks give exactly the one-process metrics."""
+    import torch.multiprocessing as mp
+
+    torch.set_num_threads(1)
+    config_dict = run_config(epochs=1)
+    single_config, (train, _, test), model = _build(config_dict)
+    n_items = train._dataset.item_num
+    MultiModalTrainer(single_config, model).fit(train, saved=False)  # weights worth ranking with
+    weights_file = str(tmp_path / "weights.pt")
+    torch.save(model.state_dict(), weights_file)
+    single = dict(MultiModalTrainer(single_config, model).evaluate(test, load_best_model=False))
+    feat = train._dataset.inter_feat
+    all_pairs = set((feat["user_id"] * n_items + feat["item_id"]).tolist())
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_shard_worker, args=(str(tmp_path), free_port(), config_dict, weights_file, queue), nprocs=2, join=True)
+    ranks = {}
+    while not queue.empty():
+        rank, batches, result, world, group = queue.get()
+        ranks[rank] = (batches, result)
+        assert world == group == 2
+    assert set(ranks) == {0, 1}
+    (batches0, result0), (batches1, result1) = ranks[0], ranks[1]
+    for sampling in ("interaction", "user"):
+        assert len(batches0[sampling]) == len(batches1[sampling]) > 1, sampling
+        for first, second in zip(batches0[sampling], batches1[sampling]):
+            assert first and second and not set(first) & set(second), sampling
+    epoch0 = [pair for batch in batches0["interaction"] for pair in batch]
+    epoch1 = [pair for batch in batches1["interaction"] for pair in batch]
+    assert set(epoch0) | set(epoch1) == all_pairs
+    assert len(set(epoch0) & set(epoch1)) == len(epoch0) + len(epoch1) - len(all_pairs) <= 1, "padding only"
+    assert result0 == result1 == single
+
+
 def _cli():
     import importlib.util
 

@@ -78,8 +78,8 @@ NOT_HERE = {
     'pip install -e ".[bench]"': INSTALL,
     'pip install -e ".[features]"': INSTALL,
     'pip install -e ".[scatter]"': INSTALL + "; builds torch-scatter, about 8 minutes",
-    "python -m pytest -q tests": SUITE,
-    "python -m pytest -q -m slow tests": SUITE,
+    "python -m pytest -q -rs tests": SUITE,
+    "python -m pytest -q -rs -m slow tests": SUITE,
     "python run_recbole_mm.py --model=LIRDRec --dataset=baby": BABY,
     "python run_recbole_mm.py --model=VBPR --dataset=baby --config_files=properties/mmrec_baby.yaml": BABY,
     "python run_recbole_mm.py --hyper --model=FREEDOM --dataset=baby": BABY,
@@ -407,7 +407,7 @@ def test_readme_is_short_and_starts_with_the_two_commands():
     order = [text.index(command) for command in (
         'pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && pip install -e ".[test]" '
         "&& python run_recbole_mm.py --model=LIRDRec --dataset=synthetic",
-        "python -m pytest -q tests")]
+        "python -m pytest -q -rs tests")]
     assert order == sorted(order)
 
 

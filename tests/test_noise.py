@@ -197,12 +197,50 @@ def test_wbpr_with_the_cold_start_split_keeps_held_out_items_out(run_config):
 
 
 @pytest.mark.parametrize("denoise", ["tce", "rce", "wbpr"])
-def test_noise_and_denoising_end_to_end(tmp_path, denoise):
+def test_noise_and_denoising_end_to_end(tmp_path, monkeypatch, denoise):
+    """A short run under each denoising baseline, with spies on the two places denoising acts:
+    every training batch's BPR goes through DenoisingBPRLoss (T-CE drops its largest-loss rows,
+    R-CE weights its rows unevenly, so neither equals plain BPR), or (WBPR) the negatives come
+    from the popularity draw and the BPR stays plain."""
+    from recbole_mm.data.sampler import PopularityDraw
     from tests.conftest import SMALL_SYNTHETIC, train_each
 
+    losses, draws = [], []
+    forward, draw = DenoisingBPRLoss.forward, PopularityDraw.__call__
+
+    def spied_forward(self, pos_score, neg_score):
+        margin = (pos_score - neg_score).reshape(-1).detach()
+        result = forward(self, pos_score, neg_score)
+        plain = -torch.nn.functional.logsigmoid(margin).mean()
+        weights = torch.sigmoid(margin).pow(self.beta)
+        losses.append({"mode": self.mode, "dropped": self.n_dropped(len(margin)), "weight_spread": float(weights.std()),
+                       "result": float(result), "plain": float(plain)})
+        return result
+
+    def spied_draw(self, sample_num):
+        draws.append(sample_num)
+        return draw(self, sample_num)
+
+    monkeypatch.setattr(DenoisingBPRLoss, "forward", spied_forward)
+    monkeypatch.setattr(PopularityDraw, "__call__", spied_draw)
     runs = train_each(tmp_path, ["VBPR"], "synthetic", epochs=2, noise_ratio=0.1, denoise=denoise,
-                      synthetic_generator=dict(SMALL_SYNTHETIC))
+                      tce_num_gradual=2, synthetic_generator=dict(SMALL_SYNTHETIC))
     assert 0.0 <= runs["VBPR"]["test_result"]["recall@20"] <= 1.0
+    trainer = runs["VBPR"]["trainer"]
+    if denoise == "wbpr":
+        assert trainer.denoising_loss is None and not losses, "WBPR keeps the model's BPR"
+        assert sum(draws) > 0, "the negatives came from the popularity draw"
+        return
+    assert not draws, "uniform negatives"
+    assert len(losses) >= 2 and all(record["mode"] == denoise for record in losses)
+    assert trainer.denoising_loss.iteration == len(losses), "one iteration per training batch"
+    later = losses[1:]  # T-CE drops nothing at iteration 0
+    if denoise == "tce":
+        assert all(record["dropped"] > 0 for record in later), later
+        assert all(record["result"] < record["plain"] for record in later), "the largest losses were dropped"
+    else:
+        assert all(record["weight_spread"] > 0 for record in losses)
+        assert all(abs(record["result"] - record["plain"]) > 1e-4 for record in losses), "rows reweighted"
 
 
 # trained on positive pairs only (BM3, SLMRec): no BPR for tce / rce / bod to replace

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from recbole_mm.quick_start import grid_configs, load_data_and_model, objective_function, run_grid, run_recbole_mm
 from recbole_mm.trainer import get_trainer
@@ -40,11 +41,20 @@ def test_grid_is_the_cartesian_product():
 
 
 def test_grid_selects_on_valid_not_test(run_config):
-    best, trials = run_grid("VBPR", "synthetic", config_dict=run_config(epochs=2),
-                            hyper_parameters={"learning_rate": [0.0001, 0.01]})
-    assert len(trials) == 2
-    assert best["best_valid_score"] == max(t["best_valid_score"] for t in trials)
-    assert best["params"]["learning_rate"] == 0.01
+    """Two trials (seeds 3 and 4, one thread so that they repeat exactly) whose valid and test
+    winners differ: selecting on test would pick the other one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best, trials = run_grid("VBPR", "synthetic", config_dict=run_config(epochs=2),
+                                hyper_parameters={"seed": [3, 4]})
+    finally:
+        torch.set_num_threads(threads)
+    assert [t["params"] for t in trials] == [{"seed": 3}, {"seed": 4}]
+    valid_winner = max(trials, key=lambda t: t["best_valid_score"])
+    test_winner = max(trials, key=lambda t: t["test_result"]["recall@20"])
+    assert valid_winner is not test_winner, [(t["best_valid_score"], t["test_result"]["recall@20"]) for t in trials]
+    assert best is valid_winner and best["params"] == {"seed": 4}
 
 
 def run_cli(*args, cwd):

@@ -45,6 +45,7 @@ import tempfile
 
 import numpy as np
 
+from recbole_mm.errors import ConfigError, DataError, OutputExistsError
 from recbole_mm.features.item_table import (
     add_common_arguments,
     check_images,
@@ -154,7 +155,7 @@ def load_images(item_ids, paths):
             with Image.open(path) as image:
                 return image.convert("RGB")
         except (OSError, ValueError) as error:
-            raise ValueError(f"Item {item_id!r}: cannot read image {path} ({error}).") from error
+            raise DataError(f"Item {item_id!r}: cannot read image {path} ({error}).") from error
 
     return [open_rgb(item_id, path) for item_id, path in zip(item_ids, paths)]
 
@@ -249,7 +250,7 @@ def prepare_staging(out_dir, manifest, overwrite):
         if not overwrite:
             differing = sorted(key for key in MANIFEST_KEYS
                                if found is None or found.get(key) != manifest[key])
-            raise ValueError(
+            raise DataError(
                 f"{staging} holds partial CLIP features made with other arguments or another "
                 f"item table (differing: {differing}); rerun with the same arguments to resume, "
                 "or with overwrite=True (--overwrite) to discard it."
@@ -313,7 +314,7 @@ def assemble(staging, bounds, out_dir, item_ids):
     shards = [np.load(shard_path(staging, index), mmap_mode="r") for index in range(len(bounds))]
     dims = {shard.shape[1] for shard in shards}
     if len(dims) != 1:
-        raise ValueError(f"{staging}: batch shards disagree on the feature dimension {sorted(dims)}.")
+        raise DataError(f"{staging}: batch shards disagree on the feature dimension {sorted(dims)}.")
     feature_path = os.path.join(out_dir, FEATURE_FILE)
     id_path = os.path.join(out_dir, ID_FILE)
     feature_tmp = staged_path(feature_path)  # temporaries of this writer's own (mkstemp)
@@ -367,9 +368,9 @@ def extract_clip_features(item_table, out_dir, model_name_or_path=DEFAULT_MODEL,
         FileExistsError: an output file exists and ``overwrite`` is false.
     """
     if combine not in COMBINE_MODES:
-        raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}.")
+        raise ConfigError(f"combine must be one of {COMBINE_MODES}, got {combine!r}.")
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
     batch_size = int(batch_size)
     item_table = os.path.abspath(item_table)
     required = [id_column] + ([image_column] if uses_images(combine) else []) \
@@ -387,7 +388,7 @@ def extract_clip_features(item_table, out_dir, model_name_or_path=DEFAULT_MODEL,
     existing = [os.path.join(out_dir, name) for name in (FEATURE_FILE, ID_FILE)
                 if os.path.exists(os.path.join(out_dir, name))]
     if existing and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{', '.join(existing)} already exist(s); pass overwrite=True (--overwrite) to replace."
         )
     manifest = {

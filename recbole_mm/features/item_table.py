@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pandas as pd
 
+from recbole_mm.errors import DataError, MissingFileError
+
 DELIMITERS = ("\t", ",", ";", "|")
 INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
@@ -42,32 +44,32 @@ def read_item_table(path, required_columns, delimiter=None):
         ValueError: missing columns, no rows, empty or duplicate item ids (naming the file).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Item table {path} not found.")
+        raise MissingFileError(f"Item table {path} not found.")
     delimiter = delimiter or sniff_delimiter(path)
     try:
         frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False,
                             encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ValueError(f"Item table {path}: cannot parse it ({error}).") from error
+        raise DataError(f"Item table {path}: cannot parse it ({error}).") from error
     missing = [column for column in required_columns if column not in frame.columns]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"Item table {path} lacks column(s) {missing}; it has {list(frame.columns)} "
             f"(delimiter {delimiter!r})."
         )
     if frame.empty:
-        raise ValueError(f"Item table {path} has no rows.")
+        raise DataError(f"Item table {path} has no rows.")
     id_column = required_columns[0]
     ids = frame[id_column].astype(str).str.strip()
     empty = np.flatnonzero((ids == "").to_numpy())
     if len(empty):
-        raise ValueError(
+        raise DataError(
             f"Item table {path}: {len(empty)} rows have an empty {id_column} "
             f"(first at data row {empty[0] + 1})."
         )
     duplicated = ids[ids.duplicated()].unique().tolist()
     if duplicated:
-        raise ValueError(
+        raise DataError(
             f"Item table {path}: {len(duplicated)} {id_column} values appear more than once "
             f"(e.g. {duplicated[:5]})."
         )
@@ -110,12 +112,12 @@ def check_images(item_ids, paths, table):
         except (OSError, UnidentifiedImageError, ValueError) as error:
             unreadable.append(f"item {item_id!r}: {path} ({error.__class__.__name__})")
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Item table {table}: {len(missing)} image file(s) not found: "
             + "; ".join(missing[:5]) + ("; ..." if len(missing) > 5 else "")
         )
     if unreadable:
-        raise ValueError(
+        raise DataError(
             f"Item table {table}: {len(unreadable)} image file(s) cannot be read as images: "
             + "; ".join(unreadable[:5]) + ("; ..." if len(unreadable) > 5 else "")
         )

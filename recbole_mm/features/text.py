@@ -53,6 +53,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from recbole_mm.errors import ConfigError, OutputExistsError
 from recbole_mm.features.item_table import add_common_arguments, default_device, read_item_table, run_command
 from recbole_mm.files import discard, write_staged
 
@@ -161,7 +162,7 @@ class SentenceEncoder:
             np.ndarray float32 (n x dim), unit-norm rows.
         """
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
         texts = [str(text) for text in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(text) for text in texts], kind="stable")
@@ -253,7 +254,7 @@ def check_outputs_free(paths, overwrite):
     """Raise ``FileExistsError`` naming the existing ``paths`` unless ``overwrite``."""
     existing = [path for path in paths if os.path.exists(path)]
     if existing and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{', '.join(existing)} already exist(s); pass overwrite=True (--overwrite) to replace."
         )
 

@@ -54,6 +54,7 @@ from typing import List, Protocol
 
 import numpy as np
 
+from recbole_mm.errors import ConfigError, DataError, MissingFileError
 from recbole_mm.features.item_table import (
     add_common_arguments,
     default_device,
@@ -103,12 +104,12 @@ def build_prompt(title=None, template="title"):
         ValueError: unknown ``template``, or ``"title"`` with an empty title.
     """
     if template not in TEMPLATES:
-        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}.")
+        raise ConfigError(f"template must be one of {TEMPLATES}, got {template!r}.")
     if template == "plain":
         return "\n".join([PROMPT_ROLE, PROMPT_NO_TITLE, PROMPT_STEPS.format(with_title="")])
     title = " ".join(str(title or "").split())
     if not title:
-        raise ValueError("template 'title' needs a non-empty product title.")
+        raise ConfigError("template 'title' needs a non-empty product title.")
     return "\n".join([PROMPT_ROLE, PROMPT_TITLE.format(title=title),
                       PROMPT_STEPS.format(with_title=" with the help of its title")])
 
@@ -154,7 +155,7 @@ class TransformersDescriber:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         if int(max_new_tokens) < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+            raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
         self.name = str(model_name_or_path)
         self.device = device or default_device()
         self.max_new_tokens = int(max_new_tokens)
@@ -207,9 +208,9 @@ def parse_cache_line(line, path, number):
     """One cache record (a dict with ``item_id``), or raise ``ValueError`` naming the line."""
     record = json.loads(line)
     if not isinstance(record, dict) or "item_id" not in record:
-        raise ValueError(f"Description cache {path}, line {number}: not an object with item_id.")
+        raise DataError(f"Description cache {path}, line {number}: not an object with item_id.")
     if not isinstance(record.get("description", ""), str):
-        raise ValueError(f"Description cache {path}, line {number}: description is not a string.")
+        raise DataError(f"Description cache {path}, line {number}: description is not a string.")
     return record
 
 
@@ -242,7 +243,7 @@ def scan_cache(path):
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             if number == last_number and raw.lstrip().startswith(b"{"):
                 return records, start
-            raise ValueError(f"Description cache {path}, line {number}: not JSON ({error}); "
+            raise DataError(f"Description cache {path}, line {number}: not JSON ({error}); "
                              "is it a description cache?") from error
     return records, None
 
@@ -297,13 +298,13 @@ def load_descriptions(path, template=None):
             several templates.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Description cache {path} not found.")
+        raise MissingFileError(f"Description cache {path} not found.")
     records = read_cache(path)
     if template is None:
         found = sorted({record.get("template") for record in records if record.get("description")},
                        key=str)
         if len(found) > 1:
-            raise ValueError(f"Description cache {path} holds descriptions of templates {found}; "
+            raise DataError(f"Description cache {path} holds descriptions of templates {found}; "
                              "choose one (template=... / --template).")
         template = found[0] if found else None
     return described_items(records, template)
@@ -458,9 +459,9 @@ def generate_descriptions(item_table, cache_path, describer=None, model_name_or_
         FileNotFoundError: missing table.
     """
     if template not in TEMPLATES:
-        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}.")
+        raise ConfigError(f"template must be one of {TEMPLATES}, got {template!r}.")
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
     batch_size = int(batch_size)
     item_table = os.path.abspath(item_table)
     required = [id_column, image_column] + ([title_column] if template == "title" else [])

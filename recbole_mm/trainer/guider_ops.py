@@ -421,8 +421,10 @@ def row_transport_kd(teacher_rows, student_rows, reg=0.01, n_iterations=100, tra
 
     (debiased, so identical rows give 0). :math:`\epsilon` = ``reg`` x mean(:math:`C^{ts}`),
     relative to the cost's scale; with a small ``reg`` the plan is the identity matching once
-    the student resembles the teacher, and the term is per-user score matching: it carries
-    which user and which item. The plans are computed without gradient and the cost keeps
+    the student resembles the teacher. The term carries item identity (the columns), but not
+    user identity: it is OT between two *sets* of rows with uniform weights, so permuting the
+    student's rows among the batch users leaves it unchanged (only the plan moves off its
+    diagonal); it pulls the batch's set of student rows onto the teacher's. The plans are computed without gradient and the cost keeps
     its: by the envelope theorem this is the gradient of the entropic OT objective (what
     geomloss does), without back-propagating through the iterations. The 1/N keeps the term
     at the scale of one item's squared score gap.
@@ -433,7 +435,8 @@ def row_transport_kd(teacher_rows, student_rows, reg=0.01, n_iterations=100, tra
 
     Returns:
         (loss (scalar), diagonal mass of :math:`P^{ts}` (float): the share of the transport
-        that maps each user's student row to the same user's teacher row).
+        that maps each user's student row to the same user's teacher row; a diagnostic, the
+        loss does not depend on it).
     """
     teacher = transform_rows(teacher_rows.detach().float(), transform)
     student = transform_rows(student_rows.float(), transform)
