@@ -144,6 +144,11 @@ def main(argv=None):
             current = [r for r in records if r["dataset"] == args.dataset
                        and json.dumps(r["extra"], sort_keys=True) == json.dumps(overrides, sort_keys=True)]
             write_markdown(out, current, models, args.noise, command, overrides)
+    records = [r for r in load_records(jsonl) if r["dataset"] == args.dataset
+               and json.dumps(r["extra"], sort_keys=True) == json.dumps(overrides, sort_keys=True)]
+    ok = {record_key(r) for r in records if r["status"] == "ok"}  # a failed run that a later one redid is dropped
+    records = [r for r in records if r["status"] == "ok" or record_key(r) not in ok]
+    write_markdown(out, records, models, args.noise, command, overrides)  # also every record another invocation wrote
 
 
 if __name__ == "__main__":
