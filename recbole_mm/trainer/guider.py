@@ -32,6 +32,18 @@ then, per epoch:
    its representations computed once per epoch, without gradient. Each epoch logs the mean
    KD value and the plan's diagonal mass (:attr:`GUIDERTrainer.kd_history`).
 
+   The two losses are weighed by ``guider_weighting``: ``fixed`` (L_rec + w L_KD) or ``mgda``
+   (the authors' trainer: per batch, w_s L_rec + w·w_kd L_KD with (w_s, w_kd) the two-task
+   min-norm solution on the two gradients over the student's parameters, clamped to
+   w_s ≥ 0.5, w_kd ≥ 1e-4, :func:`~recbole_mm.trainer.guider_ops.mgda_weights`;
+   ``guider_mgda_sum_quirk`` reproduces their missing ``zero_grad``). w is
+   ``guider_kd_weight``: a number, or ``auto`` (the default, a deviation from the paper's
+   w = 1): the teacher is scored on valid at every evaluation and w, starting at 1, is
+   multiplied by ``guider_kd_decay`` at each evaluation where the student's best valid score
+   has reached the teacher's, down to 0, after which the teacher is no longer trained
+   (:class:`~recbole_mm.trainer.guider_ops.SafeKDWeight`): a student stronger than its teacher
+   is not held at the teacher's level.
+
 Evaluation and checkpoints concern the student only (``guider_eval_teacher`` also scores the
 teacher at each evaluation). Every student must be a general model with pairwise
 (u, i⁺, i⁻) training data, or with positive-only (u, i) batches (``train_neg_sample_args`` off,
