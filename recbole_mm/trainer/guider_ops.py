@@ -583,7 +583,7 @@ class SafeKDWeight:
     score: it only gives the remaining epochs to the student's own loss.
     """
 
-    def __init__(self, start=1.0, decay=0.5, floor=1e-3):
+    def __init__(self, start=1.0, decay=0.1, floor=1e-3):
         self.weight = float(start)
         self.decay = float(decay)
         self.floor = float(floor)
