@@ -22,7 +22,9 @@ from recbole_mm.options import (
     PGL_MODES,
     EVAL_PROTOCOLS,
     FUSIONS,
+    GUIDER_WEIGHTINGS,
     KD_MODES,
+    KD_WEIGHT_AUTO,
     OPTIMIZER_IMPLS,
     ROW_TRANSFORMS,
     SPLIT_SCORES,
@@ -260,6 +262,14 @@ def choice(options):
     return Rule(f"one of {options}", convert)
 
 
+def number_or(rule, word):
+    """``rule`` (a number rule), or the word ``word`` itself (e.g. ``auto``)."""
+    def convert(value):
+        return word if value == word else rule.convert(value)
+
+    return Rule(f"{rule.wanted} or '{word}'", convert)
+
+
 def names():
     """A list of names; ``text`` or ``text,image`` (the command line's spelling) become lists."""
     def convert(value):
@@ -359,7 +369,10 @@ def value_checks():
         "guider_hash_bits": count,
         "guider_cca_dims": count,
         "guider_kd": choice(KD_MODES),
-        "guider_kd_weight": non_negative,
+        "guider_kd_weight": number_or(non_negative, KD_WEIGHT_AUTO),
+        "guider_weighting": choice(GUIDER_WEIGHTINGS),
+        "guider_mgda_sum_quirk": boolean(),
+        "guider_kd_decay": number(0, 1, high_open=True),
         "guider_kd_users": count,
         "guider_kd_items": count,
         "guider_kd_transform": choice(ROW_TRANSFORMS),

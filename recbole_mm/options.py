@@ -15,6 +15,8 @@ TRAIN_SAMPLINGS = ("interaction", "user")  # train_sampling: data.dataloader
 DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod")  # denoise: trainer.trainer
 OPTIMIZER_IMPLS = ("fused", "foreach", "single", "recbole")  # optimizer_impl: trainer.trainer
 KD_MODES = ("ot", "ot_pairs", "kl", "none")  # guider_kd: trainer.guider
+GUIDER_WEIGHTINGS = ("fixed", "mgda")  # guider_weighting: trainer.guider
+KD_WEIGHT_AUTO = "auto"  # guider_kd_weight: trainer.guider (the word it takes besides a number >= 0)
 SPLIT_SCORES = ("logsigmoid", "rank", "bpr")  # guider_split_score: trainer.guider_ops
 THRESHOLD_MODES = ("quantile", "absolute")  # guider_threshold_mode: trainer.guider_ops
 ROW_TRANSFORMS = ("center", "zscore", "softmax", "raw")  # guider_kd_transform: trainer.guider_ops

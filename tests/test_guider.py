@@ -449,3 +449,114 @@ def test_precomputed_user_pairs_give_the_same_amsc_split_as_the_direct_scoring()
         assert torch.equal(
             ops.amsc_split(users, items, reliable, modalities, confidence, threshold, n_users, mode),
             ops.amsc_split(users, items, reliable, modalities, confidence, threshold, n_users, mode, pairs=pairs))
+
+
+# --------------------------------------------------------------------------- loss weighting
+def test_min_norm_two_matches_a_brute_force_minimum_over_the_weight():
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.linspace(0, 1, 100001, dtype=torch.float64)
+    for case in range(40):
+        g1 = torch.randn(7, generator=generator, dtype=torch.float64)
+        g2 = torch.randn(7, generator=generator, dtype=torch.float64) * (0.1 + case / 10)
+        if case % 5 == 0:
+            g2 = 0.5 * g1 + 0.1 * g2  # nearly aligned: the minimum sits on the boundary
+        gamma = ops.min_norm_two(g1 @ g1, g2 @ g2, g1 @ g2)
+        norms = ((grid[:, None] * g1 + (1 - grid[:, None]) * g2) ** 2).sum(1)
+        brute = grid[norms.argmin()].item()
+        assert 0.0 <= gamma <= 1.0
+        assert abs(gamma - brute) < 1e-4, (case, gamma, brute)
+        value = ((gamma * g1 + (1 - gamma) * g2) ** 2).sum()
+        assert value <= norms.min() + 1e-9
+    same = torch.ones(3)
+    assert ops.min_norm_two(same @ same, same @ same, same @ same) == 0.5
+
+
+def test_mgda_weights_are_clamped_and_the_quirk_uses_the_sum_as_second_gradient():
+    g_student, g_kd = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert ops.mgda_weights(g_student, g_kd) == (0.5, 0.5)  # orthogonal, equal norms
+    # a KD gradient much larger than the student's: gamma -> 1, w_kd clamped to 1e-4
+    w_s, w_kd = ops.mgda_weights(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 100.0]))
+    assert w_s == pytest.approx(1.0, abs=1e-3) and w_kd == pytest.approx(1e-4, rel=1e-3) and w_kd >= 1e-4
+    # a student gradient much larger: gamma -> 0, w_s clamped to 0.5
+    w_s, w_kd = ops.mgda_weights(torch.tensor([100.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert w_s == 0.5 and w_kd == pytest.approx(1.0, abs=1e-3)
+    # the quirk: exactly min_norm_two on (g_s, g_s + g_kd)
+    g_student, g_kd = torch.tensor([1.0, 2.0, -1.0]), torch.tensor([-0.5, 0.3, 2.0])
+    total = g_student + g_kd
+    gamma = ops.min_norm_two(g_student @ g_student, total @ total, g_student @ total)
+    assert ops.mgda_weights(g_student, g_kd, sum_quirk=True) == (max(gamma, 0.5), max(1 - gamma, 1e-4))
+    assert ops.mgda_weights(g_student, g_kd, sum_quirk=True) != ops.mgda_weights(g_student, g_kd)
+
+
+def test_mgda_quirk_changes_exactly_the_second_gradient(run_config, monkeypatch):
+    """Under ``guider_weighting: mgda`` the trainer passes the student-loss and KD gradients over
+    the student's parameters; the quirk switch leaves the first as it is and makes the second
+    their sum."""
+    seen = {}
+    for quirk in (False, True):
+        torch.manual_seed(0)
+        _, loaders, model, trainer = guider_setup(run_config, guider_weighting="mgda", guider_mgda_sum_quirk=quirk,
+                                                  guider_kd_weight=1.0)
+        batch = next(iter(loaders[0]))
+        trainer.teacher.eval()
+        trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
+        calls = []
+        original = ops.min_norm_two
+        monkeypatch.setattr(ops, "min_norm_two", lambda *dots: calls.append([float(d) for d in dots]) or original(*dots))
+        model.train()
+        torch.manual_seed(1)
+        loss = trainer._student_loss(batch)
+        loss.backward()
+        monkeypatch.setattr(ops, "min_norm_two", original)
+        seen[quirk] = calls[0]
+        assert len(trainer._mgda_epoch) == 1 and trainer._mgda_epoch[0][0] >= 0.5
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        assert all(p.grad is not None for p in parameters[:1])
+    g11, g22, g12 = seen[False]
+    q11, q22, q12 = seen[True]
+    assert q11 == pytest.approx(g11, rel=1e-5)                  # the student gradient is unchanged
+    assert q12 == pytest.approx(g11 + g12, rel=1e-4)            # g_s . (g_s + g_kd)
+    assert q22 == pytest.approx(g11 + 2 * g12 + g22, rel=1e-4)  # |g_s + g_kd|^2
+
+
+def test_safe_kd_weight_decays_once_the_student_has_caught_up_with_its_teacher():
+    schedule = ops.SafeKDWeight(start=1.0, decay=0.5, floor=0.2)
+    assert schedule.update(0.20, teacher_score=0.30) == 1.0   # below the teacher: KD helps
+    assert schedule.update(0.19, teacher_score=0.30) == 1.0   # stalls below the teacher: still kept
+    assert schedule.update(0.32, teacher_score=0.30) == 0.5   # beats the teacher: released step by step
+    assert schedule.update(0.30, teacher_score=0.31) == 0.25  # its best (0.32), not 0.30, is compared
+    assert schedule.update(0.31, teacher_score=0.35) == 0.25  # a teacher above its best: kept
+    assert schedule.update(0.36, teacher_score=0.35) == 0.0   # 0.125 < floor: off for good
+    assert schedule.update(0.10, teacher_score=0.50) == 0.0   # never rises again
+    lower = ops.SafeKDWeight(decay=0.5)                       # a metric where smaller is better
+    assert lower.update(3.0, 2.0, bigger=False) == 1.0
+    assert lower.update(1.5, 2.0, bigger=False) == 0.5
+
+
+def test_auto_kd_weight_goes_down_when_the_student_beats_its_teacher_on_valid(run_config):
+    _, loaders, _, trainer = guider_setup(run_config)  # guider_kd_weight: auto is the packaged default
+    assert trainer.kd_schedule is not None and trainer.kd_weight == 1.0
+    scores = iter([0.2, 0.4])
+    trainer.evaluate = lambda *args, **kwargs: {"recall@20": next(scores)}
+    trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": 0.3}
+    trainer._valid_epoch(loaders[1])  # below the teacher
+    assert trainer.kd_weight == 1.0
+    trainer._valid_epoch(loaders[1])  # beats the teacher on valid
+    assert trainer.kd_weight == pytest.approx(0.1)  # guider_kd_decay
+    fixed = guider_setup(run_config, guider_kd_weight=0.3)[3]
+    assert fixed.kd_schedule is None and fixed.kd_weight == 0.3
+
+
+@pytest.mark.parametrize("key, value, wanted", [
+    ("guider_weighting", "pcgrad", "one of ['fixed', 'mgda']"),
+    ("guider_kd_weight", "automatic", "a number >= 0 or 'auto'"),
+    ("guider_kd_weight", -1, "a number >= 0 or 'auto'"),
+    ("guider_mgda_sum_quirk", "yes", "True or False"),
+])
+def test_bad_weighting_values_are_a_config_error(run_config, key, value, wanted):
+    from recbole_mm.config import Config
+    from recbole_mm.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        Config("VBPR", "synthetic", None, run_config(guider=True, **{key: value}))
+    assert str(error.value) == f"{key} must be {wanted}, got {value!r}"

@@ -32,6 +32,18 @@ then, per epoch:
    its representations computed once per epoch, without gradient. Each epoch logs the mean
    KD value and the plan's diagonal mass (:attr:`GUIDERTrainer.kd_history`).
 
+   The two losses are weighed by ``guider_weighting``: ``fixed`` (L_rec + w L_KD) or ``mgda``
+   (the authors' trainer: per batch, w_s L_rec + w·w_kd L_KD with (w_s, w_kd) the two-task
+   min-norm solution on the two gradients over the student's parameters, clamped to
+   w_s ≥ 0.5, w_kd ≥ 1e-4, :func:`~recbole_mm.trainer.guider_ops.mgda_weights`;
+   ``guider_mgda_sum_quirk`` reproduces their missing ``zero_grad``). w is
+   ``guider_kd_weight``: a number, or ``auto`` (the default, a deviation from the paper's
+   w = 1): the teacher is scored on valid at every evaluation and w, starting at 1, is
+   multiplied by ``guider_kd_decay`` at each evaluation where the student's best valid score
+   has reached the teacher's, down to 0, after which the teacher is no longer trained
+   (:class:`~recbole_mm.trainer.guider_ops.SafeKDWeight`): a student stronger than its teacher
+   is not held at the teacher's level.
+
 Evaluation and checkpoints concern the student only (``guider_eval_teacher`` also scores the
 teacher at each evaluation). Every student must be a general model with pairwise
 (u, i⁺, i⁻) training data, or with positive-only (u, i) batches (``train_neg_sample_args`` off,
@@ -46,12 +58,12 @@ from logging import getLogger
 import numpy as np
 import torch
 from recbole.data.interaction import Interaction, cat_interactions
-from recbole.utils import InputType, set_color
+from recbole.utils import InputType, calculate_valid_score, set_color
 
 from recbole_mm import collectives
 from recbole_mm.config import Config
 from recbole_mm.errors import ConfigError
-from recbole_mm.options import KD_MODES
+from recbole_mm.options import GUIDER_WEIGHTINGS, KD_MODES, KD_WEIGHT_AUTO
 from recbole_mm.trainer import guider_ops as ops
 from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
 from recbole_mm.utils import get_model
@@ -95,7 +107,16 @@ class GUIDERTrainer(MultiModalTrainer):
             raise ConfigError(f"GUIDER needs a pairwise (u, i+, i-) student or positive-only batches; "
                              f"{type(model).__name__} is {model.input_type.name.lower()} with negative sampling")
         self.kd_mode = self._choice("guider_kd", KD_MODES, "none")
-        self.kd_weight = config["guider_kd_weight"]
+        self.kd_weight_auto = config["guider_kd_weight"] == KD_WEIGHT_AUTO
+        self.kd_schedule = None
+        if self.kd_weight_auto:
+            self.kd_schedule = ops.SafeKDWeight(start=1.0, decay=config["guider_kd_decay"])
+            self.kd_weight = self.kd_schedule.weight
+        else:
+            self.kd_weight = float(config["guider_kd_weight"] if config["guider_kd_weight"] is not None else 1.0)
+        self.weighting = self._choice("guider_weighting", GUIDER_WEIGHTINGS, "fixed")
+        self.mgda_sum_quirk = bool(config["guider_mgda_sum_quirk"])
+        self._student_parameters = None
         self.kd_pairs = config["guider_kd_pairs"]
         self.kd_users = int(config["guider_kd_users"] or 0)
         self.kd_items = int(config["guider_kd_items"] or 0)
@@ -119,6 +140,7 @@ class GUIDERTrainer(MultiModalTrainer):
         self.kd_history = []  # per epoch: mean KD value and plan diagonal mass
         self.teacher_results = []  # with guider_eval_teacher: the teacher's result at each evaluation
         self._kd_epoch = []
+        self._mgda_epoch = []  # per batch under guider_weighting: mgda: (w_student, w_kd)
 
     def _choice(self, key, choices, default):
         """``config[key]`` (``default`` when unset), which must be one of ``choices``."""
@@ -241,6 +263,8 @@ class GUIDERTrainer(MultiModalTrainer):
     # ------------------------------------------------------------------ epoch
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._setup(train_data)
+        if self.kd_weight_auto and not self.kd_weight:  # auto weight at 0 for good: the student alone
+            return super()._train_epoch(train_data, epoch_idx, None, show_progress)
         teacher_loss, seconds = self.teacher_phase(train_data)
         clock = time.perf_counter()
         self.teacher.eval()
@@ -349,18 +373,39 @@ class GUIDERTrainer(MultiModalTrainer):
         :attr:`teacher_results`."""
         result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
         if self.config["guider_eval_teacher"] and self.teacher is not None and eval_data is not None:
-            student = self.model
-            for cache in ("restore_user_e", "restore_item_e"):  # RecBole models' stale full-sort cache
-                if hasattr(self.teacher, cache):
-                    setattr(self.teacher, cache, None)
-            try:
-                self.model = self.teacher
-                teacher_result = super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
-            finally:
-                self.model = student
-            self.teacher_results.append(teacher_result)
-            self.logger.info(set_color("GUIDER teacher ", "blue") + str({k: float(v) for k, v in teacher_result.items()}))
+            self.evaluate_teacher(eval_data, show_progress)
         return result
+
+    def evaluate_teacher(self, eval_data, show_progress=False):
+        """The teacher's result on ``eval_data`` as it is now (logged, kept in :attr:`teacher_results`)."""
+        student = self.model
+        for cache in ("restore_user_e", "restore_item_e"):  # RecBole models' stale full-sort cache
+            if hasattr(self.teacher, cache):
+                setattr(self.teacher, cache, None)
+        try:
+            self.model = self.teacher
+            teacher_result = MultiModalTrainer.evaluate(self, eval_data, load_best_model=False,
+                                                        show_progress=show_progress)
+        finally:
+            self.model = student
+        self.teacher_results.append(teacher_result)
+        self.logger.info(set_color("GUIDER teacher ", "blue") + str({k: float(v) for k, v in teacher_result.items()}))
+        return teacher_result
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        """RecBole's validation; under ``guider_kd_weight: auto`` the teacher is scored on the same
+        split and the KD weight updated (:class:`~recbole_mm.trainer.guider_ops.SafeKDWeight`)."""
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
+        if self.kd_schedule is not None and self.kd_weight and self.teacher is not None:
+            teacher_result = (self.teacher_results[-1] if self.config["guider_eval_teacher"]
+                              else self.evaluate_teacher(valid_data, show_progress))
+            teacher_score = calculate_valid_score(teacher_result, self.valid_metric)
+            before = self.kd_weight
+            self.kd_weight = self.kd_schedule.update(valid_score, teacher_score, self.valid_metric_bigger)
+            if self.kd_weight != before:
+                self.logger.info(set_color("GUIDER ", "blue") + f"KD weight {before:g} -> {self.kd_weight:g} (student "
+                                 f"valid {valid_score:.4f}, best {self.kd_schedule.best:.4f}, teacher {teacher_score:.4f})")
+        return valid_score, valid_result
 
     # ------------------------------------------------------------------ AMSC
     @torch.no_grad()
@@ -402,7 +447,23 @@ class GUIDERTrainer(MultiModalTrainer):
                 loss = sum(loss)
             if self.kd_mode == "none" or not self.kd_weight:
                 return loss
-            return loss + self.kd_weight * self.distillation_loss(interaction)
+            kd = self.distillation_loss(interaction)
+            if self.weighting == "mgda":
+                w_student, w_kd = self.mgda_weights(loss, kd)
+                return w_student * loss + self.kd_weight * w_kd * kd
+            return loss + self.kd_weight * kd
+
+    def mgda_weights(self, loss, kd):
+        """``guider_weighting: mgda``: the batch's (w_student, w_kd) from the two losses' gradients
+        over the student's parameters (:func:`~recbole_mm.trainer.guider_ops.mgda_weights`;
+        ``guider_mgda_sum_quirk``: the authors' second gradient, the sum of both)."""
+        if self._student_parameters is None:
+            self._student_parameters = [p for p in self.model.parameters() if p.requires_grad]
+        parameters = self._student_parameters
+        weights = ops.mgda_weights(ops.flat_gradient(loss, parameters), ops.flat_gradient(kd, parameters),
+                                   sum_quirk=self.mgda_sum_quirk)
+        self._mgda_epoch.append(weights)
+        return weights
 
     def distillation_loss(self, interaction):
         """L_KD on the batch (Eq. 8–15): between the teacher's and the student's score rows of
@@ -471,10 +532,15 @@ class GUIDERTrainer(MultiModalTrainer):
             return
         values = np.array(self._kd_epoch, dtype=np.float64)
         record = {"epoch": epoch_idx, "kd": float(values[:, 0].mean()), "diagonal": float(np.nanmean(values[:, 1]))
-                  if np.isfinite(values[:, 1]).any() else None}
+                  if np.isfinite(values[:, 1]).any() else None, "kd_weight": self.kd_weight}
+        if self._mgda_epoch:
+            record["w_student"], record["w_kd"] = (float(v) for v in np.mean(self._mgda_epoch, axis=0))
+            self._mgda_epoch = []
         self.kd_history.append(record)
         self._kd_epoch = []
-        message = f"GUIDER epoch {epoch_idx}: KD ({self.kd_mode}) {record['kd']:.5f}"
+        message = f"GUIDER epoch {epoch_idx}: KD ({self.kd_mode}) {record['kd']:.5f}, weight {self.kd_weight:g}"
+        if "w_student" in record:
+            message += f", MGDA mean w_student {record['w_student']:.3f}, w_kd {record['w_kd']:.4f}"
         if record["diagonal"] is not None:
             message += f", plan diagonal mass {record['diagonal']:.3f}"
         self.logger.info(message)

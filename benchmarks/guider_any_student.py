@@ -1,0 +1,155 @@
+"""GUIDER with any student: every model, plain and under GUIDER, without and with injected noise.
+
+    python benchmarks/guider_any_student.py                       # every model, 3 seeds
+    python benchmarks/guider_any_student.py --models DRAGON VBPR --set epochs=30 --jobs 1
+
+For each model (default: RecBole's BPR and LightGCN, then every model of the plugin), noise
+ratio (``--noise``, default 0 and 0.1: that share of the train split added as random user-item
+pairs; valid and test untouched), method (``plain``: the packaged defaults; ``GUIDER``: the
+same with ``guider: true`` and GUIDER's packaged defaults, nothing set per model) and seed,
+one run in its own process on one CPU thread (``benchmarks/zoo.py``'s ``run_once``), ``--jobs``
+at a time. Test Recall@20 is at the best valid epoch. Every run is appended to
+``results/guider_any_student_<dataset>.jsonl`` as it finishes; a rerun skips the runs already
+there (same model, noise, method, seed and ``--set`` overrides), so an interrupted command
+resumes; the markdown beside it is rewritten after every run: per model and noise, valid and
+test Recall@20 of plain and GUIDER (mean ± std over the seeds) and GUIDER - plain.
+"""
+import argparse
+import ast
+import datetime
+import json
+import os
+import platform
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from zoo import default_models, load_records, mean_std, run_once  # noqa: E402
+
+METHODS = {"plain": {}, "GUIDER": {"guider": True}}
+
+
+def job_key(model, noise, method, seed, overrides):
+    return model, float(noise), method, seed, json.dumps(overrides, sort_keys=True)
+
+
+def record_key(record):
+    return job_key(record["model"], record["noise"], record["method"], record["seed"], record["extra"])
+
+
+def run_job(model, dataset, noise, method, seed, data_path, overrides):
+    """One run (zoo's ``run_once`` in its own log folder); returns its record."""
+    workdir = os.path.join(REPO, "log", "guider_any_student", f"{method}-{noise:g}")
+    os.makedirs(workdir, exist_ok=True)
+    config = {**overrides, "noise_ratio": noise, **METHODS[method]}
+    record = run_once(model, dataset, seed, data_path, workdir, config)
+    record.update(noise=float(noise), method=method, extra=overrides)
+    return record
+
+
+def table(records, models, noises):
+    head = ["model", "noise", "seeds", "plain valid R@20", "GUIDER valid R@20", "plain test R@20",
+            "GUIDER test R@20", "GUIDER - plain (test)", "s / run plain, GUIDER"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model in models:
+        for noise in noises:
+            runs = {method: [r for r in records if r["model"] == model and r["noise"] == noise
+                             and r["method"] == method and r["status"] == "ok"] for method in METHODS}
+            if not any(runs.values()):
+                continue
+            test = {m: [r["test_recall@20"] for r in runs[m]] for m in METHODS}
+            diff = (f"{np.mean(test['GUIDER']) - np.mean(test['plain']):+.4f}" if all(test.values()) else "-")
+            seeds = "/".join(str(len(runs[m])) for m in METHODS)
+            seconds = ", ".join(f"{np.mean([r['seconds'] for r in runs[m]]):.0f}" if runs[m] else "-" for m in METHODS)
+            lines.append("| " + " | ".join([
+                model, f"{noise:g}", seeds, mean_std([r["valid_recall@20"] for r in runs["plain"]]),
+                mean_std([r["valid_recall@20"] for r in runs["GUIDER"]]), mean_std(test["plain"]),
+                mean_std(test["GUIDER"]), diff, seconds]) + " |")
+    failed = [f"{r['model']} {r['method']} noise {r['noise']:g} seed {r['seed']}: {r['status']}"
+              for r in records if r["status"] != "ok"]
+    if failed:
+        lines += ["", "Failed runs:", ""] + [f"- {line}" for line in failed]
+    return "\n".join(lines)
+
+
+def write_markdown(path, records, models, noises, command, overrides):
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    budget = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the dataset's budget (60 epochs, patience 10)"
+    with open(path + ".tmp", "w") as handle:
+        handle.write(
+            "# GUIDER with any student: plain vs GUIDER, bundled synthetic dataset\n\n"
+            "Each model with its packaged defaults (plain) and with `guider: true` and GUIDER's packaged "
+            "defaults (nothing set per model), at each injected-noise ratio (valid and test untouched); test "
+            "Recall@20 at the best valid epoch, mean ± std over the seeds (sample std); one CPU thread per run. "
+            f"Overrides for every run: {budget}.\n\nCommand: `{command}`\n\nMachine: {machine}; written {stamp}. "
+            "Runs shared the CPUs with other jobs: the seconds are indicative only.\n\n")
+        handle.write(table(records, models, noises) + "\n")
+        missing = [model for model in models if not any(r["model"] == model for r in records)]
+        if missing:
+            handle.write(f"\nNot run yet: {', '.join(missing)}. The same command resumes: it runs only what "
+                         "the .jsonl beside this file lacks.\n")
+    os.replace(path + ".tmp", path)
+
+
+def parse_overrides(items):
+    return {key: ast.literal_eval(value) if value[:1] in "[{0123456789-.TF" else value
+            for key, value in (item.split("=", 1) for item in items)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=None, help="default: BPR, LightGCN and every plugin model")
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data-path", default=os.path.join(REPO, "dataset"))
+    parser.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.1])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, every run")
+    parser.add_argument("--out", default=None, help="markdown file (default results/guider_any_student_<dataset>.md)")
+    args = parser.parse_args(argv)
+    models = args.models or default_models()
+    overrides = parse_overrides(args.set)
+    out = args.out or os.path.join(REPO, "results", f"guider_any_student_{args.dataset}.md")
+    jsonl = os.path.splitext(out)[0] + ".jsonl"
+    records = load_records(jsonl)
+    done = {record_key(r) for r in records if r["status"] == "ok"}
+    jobs = [(model, noise, method, seed) for model in models for noise in args.noise for method in args.methods
+            for seed in args.seeds if job_key(model, noise, method, seed, overrides) not in done]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    command = "python benchmarks/guider_any_student.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if jobs:  # the dataset is generated once, before runs race to create it
+        os.makedirs(os.path.join(REPO, "log", "guider_any_student"), exist_ok=True)
+        run_once("BPR", args.dataset, args.seeds[0], args.data_path,
+                 os.path.join(REPO, "log", "guider_any_student"), {"epochs": 0})
+
+    def one(job):
+        model, noise, method, seed = job
+        return run_job(model, args.dataset, noise, method, seed, args.data_path, overrides)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for record in pool.map(one, jobs):
+            print(json.dumps(record), flush=True)
+            records = [r for r in records if not (record_key(r) == record_key(record) and r["status"] != "ok")]
+            records.append(record)
+            with open(jsonl, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            current = [r for r in records if r["dataset"] == args.dataset
+                       and json.dumps(r["extra"], sort_keys=True) == json.dumps(overrides, sort_keys=True)]
+            write_markdown(out, current, models, args.noise, command, overrides)
+    records = [r for r in load_records(jsonl) if r["dataset"] == args.dataset
+               and json.dumps(r["extra"], sort_keys=True) == json.dumps(overrides, sort_keys=True)]
+    ok = {record_key(r) for r in records if r["status"] == "ok"}  # a failed run that a later one redid is dropped
+    records = [r for r in records if r["status"] == "ok" or record_key(r) not in ok]
+    write_markdown(out, records, models, args.noise, command, overrides)  # also every record another invocation wrote
+
+
+if __name__ == "__main__":
+    main()
