@@ -134,7 +134,7 @@ def table(records, models, accuracy=True):
     return "\n".join(lines)
 
 
-def write_markdown(path, records, models, command, sports):
+def write_markdown(path, records, models, command, sports, dataset="synthetic"):
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if sports:
@@ -143,12 +143,12 @@ def write_markdown(path, records, models, command, sports):
                  "epoch, its time extrapolated from the first batches where the table says so, one full-sort "
                  "evaluation of the valid split, one CPU thread per run.")
     else:
-        intro = ("Every model of the plugin (BPR and LightGCN from RecBole as anchors) on the bundled synthetic "
-                 "dataset with its packaged defaults and the dataset's budget (60 epochs unless the command sets epochs, early stopping after 10 "
+        intro = (f"The models on the bundled `{dataset}` dataset with their packaged defaults and the dataset's budget "
+                 f"(its yaml's epochs unless the command sets them, early stopping after 10 "
                  "evaluations without a better valid Recall@20); test at the best valid epoch; mean ± std over "
                  "the seeds; one CPU thread per run.")
     with open(path + ".tmp", "w") as handle:
-        handle.write(f"# Model zoo: {'Sports graph, speed and memory' if sports else 'bundled synthetic dataset'}\n\n"
+        handle.write(f"# Model zoo: {'Sports graph, speed and memory' if sports else f'bundled {dataset} dataset'}\n\n"
                      f"{intro}\n\nCommand: `{command}`\n\nMachine: {machine}; written {stamp}. Runs that shared "
                      "the CPUs with other jobs have indicative timings only.\n\n")
         handle.write(table(records, models, accuracy=not sports) + "\n")
@@ -210,7 +210,7 @@ def main(argv=None):
             with open(jsonl, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             current = [r for r in records if r["dataset"] == dataset]
-            write_markdown(out, current, models, command, bool(args.sports))
+            write_markdown(out, current, models, command, bool(args.sports), args.dataset)
 
 
 if __name__ == "__main__":
