@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic dataset and a config factory that keeps every run's
 files (logs, checkpoints, caches) inside pytest's temporary folders."""
+import ast
 import os
 import sys
 
@@ -93,3 +94,18 @@ def train_each(root, models, dataset_name, config_files=None, **config):
         for model in models:
             runs[model] = run_recbole_mm(model, dataset_name, config_files, dict(shared))
     return runs
+
+
+def top_level_imports(folder):
+    """The top-level package names the ``.py`` files of ``folder`` import (absolute imports only)."""
+    imported = set()
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                tree = ast.parse(handle.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    return imported

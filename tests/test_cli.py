@@ -12,7 +12,7 @@ import pytest
 
 import run_recbole_mm as cli
 from recbole_mm.errors import ConfigError
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, top_level_imports
 
 SCRIPT = os.path.join(REPO_ROOT, "run_recbole_mm.py")
 SMALL = "--synthetic_generator={'seed': 7, 'n_users': 200, 'n_items': 150}"
@@ -165,24 +165,14 @@ IMPORT_TO_REQUIREMENT = {"yaml": "pyyaml", "torch_scatter": "torch-scatter", "PI
 
 
 def test_benchmark_imports_are_declared_requirements():
-    import ast
     import re
 
     with open(os.path.join(REPO_ROOT, "setup.py"), encoding="utf-8") as handle:
         declared = {re.split(r"[<>=\[ ]", requirement)[0].lower()
                     for requirement in re.findall(r'"([A-Za-z][\w\-]*(?:[<>=][^"]*)?)"', handle.read())}
-    imported = set()
     folder = os.path.join(REPO_ROOT, "benchmarks")
     local = BENCHMARK_LOCAL_MODULES | {name[:-3] for name in os.listdir(folder) if name.endswith(".py")}
-    for name in os.listdir(folder):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                tree = ast.parse(handle.read())
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    imported |= {alias.name.split(".")[0] for alias in node.names}
-                elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                    imported.add(node.module.split(".")[0])
+    imported = top_level_imports(folder)
     third_party = {module for module in imported if module not in sys.stdlib_module_names and module not in local}
     assert "matplotlib" in third_party
     missing = {IMPORT_TO_REQUIREMENT.get(module, module).lower() for module in third_party} - declared

