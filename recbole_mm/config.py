@@ -332,6 +332,7 @@ def value_checks():
         "show_progress": boolean(),
         "reproducibility": boolean(),
         "clip_grad_norm": mapping(),
+        "worker": integer(0),  # DataLoader worker processes (a negative one is a torch traceback)
     }
     plugin = {
         "modalities": names(),

@@ -34,6 +34,7 @@ MISTAKES = [
     (list_yaml, "error: config file list.yaml must hold 'key: value' lines at its top level; it holds a list"),
     (checkpoint_under_a_file, "cannot be created: "),
     (lambda tmp: ["--nproc=0"], "error: --nproc must be an integer >= 1"),
+    (lambda tmp: ["--worker=-2"], "error: worker must be an integer >= 0, got -2"),
     (lambda tmp: ["--world_size=0"], "error: --world_size must be -1 (= --nproc) or >= --nproc (1), got 0"),
 ]
 
