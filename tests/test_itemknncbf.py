@@ -72,6 +72,15 @@ def test_nothing_trains_and_guider_refuses_it(run_config):
         get_trainer(config["MODEL_TYPE"], "ItemKNNCBF", guider=True)
 
 
+def test_a_model_that_trains_nothing_runs_one_epoch_whatever_epochs_says(run_config):
+    config, loaders, model = build(run_config, epochs=30)
+    trainer = get_trainer(config["MODEL_TYPE"], "ItemKNNCBF")(config, model)
+    passes = []
+    trainer._train_epoch = lambda *args, **kwargs: passes.append(1) or 0.0
+    trainer.fit(loaders[0], loaders[1], saved=False)
+    assert trainer.epochs == 1 and len(passes) == 1
+
+
 @pytest.mark.parametrize("bad", [{"knn_k": 0}, {"shrink": -1.0}])
 def test_bad_values_are_refused(run_config, bad):
     with pytest.raises(ConfigError):

@@ -138,6 +138,9 @@ class MultiModalTrainer(Trainer):
         if config["denoise"] and not getattr(model, "trainable", True):
             raise ConfigError(f"denoise: {config['denoise']} reweighs a trained model's loss; "
                               f"{type(model).__name__} trains nothing")
+        if not getattr(model, "trainable", True) and self.epochs > 1:
+            self.logger.info(f"{type(model).__name__} trains nothing: one epoch instead of epochs={self.epochs}")
+            self.epochs = 1
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
         self.denoising_loss = self._install_denoising(config, model)
         # --- distributed runs (recbole_mm.collectives); nothing changes in one process
