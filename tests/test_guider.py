@@ -311,11 +311,11 @@ def test_row_transport_diagonal_mass_needs_a_small_epsilon():
 
 
 def test_kd_loss_ignores_a_permutation_of_the_students_users_within_the_batch(run_config):
-    """A VBPR student that scores exactly like the teacher distils ~0. Permuting its user
-    vectors among the users whose rows enter L_KD leaves L_KD unchanged (OT between two sets of
-    rows) and only moves the plan off its diagonal; giving those users the vectors of users
-    outside the batch changes the set of rows, and the loss."""
-    _, loaders, model, trainer = guider_setup(run_config)
+    """``guider_kd: ot``. A VBPR student that scores exactly like the teacher distils ~0.
+    Permuting its user vectors among the users whose rows enter L_KD leaves L_KD unchanged (OT
+    between two sets of rows) and only moves the plan off its diagonal; giving those users the
+    vectors of users outside the batch changes the set of rows, and the loss."""
+    _, loaders, model, trainer = guider_setup(run_config, guider_kd="ot")
     batch = next(iter(loaders[0]))
     trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
     teacher_users, teacher_items = trainer._teacher_embeddings
