@@ -30,9 +30,10 @@ VBPR_VARIANTS = [
     ("KD: none (teacher unused)", {"guider_kd": "none"}),
     ("student AdamW, weight decay 1e-4 (paper)", {"guider_student_learner": "adamw",
                                                    "guider_student_weight_decay": 1e-4}),
+    ("KD: row transport between the batch's row sets (Eq. 9-15)", {"guider_kd": "ot"}),
 ]
 FREEDOM_VARIANTS = [VBPR_VARIANTS[5], ("KD: center rows (no scaling)", {"guider_kd_transform": "center"}),
-                    VBPR_VARIANTS[6], VBPR_VARIANTS[8]]
+                    VBPR_VARIANTS[6], VBPR_VARIANTS[8], VBPR_VARIANTS[10]]
 VARIANTS = ([("VBPR", label, switches) for label, switches in VBPR_VARIANTS]
             + [("FREEDOM", label, switches) for label, switches in FREEDOM_VARIANTS]
             + [("LightGCN", "teacher alone: LightGCN, lr 0.005, batch 8192, 80 epochs",

@@ -14,7 +14,7 @@ TRAIN_SAMPLINGS = ("interaction", "user")  # train_sampling: data.dataloader
 # trainers (recbole_mm.trainer)
 DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod")  # denoise: trainer.trainer
 OPTIMIZER_IMPLS = ("fused", "foreach", "single", "recbole")  # optimizer_impl: trainer.trainer
-KD_MODES = ("ot", "ot_pairs", "kl", "none")  # guider_kd: trainer.guider
+KD_MODES = ("ot", "matched", "ot_pairs", "kl", "none")  # guider_kd: trainer.guider
 GUIDER_WEIGHTINGS = ("fixed", "mgda")  # guider_weighting: trainer.guider
 KD_WEIGHT_AUTO = "auto"  # guider_kd_weight: trainer.guider (the word it takes besides a number >= 0)
 SPLIT_SCORES = ("logsigmoid", "rank", "bpr")  # guider_split_score: trainer.guider_ops

@@ -29,7 +29,7 @@ def config(run_config, model="VBPR", dataset="synthetic", files=None, **override
     ("dropout", 1.0, "FREEDOM", "a number in [0, 1)"),
     ("dct_mode", "3d", "LIRDRec", "one of ['1d', '2d', 'none']"),
     ("fusion", "sum", "VLIF", "one of ['pid', 'synergy', 'weighted', 'concat', 'pooling']"),
-    ("guider_kd", "mse", "VBPR", "one of ['ot', 'ot_pairs', 'kl', 'none']"),
+    ("guider_kd", "mse", "VBPR", "one of ['ot', 'matched', 'ot_pairs', 'kl', 'none']"),
     ("use_pwc", "maybe", "LIRDRec", "True or False"),
     ("learning_rate", None, "VBPR", "a number > 0"),
 ])

@@ -276,6 +276,33 @@ def test_row_transport_gradient_pulls_each_student_row_towards_its_own_teacher_r
     assert torch.nn.functional.cosine_similarity(gradient.flatten(), expected.flatten(), dim=0) > 0.95
 
 
+def test_matched_kd_is_each_users_own_row_distance_and_sees_a_permutation():
+    """``guider_kd: matched``: the identity plan, (1 / BN) sum_u 1/2 |z^t_u - z^s_u|^2 written
+    out; unlike the transport, handing user a's student row to user b changes it."""
+    teacher, student = random_rows(seed=4, users=16, items=50)
+    loss, diagonal = ops.row_matched_kd(teacher, student, transform="zscore")
+    z_t, z_s = ops.transform_rows(teacher, "zscore"), ops.transform_rows(student, "zscore")
+    expected = sum(0.5 * ((z_t[u] - z_s[u]) ** 2).sum() for u in range(16)) / (16 * 50)
+    assert torch.allclose(loss, expected, rtol=1e-5) and diagonal == 1.0
+    permuted, _ = ops.row_matched_kd(teacher, student[torch.roll(torch.arange(16), 1)])
+    assert permuted.item() > 5 * loss.item()
+    transport, _ = ops.row_transport_kd(teacher, student, reg=0.01)
+    transport_permuted, _ = ops.row_transport_kd(teacher, student[torch.roll(torch.arange(16), 1)], reg=0.01)
+    assert torch.allclose(transport, transport_permuted, rtol=1e-5)
+
+
+def test_guider_kd_matched_switches_only_the_kd_term(run_config, monkeypatch):
+    _, loaders, _, trainer = guider_setup(run_config, guider_kd="matched")
+    batch = next(iter(loaders[0]))
+    trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
+    calls = []
+    monkeypatch.setattr(ops, "row_transport_kd", lambda *a, **k: calls.append("ot") or (torch.zeros(()), 0.0))
+    original = ops.row_matched_kd
+    monkeypatch.setattr(ops, "row_matched_kd", lambda *a, **k: calls.append("matched") or original(*a, **k))
+    trainer.distillation_loss(batch)
+    assert calls == ["matched"] and trainer._kd_epoch[-1][1] == 1.0
+
+
 def test_row_transport_diagonal_mass_needs_a_small_epsilon():
     teacher, student = random_rows(seed=3)
     _, sharp = ops.row_transport_kd(teacher, student, reg=0.01)
@@ -284,11 +311,11 @@ def test_row_transport_diagonal_mass_needs_a_small_epsilon():
 
 
 def test_kd_loss_ignores_a_permutation_of_the_students_users_within_the_batch(run_config):
-    """A VBPR student that scores exactly like the teacher distils ~0. Permuting its user
-    vectors among the users whose rows enter L_KD leaves L_KD unchanged (OT between two sets of
-    rows) and only moves the plan off its diagonal; giving those users the vectors of users
-    outside the batch changes the set of rows, and the loss."""
-    _, loaders, model, trainer = guider_setup(run_config)
+    """``guider_kd: ot``. A VBPR student that scores exactly like the teacher distils ~0.
+    Permuting its user vectors among the users whose rows enter L_KD leaves L_KD unchanged (OT
+    between two sets of rows) and only moves the plan off its diagonal; giving those users the
+    vectors of users outside the batch changes the set of rows, and the loss."""
+    _, loaders, model, trainer = guider_setup(run_config, guider_kd="ot")
     batch = next(iter(loaders[0]))
     trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
     teacher_users, teacher_items = trainer._teacher_embeddings

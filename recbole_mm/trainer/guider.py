@@ -479,6 +479,8 @@ class GUIDERTrainer(MultiModalTrainer):
             teacher = user_all[users] @ item_all[items].T
             if self.kd_mode == "kl":
                 loss = ops.row_kl_kd(teacher, student)
+            elif self.kd_mode == "matched":
+                loss, diagonal = ops.row_matched_kd(teacher, student, self.kd_transform)
             else:
                 loss, diagonal = ops.row_transport_kd(teacher, student, self.sinkhorn_reg, self.sinkhorn_iterations,
                                                       self.kd_transform)

@@ -452,6 +452,30 @@ def row_transport_kd(teacher_rows, student_rows, reg=0.01, n_iterations=100, tra
     return loss, float(plan.diagonal().sum())
 
 
+def row_matched_kd(teacher_rows, student_rows, transform="zscore"):
+    r"""Per-user matching in place of :func:`row_transport_kd` (``guider_kd: matched``): each
+    user's student row is pulled onto the *same* user's teacher row, the transport plan fixed
+    to the identity :math:`I / B`,
+
+    .. math::
+        \mathcal L_{KD} = \frac1{BN} \sum_u \tfrac12 \lVert z^t_u - z^s_u \rVert^2
+
+    with :math:`z` = :func:`transform_rows` of each side (the debiasing terms of the
+    transport vanish: an identity plan has zero self-cost). Unlike the transport it carries
+    user identity: permuting the student's rows changes it.
+
+    Args:
+        teacher_rows: (B x N) teacher scores (no gradient needed).
+        student_rows: (B x N) student scores, with gradient.
+
+    Returns:
+        (loss (scalar), 1.0: the plan's diagonal mass, for the same log as the transport).
+    """
+    teacher = transform_rows(teacher_rows.detach().float(), transform)
+    student = transform_rows(student_rows.float(), transform)
+    return 0.5 * (teacher - student).pow(2).sum(1).mean() / teacher.shape[1], 1.0
+
+
 def row_kl_kd(teacher_rows, student_rows):
     r""":math:`\mathrm{KL}(\mathrm{softmax}(T_u) \,\Vert\, \mathrm{softmax}(S_u))` over the
     items, averaged over the batch users (the authors' HEAD trainer), (B x N) -> scalar."""
