@@ -339,3 +339,22 @@ def test_ray_backend_gives_the_local_backends_table(usable_ray, local_search, se
         seen[key] = (reports[0]["trial_id"], json.loads(reports[0]["record"])["pid"])
     assert {key: pid for key, (_, pid) in seen.items()} == {r["key"]: r["pid"] for r in records}
     assert len({trial_id for trial_id, _ in seen.values()}) == 4, "four Ray trial ids"
+
+
+@pytest.mark.slow
+def test_guider_keys_in_a_search_space_reach_the_guider_trainer(search_setup, tmp_path):
+    """``guider: true`` with two values of a ``guider_*`` key in the space: both trials finish,
+    and they differ. The key acts only inside GUIDER's trainer (a plain VBPR ignores it, and
+    every trial has the same seed), so different metrics show that the trials trained under
+    GUIDER with the value the search gave them."""
+    from recbole_mm.config import Config
+
+    _, exp, _ = search_setup
+    overrides = Config._convert_config_dict(None, {"epochs": "2", "guider": "True", "guider_warmup_epochs": "0",
+                                                   "guider_teacher_pretrain_epochs": "1"})
+    _, records = hyper.run_hyper("VBPR", "synthetic", [exp], overrides,
+                                 hyper_parameters={"guider_kd": ["matched", "none"]}, workers=2,
+                                 results_dir=str(tmp_path))
+    assert [r["status"] for r in records] == ["ok", "ok"], [r.get("error", "")[-1500:] for r in records]
+    assert [r["params"] for r in records] == [{"guider_kd": "matched"}, {"guider_kd": "none"}]
+    assert records[0]["valid"] != records[1]["valid"], "the guider_kd value never reached a GUIDER trainer"
