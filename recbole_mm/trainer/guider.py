@@ -23,7 +23,11 @@ then, per epoch:
 3. **Student update**: the model's own loss plus ``guider_kd_weight`` · L_KD (Eq. 8) between
    the teacher's and the student's score rows of the batch's users (at most
    ``guider_kd_users``, over every item or ``guider_kd_items`` drawn ones):
-   ``guider_kd: ot`` — the debiased entropic OT between the two sets of rows (Eq. 9–15, POT's
+   ``guider_kd: matched`` (default) — each user's student row pulled onto the same user's
+   teacher row (:func:`~recbole_mm.trainer.guider_ops.row_matched_kd`, the transport below with
+   its plan fixed to the identity; level with it where its plan is diagonal, and it holds
+   students whose plan never becomes diagonal, RecBole's BPR); ``ot`` — the debiased
+   entropic OT between the two sets of rows (Eq. 9–15, POT's
    log-domain Sinkhorn, :func:`~recbole_mm.trainer.guider_ops.row_transport_kd`), as the
    authors' compiled trainer does; ``kl`` — per-row softmax KL over the items (the authors'
    HEAD); ``ot_pairs`` — OT between scalar pair logits (the literal reading of the equations,
