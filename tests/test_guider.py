@@ -418,9 +418,9 @@ def test_student_optimiser_and_teacher_evaluation_switches(run_config):
 
 
 GUIDER_SEEDS = (2020, 2021, 2022)
-# measured under guider_kd: ot, the default then (test Recall@20, seeds 2020/2021/2022): plain 0.179 / 0.174 / 0.181 (mean 0.178, std
-# 0.004), GUIDER 0.231 / 0.216 / 0.237 (mean 0.228, std 0.011): GUIDER - plain is 0.043 at the
-# least; the margins are twice GUIDER's seed std or more. GUIDER-DBPR 0.247 / 0.239 / 0.244
+# measured under guider_kd: ot, the default then (test Recall@20, seeds 2020/2021/2022): plain
+# 0.179 / 0.174 / 0.181 (mean 0.178, std 0.004), GUIDER 0.231 / 0.216 / 0.237 (mean 0.228, std
+# 0.011): GUIDER - plain is 0.043 at the least; the margins are twice GUIDER's seed std or more. GUIDER-DBPR 0.247 / 0.239 / 0.244
 # (mean 0.243, std 0.004): above GUIDER on every seed, by less than twice the seed spread.
 GUIDER_OVER_PLAIN = 0.025      # on every seed
 GUIDER_MEAN_OVER_PLAIN = 0.035  # on the means (measured 0.050)
