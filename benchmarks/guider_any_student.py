@@ -15,11 +15,8 @@ resumes; the markdown beside it is rewritten after every run: per model and nois
 test Recall@20 of plain and GUIDER (mean ± std over the seeds) and GUIDER - plain.
 """
 import argparse
-import ast
-import datetime
 import json
 import os
-import platform
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,7 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from zoo import default_models, load_records, mean_std, run_once  # noqa: E402
+from zoo import (default_models, load_records, machine_line, mean_std, models_in_table, page_command,  # noqa: E402
+                 parse_overrides, run_once, write_page)
 
 METHODS = {"plain": {}, "GUIDER": {"guider": True}}
 
@@ -78,28 +76,15 @@ def table(records, models, noises):
 
 
 def write_markdown(path, records, models, noises, command, overrides):
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     budget = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the dataset's budget (60 epochs, patience 10)"
-    with open(path + ".tmp", "w") as handle:
-        handle.write(
-            "# GUIDER with any student: plain vs GUIDER, bundled synthetic dataset\n\n"
-            "Each model with its packaged defaults (plain) and with `guider: true` and GUIDER's packaged "
-            "defaults (nothing set per model), at each injected-noise ratio (valid and test untouched); test "
-            "Recall@20 at the best valid epoch, mean ± std over the seeds (sample std); one CPU thread per run. "
-            f"Overrides for every run: {budget}.\n\nCommand: `{command}`\n\nMachine: {machine}; written {stamp}. "
-            "Runs shared the CPUs with other jobs: the seconds are indicative only.\n\n")
-        handle.write(table(records, models, noises) + "\n")
-        missing = [model for model in models if not any(r["model"] == model for r in records)]
-        if missing:
-            handle.write(f"\nNot run yet: {', '.join(missing)}. The same command resumes: it runs only what "
-                         "the .jsonl beside this file lacks.\n")
-    os.replace(path + ".tmp", path)
-
-
-def parse_overrides(items):
-    return {key: ast.literal_eval(value) if value[:1] in "[{0123456789-.TF" else value
-            for key, value in (item.split("=", 1) for item in items)}
+    header = ("Each model with its packaged defaults (plain) and with `guider: true` and GUIDER's packaged "
+              "defaults (nothing set per model), at each injected-noise ratio (valid and test untouched); test "
+              "Recall@20 at the best valid epoch, mean ± std over the seeds (sample std); one CPU thread per run. "
+              f"Overrides for every run: {budget}.\n\nCommand: `{command}`\n\n{machine_line()} "
+              "Runs shared the CPUs with other jobs: the seconds are indicative only.")
+    models = models_in_table(models, records)
+    write_page(path, "GUIDER with any student: plain vs GUIDER, bundled synthetic dataset", header,
+               table(records, models, noises), models, records)
 
 
 def main(argv=None):
@@ -124,7 +109,8 @@ def main(argv=None):
     jobs = [(model, noise, method, seed) for model in models for noise in args.noise for method in args.methods
             for seed in args.seeds if job_key(model, noise, method, seed, overrides) not in done]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    command = "python benchmarks/guider_any_student.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = page_command("guider_any_student.py", argv if argv is not None else sys.argv[1:],
+                           models_in_table(models, records), default_models())
     if jobs:  # the dataset is generated once, before runs race to create it
         os.makedirs(os.path.join(REPO, "log", "guider_any_student"), exist_ok=True)
         run_once("BPR", args.dataset, args.seeds[0], args.data_path,

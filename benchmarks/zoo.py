@@ -135,8 +135,6 @@ def table(records, models, accuracy=True):
 
 
 def write_markdown(path, records, models, command, sports, dataset="synthetic"):
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if sports:
         intro = ("Speed and memory of every model on the Amazon Sports graph (35,598 users, 18,357 items, "
                  "218,409 train rows) with generated features (image 4096-d uniform, text 384-d Gaussian): one "
@@ -147,16 +145,55 @@ def write_markdown(path, records, models, command, sports, dataset="synthetic"):
                  f"(its yaml's epochs unless the command sets them, early stopping after 10 "
                  "evaluations without a better valid Recall@20); test at the best valid epoch; mean ± std over "
                  "the seeds; one CPU thread per run.")
+    title = f"Model zoo: {'Sports graph, speed and memory' if sports else f'bundled {dataset} dataset'}"
+    models = models_in_table(models, records)
+    write_page(path, title, intro + "\n\n" + f"Command: `{command}`" + "\n\n" + machine_line()
+               + " Runs that shared the CPUs with other jobs have indicative timings only.",
+               table(records, models, accuracy=not sports), models, records)
+
+
+# ----------------------------------------------------------------------------- shared by the result pages
+def machine_line():
+    """``Machine: <cpu>, <n> CPUs, Python <v>; written <UTC time>.``"""
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"Machine: {machine}; written {stamp}."
+
+
+def models_in_table(models, records):
+    """The command's models, then every other model the records hold: a command for a few models
+    rewrites the page without dropping the rows earlier commands wrote."""
+    return list(models) + sorted({r["model"] for r in records} - set(models))
+
+
+def page_command(script, argv, models, everything):
+    """The command that regenerates the page: ``argv`` without its ``--models`` list when the page's
+    models are all among ``everything`` (the script's default list), so the command covers them all."""
+    argv = list(argv)
+    if "--models" in argv and set(models) <= set(everything):
+        start = argv.index("--models")
+        end = next((i for i in range(start + 1, len(argv)) if argv[i].startswith("--")), len(argv))
+        argv = argv[:start] + argv[end:]
+    return " ".join([f"python benchmarks/{script}", *argv])
+
+
+def write_page(path, title, header, body, models, records):
+    """``# title``, the header paragraphs, the table, and the models the records still lack;
+    written to a temporary file and moved into place."""
+    missing = [model for model in models if not any(r["model"] == model for r in records)]
     with open(path + ".tmp", "w") as handle:
-        handle.write(f"# Model zoo: {'Sports graph, speed and memory' if sports else f'bundled {dataset} dataset'}\n\n"
-                     f"{intro}\n\nCommand: `{command}`\n\nMachine: {machine}; written {stamp}. Runs that shared "
-                     "the CPUs with other jobs have indicative timings only.\n\n")
-        handle.write(table(records, models, accuracy=not sports) + "\n")
-        missing = [model for model in models if not any(r["model"] == model for r in records)]
+        handle.write(f"# {title}\n\n{header}\n\n{body}\n")
         if missing:
             handle.write(f"\nNot run yet: {', '.join(missing)}. The same command resumes: it runs only what "
                          "the .jsonl beside this file lacks.\n")
     os.replace(path + ".tmp", path)
+
+
+def parse_overrides(items):
+    """``KEY=VALUE`` strings -> dict; values that look like numbers, lists, dicts or booleans are
+    read as Python literals."""
+    return {key: ast.literal_eval(value) if value[:1] in "[{0123456789-.TF" else value
+            for key, value in (item.split("=", 1) for item in items)}
 
 
 def load_records(path):
@@ -180,8 +217,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="markdown file (default results/zoo_<dataset>.md)")
     args = parser.parse_args(argv)
     models = args.models or default_models()
-    overrides = {key: ast.literal_eval(value) if value[:1] in "[{0123456789-.TF" else value
-                 for key, value in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(args.set)
     dataset = "sports" if args.sports else args.dataset
     out = args.out or os.path.join(REPO, "results", f"zoo_{dataset}.md")
     jsonl = os.path.splitext(out)[0] + ".jsonl"
@@ -193,7 +229,8 @@ def main(argv=None):
     workdir = os.path.join(REPO, "log", "zoo")
     os.makedirs(workdir, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    command = "python benchmarks/zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = page_command("zoo.py", argv if argv is not None else sys.argv[1:],
+                           models_in_table(models, records), default_models())
 
     def one(job):
         model, seed = job

@@ -1,0 +1,62 @@
+"""The result pages of ``benchmarks/zoo.py`` and ``benchmarks/guider_any_student.py``: a command
+for a few models rewrites its page without dropping the rows earlier commands wrote, and the
+page names the command that regenerates all of it."""
+import importlib.util
+import json
+import os
+import sys
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def load(name):
+    sys.path.insert(0, BENCH)
+    try:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(BENCH)
+
+
+zoo = load("zoo")
+any_student = load("guider_any_student")
+
+
+def zoo_record(model, seed, recall):
+    return {"model": model, "dataset": "synthetic", "seed": seed, "overrides": {"epochs": 30}, "status": "ok",
+            "valid_recall@20": recall, "valid_ndcg@20": recall / 2, "test_recall@20": recall,
+            "test_ndcg@20": recall / 2, "epochs_run": 30, "train_epoch_s": 1.0, "eval_s": 0.5, "peak_rss_mb": 500}
+
+
+def test_a_command_for_one_model_keeps_the_other_models_rows(tmp_path, monkeypatch):
+    out = str(tmp_path / "zoo_synthetic.md")
+    with open(os.path.splitext(out)[0] + ".jsonl", "w") as handle:
+        for model, recall in (("VBPR", 0.25), ("FREEDOM", 0.35)):
+            handle.write(json.dumps(zoo_record(model, 999, recall)) + "\n")
+    monkeypatch.setattr(zoo, "run_once", lambda model, *args: zoo_record(model, 999, 0.41))
+    zoo.main(["--models", "DRAGON", "--seeds", "999", "--set", "epochs=30", "--out", out])
+    rows = [line.split("|")[1].strip() for line in open(out) if line.startswith("| ") and "model" not in line]
+    assert rows == ["DRAGON", "FREEDOM", "VBPR"]
+    text = open(out).read()
+    assert "Command: `python benchmarks/zoo.py --seeds 999 --set epochs=30 --out " in text
+    assert "--models" not in text
+
+
+def test_the_command_keeps_models_outside_the_default_list():
+    argv = ["--models", "ItemKNN", "--jobs", "1"]
+    assert zoo.page_command("zoo.py", argv, ["ItemKNN"], ["BPR", "VBPR"]) == "python benchmarks/zoo.py " + " ".join(argv)
+    assert zoo.page_command("zoo.py", argv[:2], ["VBPR"], ["BPR", "VBPR"]) == "python benchmarks/zoo.py"
+
+
+def test_the_guider_page_keeps_every_model_it_has_records_for(tmp_path):
+    def record(model, method, recall):
+        return {"model": model, "noise": 0.0, "method": method, "seed": 1, "status": "ok", "seconds": 10,
+                "valid_recall@20": recall, "test_recall@20": recall, "extra": {}}
+
+    records = [record(m, method, r) for m, r in (("VBPR", 0.2), ("MGCN", 0.3)) for method in ("plain", "GUIDER")]
+    out = str(tmp_path / "page.md")
+    any_student.write_markdown(out, records, ["VBPR"], [0.0], "python benchmarks/guider_any_student.py", {})
+    rows = [line.split("|")[1].strip() for line in open(out) if line.startswith("| ") and "model" not in line]
+    assert rows == ["VBPR", "MGCN"]
