@@ -32,8 +32,17 @@ VBPR_VARIANTS = [
                                                    "guider_student_weight_decay": 1e-4}),
     ("KD: row transport between the batch's row sets (Eq. 9-15)", {"guider_kd": "ot"}),
 ]
-FREEDOM_VARIANTS = [VBPR_VARIANTS[5], ("KD: center rows (no scaling)", {"guider_kd_transform": "center"}),
-                    VBPR_VARIANTS[6], VBPR_VARIANTS[8], VBPR_VARIANTS[10]]
+
+def variants_named(*labels):
+    """The VBPR variants with these labels, in this order (a label that is not there: KeyError)."""
+    by_label = dict(VBPR_VARIANTS)
+    return [(label, by_label[label]) for label in labels]
+
+
+FREEDOM_VARIANTS = (variants_named("no teacher pre-training (Algorithm 1 from scratch)")
+                    + [("KD: center rows (no scaling)", {"guider_kd_transform": "center"})]
+                    + variants_named("KD: per-row KL (authors' HEAD)", "KD: none (teacher unused)",
+                                     "KD: row transport between the batch's row sets (Eq. 9-15)"))
 VARIANTS = ([("VBPR", label, switches) for label, switches in VBPR_VARIANTS]
             + [("FREEDOM", label, switches) for label, switches in FREEDOM_VARIANTS]
             + [("LightGCN", "teacher alone: LightGCN, lr 0.005, batch 8192, 80 epochs",
