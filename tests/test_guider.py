@@ -587,3 +587,40 @@ def test_bad_weighting_values_are_a_config_error(run_config, key, value, wanted)
     with pytest.raises(ConfigError) as error:
         Config("VBPR", "synthetic", None, run_config(guider=True, **{key: value}))
     assert str(error.value) == f"{key} must be {wanted}, got {value!r}"
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_a_resumed_guider_run_keeps_its_teacher_split_and_kd_weight(run_config):
+    """The checkpoint carries the teacher, I_false and the auto KD weight: a resumed trainer
+    starts from them (no second teacher pre-training, the weight not reset to 1)."""
+    settings = dict(guider_teacher_pretrain_epochs=2, guider_warmup_epochs=0)
+    config, loaders, _, trainer = guider_setup(run_config, **settings)
+    trainer.pretrain_teacher(loaders[0])
+    trainer.kd_weight = trainer.kd_schedule.update(0.5, 0.4)  # the student caught up: 1 -> 0.1
+    assert trainer.kd_weight == pytest.approx(0.1) and trainer.false_keys is not None
+    trainer._save_checkpoint(0, verbose=False)
+
+    _, loaders, _, resumed = guider_setup(run_config, **settings, seed=config["seed"] + 1)
+    fresh_teacher = {k: v.clone() for k, v in resumed.teacher.state_dict().items()}
+    resumed.resume_checkpoint(trainer.saved_model_file)
+    resumed.pretrain_teacher(loaders[0])  # already done: trains nothing
+    assert resumed.teacher_epochs == 2
+    assert resumed.kd_weight == pytest.approx(0.1) and resumed.kd_schedule.best == 0.5
+    assert torch.equal(resumed.false_keys, trainer.false_keys)
+    for key, value in trainer.teacher.state_dict().items():
+        assert torch.equal(resumed.teacher.state_dict()[key], value), key
+    assert any(not torch.equal(fresh_teacher[k], v) for k, v in trainer.teacher.state_dict().items())
+    assert resumed.calibration_history == trainer.calibration_history
+
+
+def test_guider_state_waits_for_the_teacher_when_resumed_before_fit(run_config):
+    config, loaders, model, trainer = guider_setup(run_config, guider_teacher_pretrain_epochs=1)
+    trainer.pretrain_teacher(loaders[0])
+    trainer._save_checkpoint(0, verbose=False)
+    unbuilt = GUIDERTrainer(config, model)  # as run_recbole_mm does: resume, then fit builds the teacher
+    unbuilt.resume_checkpoint(trainer.saved_model_file)
+    assert unbuilt.teacher is None
+    unbuilt._setup(loaders[0])
+    assert unbuilt.teacher_epochs == 1
+    for key, value in trainer.teacher.state_dict().items():
+        assert torch.equal(unbuilt.teacher.state_dict()[key], value), key

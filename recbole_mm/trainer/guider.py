@@ -48,8 +48,10 @@ then, per epoch:
    (:class:`~recbole_mm.trainer.guider_ops.SafeKDWeight`): a student stronger than its teacher
    is not held at the teacher's level.
 
-Evaluation and checkpoints concern the student only (``guider_eval_teacher`` also scores the
-teacher at each evaluation). Every student must be a general model with pairwise
+Evaluation concerns the student only (``guider_eval_teacher`` also scores the teacher at each
+evaluation). A checkpoint holds the student and, under ``"guider"``, the trainer's own state (the
+teacher and its optimiser, teacher epochs, I_false, the KD weight and its schedule):
+``resume_checkpoint`` goes on from there without pre-training the teacher again. Every student must be a general model with pairwise
 (u, i⁺, i⁻) training data, or with positive-only (u, i) batches (``train_neg_sample_args`` off,
 as BM3 trains): the teacher and ``ot_pairs`` then draw one negative per row themselves, as
 MMRec's sampler does (uniform over the items seen in training, redrawn while the user has
@@ -136,6 +138,7 @@ class GUIDERTrainer(MultiModalTrainer):
         self.warmup_epochs = max(0, int(config["guider_warmup_epochs"] or 0))
         self.logger = getLogger()
         self.teacher = None
+        self._resumed_state = None  # the "guider" part of a resumed checkpoint, applied once the teacher exists
         self.false_keys = None  # sorted keys of I_false (None before the first calibration)
         self.calibration_history = []
         self.teacher_epochs = 0  # teacher epochs trained so far, pre-training included
@@ -201,6 +204,9 @@ class GUIDERTrainer(MultiModalTrainer):
             self.negative_candidates = torch.unique(self.train_items)
             self.train_keys = torch.sort(self.train_users * self.n_items + self.train_items).values
         self._setup_modalities(dataset)
+        if self._resumed_state is not None:
+            self.load_guider_state(self._resumed_state)
+            self._resumed_state = None
         self.logger.info(f"GUIDER: teacher {type(self.teacher).__name__}, KD {self.kd_mode}, DBPR {self.use_dbpr}, "
                          f"AMSC {self.use_amsc}, {len(self.train_users)} train interactions")
 
@@ -244,6 +250,43 @@ class GUIDERTrainer(MultiModalTrainer):
         self.pair_similarity = None
         if self.use_amsc and self.modalities:
             self.pair_similarity = ops.UserPairSimilarity.build(self.train_users, self.modalities, self.train_items)
+
+    # ------------------------------------------------------------------ checkpoints
+    def guider_state(self):
+        """What a resumed run needs beyond the student: the teacher (weights, optimiser, epochs),
+        I_false and the KD weight with its schedule."""
+        schedule = None if self.kd_schedule is None else dict(vars(self.kd_schedule))
+        return {"teacher": None if self.teacher is None else self.teacher.state_dict(),
+                "teacher_optimizer": None if self.teacher is None else self.teacher_optimizer.state_dict(),
+                "teacher_epochs": self.teacher_epochs, "false_keys": self.false_keys,
+                "kd_weight": self.kd_weight, "kd_schedule": schedule,
+                "calibration_history": list(self.calibration_history)}
+
+    def load_guider_state(self, state):
+        """Restore :meth:`guider_state` into this trainer, whose teacher is built."""
+        if state["teacher"] is not None:
+            self.teacher.load_state_dict(state["teacher"])
+            self.teacher_optimizer.load_state_dict(state["teacher_optimizer"])
+        self.teacher_epochs = state["teacher_epochs"]
+        self.false_keys = None if state["false_keys"] is None else state["false_keys"].to(self.device)
+        self.kd_weight = state["kd_weight"]
+        if self.kd_schedule is not None and state["kd_schedule"] is not None:
+            vars(self.kd_schedule).update(state["kd_schedule"])
+        self.calibration_history = list(state["calibration_history"])
+
+    def checkpoint_extras(self):
+        """``"guider"``: :meth:`guider_state`, beside the student's checkpoint."""
+        return {"guider": self.guider_state()}
+
+    def resume_checkpoint(self, resume_file):
+        """The student's resume; the GUIDER state is restored when ``fit`` has built the teacher
+        (a checkpoint without it, e.g. of a plain run, starts GUIDER afresh)."""
+        super().resume_checkpoint(resume_file)
+        checkpoint = torch.load(str(resume_file), map_location="cpu", weights_only=False)
+        self._resumed_state = checkpoint.get("guider")
+        if self._resumed_state is not None and self.teacher is not None:
+            self.load_guider_state(self._resumed_state)
+            self._resumed_state = None
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._setup(train_data)

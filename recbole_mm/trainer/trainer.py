@@ -222,8 +222,8 @@ class MultiModalTrainer(Trainer):
         )
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        """RecBole's checkpoint (config, epoch, weights, optimiser) plus ``run_id``, written
-        atomically (:func:`~recbole_mm.files.atomic_torch_save`)."""
+        """RecBole's checkpoint (config, epoch, weights, optimiser) plus ``run_id`` and
+        :meth:`checkpoint_extras`, written atomically (:func:`~recbole_mm.files.atomic_torch_save`)."""
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
@@ -236,10 +236,15 @@ class MultiModalTrainer(Trainer):
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
+            **self.checkpoint_extras(),
         }
         atomic_torch_save(state, saved_model_file, pickle_protocol=4)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def checkpoint_extras(self):
+        """Entries a trainer adds to its checkpoints (none here; GUIDER's state in its trainer)."""
+        return {}
 
     def resume_checkpoint(self, resume_file):
         """RecBole's resume; the run continues under the id of the checkpoint it resumes (``None``
