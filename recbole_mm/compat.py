@@ -43,6 +43,12 @@ call sites, and covered by a test in ``tests/test_compat.py`` that fails without
    starting together (``log/``, ``saved/``) race, and the loser dies with ``FileExistsError``.
    The copies imported by RecBole's logger, trainer and data utilities become
    ``os.makedirs(path, exist_ok=True)``.
+12. ``lazy_sklearn_metrics``: ``recbole.evaluator.metrics`` imports ``sklearn.metrics`` (for
+   AUC, MAE and RMSE only), which pulls in scikit-learn and ``scipy.stats``: about 70 MB of
+   resident memory in every run, and a second of start-up, for metrics a top-k run never
+   computes. While RecBole's metrics module is imported, ``sklearn.metrics`` is a stand-in
+   whose three functions import the real module at their first call; the stand-in is then
+   removed, so any later ``import sklearn.metrics`` gets scikit-learn itself.
 """
 import functools
 import os
@@ -54,6 +60,35 @@ import scipy.sparse as sp
 import torch
 
 _APPLIED = False
+
+
+def _deferred(name):
+    """A function that imports ``sklearn.metrics`` at its first call and calls its ``name``."""
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module("sklearn.metrics"), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def patch_lazy_sklearn_metrics():
+    """Import ``recbole.evaluator.metrics`` against a stand-in ``sklearn.metrics`` (no-op when
+    either is imported already)."""
+    import sys
+
+    if "recbole.evaluator.metrics" in sys.modules or "sklearn.metrics" in sys.modules:
+        return
+    stand_in = types.ModuleType("sklearn.metrics")
+    for name in ("auc", "mean_absolute_error", "mean_squared_error"):
+        setattr(stand_in, name, _deferred(name))
+    sys.modules["sklearn.metrics"] = stand_in
+    try:
+        import recbole.evaluator.metrics  # noqa: F401
+    finally:
+        if sys.modules.get("sklearn.metrics") is stand_in:
+            del sys.modules["sklearn.metrics"]
 
 
 def patch_numpy_aliases():
@@ -234,6 +269,7 @@ def apply_patches():
     global _APPLIED
     if _APPLIED:
         return
+    patch_lazy_sklearn_metrics()  # first: before anything imports RecBole's evaluator
     patch_numpy_aliases()
     patch_trusted_checkpoint_load()
     patch_dok_update()

@@ -66,3 +66,20 @@ def test_importing_the_plugin_never_imports_ray():
         "assert 'ray' not in sys.modules, 'ray was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_a_top_k_run_never_imports_scikit_learn():
+    """RecBole's evaluator and POT import scikit-learn (and scipy.stats: ~70 MB resident); a run
+    that needs neither AUC/MAE/RMSE nor Sinkhorn gets through without it, and RecBole's AUC still
+    computes (importing it then)."""
+    code = (
+        "import sys, recbole_mm, recbole_mm.quick_start, recbole_mm.trainer, recbole_mm.data;"
+        "import recbole.evaluator.metrics as metrics;"
+        "assert 'sklearn' not in sys.modules, 'scikit-learn was imported';"
+        "assert metrics.sk_auc([0.0, 1.0], [0.0, 1.0]) == 0.5 and 'sklearn.metrics' in sys.modules;"
+        "import sklearn.metrics; assert sklearn.metrics.__file__.endswith('__init__.py')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": REPO_ROOT})
+    assert done.returncode == 0, done.stderr[-2000:]
+

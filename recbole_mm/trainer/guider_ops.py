@@ -11,8 +11,11 @@ wires them into training.
 
 Interactions are identified by the key ``user * n_items + item`` (int64), sorted where a
 function says so; every function is vectorised over users and interactions.
+
+POT (``ot``) is imported by the two functions that call its Sinkhorn, not here: it imports
+scikit-learn and ``scipy.stats`` (about 70 MB resident), which a run without transport
+(``guider_kd: matched``, the default, or no GUIDER at all) never needs.
 """
-import ot
 import torch
 import torch.nn.functional as F
 
@@ -355,6 +358,8 @@ def sinkhorn_plan(teacher_logits, student_logits, reg, n_iterations=100, stop=1e
     cost = (teacher_logits[:, None] - student_logits[None, :]) ** 2
     a = torch.softmax(teacher_logits.to(dtype), 0)
     b = torch.softmax(student_logits.to(dtype), 0)
+    import ot
+
     plan = ot.sinkhorn(a, b, cost.to(dtype), reg, method="sinkhorn_log", numItermax=n_iterations, stopThr=stop,
                        warn=False)
     return plan, cost
@@ -401,6 +406,8 @@ def _entropic_plan(cost, reg, n_iterations):
     n, m = cost.shape
     a = torch.full((n,), 1.0 / n, dtype=cost.dtype, device=cost.device)
     b = torch.full((m,), 1.0 / m, dtype=cost.dtype, device=cost.device)
+    import ot
+
     return ot.sinkhorn(a, b, cost.detach(), reg, method="sinkhorn_log", numItermax=n_iterations, stopThr=1e-6,
                        warn=False)
 
