@@ -243,6 +243,7 @@ OPTIONAL_IMPORTS = {
     "ray",                  # extra "ray": the hyper-parameter search on Ray Tune
     "torch_scatter",        # extra "scatter": model.layers falls back to torch without it
     "orjson",               # prepare: faster review dumps, json without it
+    "sklearn",              # RecBole's dependency: its AUC / MAE / RMSE, imported at their first call (compat patch 12)
 }
 
 
