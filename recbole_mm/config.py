@@ -462,6 +462,10 @@ def value_checks():
         "mentor_user_graph": boolean(),
         "slmrec_stale_eval_quirk": boolean(),
         "modality_latent_dim": mapping(),
+        "kl_weight": non_negative,
+        "neighbor_weight": non_negative,
+        "damrs_behaviour_k": count,
+        "damrs_behaviour_min_count": count,
     }
     return {"recbole": recbole, "plugin": plugin, "model": model}
 

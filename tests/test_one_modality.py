@@ -15,7 +15,8 @@ from recbole_mm.utils import get_model
 ONE_MODALITY_MODELS = ["FREEDOM", "BM3", "LATTICE", "VBPR", "GRCN", "MMGCN", "DRAGON", "SLMRec", "LIRDRec"]
 # model -> words of the reason its error gives
 NEEDS_BOTH = {"MGCN": "UnboundLocalError", "LGMRec": "hypergraph views", "MICRO": "CRIPAC-DIG/MICRO",
-              "MENTOR": "Jinfeng-Xu/MENTOR", "COHESION": "Jinfeng-Xu/COHESION", "VLIF": "synergy"}
+              "MENTOR": "Jinfeng-Xu/MENTOR", "COHESION": "Jinfeng-Xu/COHESION", "VLIF": "synergy",
+              "DAMRS": "AttributeError"}
 NEEDS_CLIP = ["NFVLM", "CLIPMLP"]
 TINY = {"seed": 5, "n_users": 120, "n_items": 80, "mean_interactions": 10}
 
@@ -86,7 +87,7 @@ def test_models_whose_reference_needs_both_say_so(data_root, tmp_path, model_nam
         Config(model_name, f"only_{modality}", None, one_modality_config(data_root, tmp_path, modality))
 
 
-@pytest.mark.parametrize("model_name", ["MENTOR", "COHESION", "VLIF"])
+@pytest.mark.parametrize("model_name", ["MENTOR", "COHESION", "VLIF", "DAMRS"])
 def test_models_without_a_one_modality_variant_refuse_a_given_one(data_root, tmp_path, model_name):
     """Where no one-modality variant exists here either, ``modalities: [text]`` given is refused too."""
     config = Config(model_name, "only_text", None, {**one_modality_config(data_root, tmp_path, "text"),

@@ -285,25 +285,40 @@ def item_knn_graph(features, weights, k, weighted=False, cache_dir=None, budget_
     active = {name: float(w) for name, w in sorted(weights.items()) if float(w) != 0.0}
     device = next(iter(features.values())).device
     n_items = next(iter(features.values())).shape[0]
-    cache_path = None
+
+    def build():
+        graph = None
+        for name, weight in active.items():
+            part = knn_graph(features[name][1:], k, weighted, budget_elements)
+            part = torch.sparse_coo_tensor(part.indices() + 1, weight * part.values(), (n_items, n_items))
+            graph = part if graph is None else graph + part
+        if graph is None:
+            graph = torch.sparse_coo_tensor(torch.zeros((2, 0), dtype=torch.long), torch.zeros(0), (n_items, n_items))
+        return graph.coalesce()
+
+    key = {"k": int(k), "weighted": bool(weighted), "weights": active,
+           "digests": {name: tensor_digest(features[name]) for name in active}}
+    return cached_graph(cache_dir, "knn", key, n_items, build).to(device)
+
+
+def cached_graph(cache_dir, prefix, key, n_nodes, build):
+    """The sparse (n_nodes x n_nodes) graph ``build()`` returns, stored in ``cache_dir`` (when
+    given) as ``<prefix>_<hash of key>.pt`` and read back from there next time (see
+    :func:`store_cached_graph`, :func:`load_cached_graph`). ``key`` (a JSON-able dict) must
+    hold every parameter and a content hash of every input the graph depends on.
+
+    Returns:
+        coalesced sparse float32 tensor (CPU when read from the cache, else where ``build`` put it).
+    """
+    cache_path = cache_key = None
     if cache_dir:
-        key = {
-            "version": KNN_CACHE_VERSION, "k": int(k), "weighted": bool(weighted), "weights": active,
-            "digests": {name: tensor_digest(features[name]) for name in active},
-        }
-        cache_key = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        cache_path = os.path.join(cache_dir, f"knn_{cache_key}.pt")
-        cached = load_cached_graph(cache_path, n_items, cache_key)
+        cache_key = hashlib.sha1(json.dumps({"version": KNN_CACHE_VERSION, **key}, sort_keys=True)
+                                 .encode()).hexdigest()[:20]
+        cache_path = os.path.join(cache_dir, f"{prefix}_{cache_key}.pt")
+        cached = load_cached_graph(cache_path, n_nodes, cache_key)
         if cached is not None:
-            return cached.to(device)
-    graph = None
-    for name, weight in active.items():
-        part = knn_graph(features[name][1:], k, weighted, budget_elements)
-        part = torch.sparse_coo_tensor(part.indices() + 1, weight * part.values(), (n_items, n_items))
-        graph = part if graph is None else graph + part
-    if graph is None:
-        graph = torch.sparse_coo_tensor(torch.zeros((2, 0), dtype=torch.long), torch.zeros(0), (n_items, n_items))
-    graph = graph.coalesce().to(device)
+            return cached
+    graph = build().coalesce()
     if cache_path:
         store_cached_graph(cache_path, graph, cache_key)
     return graph
@@ -542,3 +557,115 @@ class UserGraphSampler:
         rows = torch.arange(self.n_users, device=device).unsqueeze(1).expand_as(columns)
         indices = torch.stack([rows[keep], columns[keep]])
         return torch.sparse_coo_tensor(indices, weights[keep], (self.n_users, self.n_users)).coalesce()
+
+
+def consistent_knn_neighbours(features, k, budget_elements=2 ** 26):
+    r"""kNN item lists kept only where every modality agrees (DA-MRS's denoised item–item graphs).
+
+    With :math:`S_m` the cosine-similarity matrix of modality m and :math:`\bar S_m` the mean of
+    all its n² entries (self-similarities included), a pair (i, j) is *consistent* when
+    :math:`S_m[i, j] \ge \bar S_m` for every m. Each row keeps, per modality, the
+    :math:`\min(k, c_i)` consistent pairs of largest :math:`S_m[i, \cdot]`, :math:`c_i` = the
+    number of consistent pairs of row i (so every modality keeps the same count; row i itself is
+    consistent, its cosine being 1).
+
+    The mean is :math:`\lVert \sum_i \hat f_i \rVert^2 / n^2` (no n x n matrix); the rows are
+    scored in chunks of ``budget_elements // (M n)`` rows.
+
+    Args:
+        features: dict modality -> float tensor (n, d_m), the same n rows for every modality.
+        k: neighbours per row at most.
+
+    Returns:
+        (rows, columns): dict modality -> int64 tensor (E,) each, E = Σ_i min(k, c_i), on the
+        features' device.
+    """
+    names = sorted(features)
+    n_rows = features[names[0]].shape[0]
+    if not 1 <= k <= n_rows:
+        raise ConfigError(f"knn k must lie in [1, {n_rows}], got {k}")
+    units = {name: F.normalize(features[name].float(), dim=1) for name in names}
+    means = {name: float(units[name].double().sum(0).square().sum() / n_rows ** 2) for name in names}
+    chunk = _row_chunk(n_rows * len(names), budget_elements)
+    rows, columns = [], {name: [] for name in names}
+    for start in range(0, n_rows, chunk):
+        sims = {name: units[name][start:start + chunk] @ units[name].T for name in names}
+        consistent = torch.stack([sims[name] >= means[name] for name in names]).all(dim=0)
+        kept = consistent.sum(dim=1).clamp_max(k)
+        take = torch.arange(k, device=kept.device) < kept[:, None]  # (chunk x k): the first min(k, c_i)
+        for name in names:
+            top = torch.topk(sims[name].masked_fill_(~consistent, float("-inf")), k, dim=1).indices
+            columns[name].append(top[take])
+        rows.append((torch.arange(len(kept), device=kept.device) + start).repeat_interleave(kept))
+        del sims, consistent
+    rows = torch.cat(rows)
+    return {name: rows for name in names}, {name: torch.cat(columns[name]) for name in names}
+
+
+def consistent_knn_graphs(features, k, cache_dir=None, budget_elements=2 ** 26):
+    r"""DA-MRS's denoised item–item graph of each modality (Xu et al., KDD 2024; MMRec ``DAMRS``).
+
+    The edges of :func:`consistent_knn_neighbours`, weight 1, normalised with the **row** degree
+    on both sides, :math:`\tilde S_{ij} = 1/\sqrt{d_i d_j}` (MMRec's
+    ``compute_normalized_laplacian``). Row and column 0 (RecBole's padding item) are left empty;
+    each graph is cached in ``cache_dir`` as :func:`item_knn_graph` caches its graphs.
+
+    Args:
+        features: dict modality -> float tensor (n_items, d_m), row 0 = padding.
+        k: neighbours per item at most.
+
+    Returns:
+        dict modality -> sparse float32 tensor, n_items x n_items, on the features' device.
+    """
+    names = sorted(features)
+    device = features[names[0]].device
+    n_items = features[names[0]].shape[0]
+    digests = {name: tensor_digest(features[name]) for name in names}
+    built = {}
+
+    def build(name):
+        if not built:
+            rows, columns = consistent_knn_neighbours({m: features[m][1:] for m in names}, k, budget_elements)
+            for m in names:
+                ones = torch.ones(len(rows[m]), device=device)
+                values = symmetric_edge_weights(rows[m] + 1, columns[m] + 1, ones, n_items)
+                built[m] = torch.sparse_coo_tensor(torch.stack([rows[m] + 1, columns[m] + 1]), values,
+                                                   (n_items, n_items))
+        return built[name]
+
+    return {name: cached_graph(cache_dir, "consistent_knn", {"k": int(k), "modality": name, "digests": digests},
+                               n_items, lambda name=name: build(name)).to(device) for name in names}
+
+
+def cooccurrence_item_graph(inter_matrix, top_k, min_count, cache_dir=None):
+    r"""DA-MRS's item–item behaviour graph (its ``item_graph_dict_<top_k>.npy``, built offline by the
+    authors' ``build_iib_graph.py``; here from the train split at start-up).
+
+    Item i links to itself and to its ``top_k`` items of largest co-interaction count
+    :math:`C_{ij} = |\mathcal N_i \cap \mathcal N_j|` (i ≠ j, users in common), among those with
+    :math:`C_{ij} \ge` ``min_count``; the edges have weight 1 (the reference stores the counts in
+    its file but builds the graph from the indices alone) and are normalised with the row degree
+    on both sides, :math:`1/\sqrt{d_i d_j}`. Padding item 0 (no interactions) has an empty row.
+    Cached in ``cache_dir`` under the parameters and a hash of the train edges.
+
+    Args:
+        inter_matrix: scipy sparse (U x I) train interactions.
+
+    Returns:
+        sparse float32 tensor, I x I (CPU).
+    """
+    n_items = inter_matrix.shape[1]
+    users, items = interaction_edges(inter_matrix)
+
+    def build():
+        neighbours, counts = user_cooccurrence_neighbours(inter_matrix.T, top_k)
+        keep = counts >= min_count
+        rows = torch.arange(n_items).unsqueeze(1).expand_as(neighbours)[keep]
+        loops = torch.arange(1, n_items)
+        rows, columns = torch.cat([loops, rows]), torch.cat([loops, neighbours[keep]])
+        values = symmetric_edge_weights(rows, columns, torch.ones(len(rows)), n_items)
+        return torch.sparse_coo_tensor(torch.stack([rows, columns]), values, (n_items, n_items))
+
+    key = {"top_k": int(top_k), "min_count": float(min_count), "edges": tensor_digest(torch.stack([users, items])),
+           "shape": list(inter_matrix.shape)}
+    return cached_graph(cache_dir, "cooccurrence", key, n_items, build)

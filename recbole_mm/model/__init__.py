@@ -7,6 +7,7 @@ from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.bm3 import BM3
 from recbole_mm.model.clipmlp import CLIPMLP
 from recbole_mm.model.cohesion import COHESION
+from recbole_mm.model.damrs import DAMRS
 from recbole_mm.model.dragon import DRAGON
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
@@ -32,6 +33,7 @@ __all__ = [
     "BM3",
     "CLIPMLP",
     "COHESION",
+    "DAMRS",
     "DRAGON",
     "FREEDOM",
     "GRCN",
