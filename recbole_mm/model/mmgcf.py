@@ -11,9 +11,10 @@ Xavier-initialised), mean of layers 0..L (L = ``n_ui_layers``):
 :math:`[e_u; e_i] = \frac{1}{L+1}\sum_{l=0}^{L} \hat A^l E^{(0)}`.
 
 **Content part.** Each modality's frozen raw features :math:`x_m` (I x d_m) are projected,
-:math:`f_m = W_m x_m + b_m` (I x f, f = ``feat_embed_dim``). MMRec's ``v_feat`` and ``t_feat``
-are the ``modalities`` here, in their configured order (``[image, text]`` by default, MMRec's
-order); with one modality the model runs as MMRec's does without the other file.
+:math:`f_m = W_m x_m + b_m` (I x f, f = ``feat_embed_dim``; by default ``~``, read as
+``embedding_size``: MMRec's yaml sets both to 64). MMRec's ``v_feat`` and ``t_feat`` are the
+``modalities`` here, in their configured order (``[image, text]`` by default, MMRec's order);
+with one modality the model runs as MMRec's does without the other file.
 
 **Late fusion of the item side** (users are LightGCN's :math:`e_u` alone). A fusion
 :math:`\Phi` of a list of (I x ·) tensors is, by ``fusion_mode``: ``mean`` (element-wise
@@ -77,7 +78,8 @@ class MMGCF(MultiModalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.require_features()
-        d, f = self.embedding_size, config["feat_embed_dim"]
+        d = self.embedding_size
+        f = d if config["feat_embed_dim"] is None else config["feat_embed_dim"]
         self.n_ui_layers = config["n_ui_layers"]
         self.reg_weight = config["reg_weight"]
         self.fusion_mode = config["fusion_mode"]
