@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.loss import install_denoising_loss
 from recbole_mm.model.mmgcf import MMGCF
 from tests.conftest import build_model, train_steps
 
@@ -131,6 +132,19 @@ def test_loss_is_mean_bpr_plus_reg_on_ego_rows(run_config):
            + model.item_id_embedding[neg].norm() ** 2) / (2 * len(users))
     expected = -torch.nn.functional.logsigmoid(margin).mean() + 0.3 * reg
     assert torch.allclose(model.calculate_loss(batch), expected, rtol=1e-5)
+
+
+def test_the_bpr_term_is_the_replaceable_bpr_loss(run_config):
+    """``denoise: tce | rce | bod`` swap the model's BPRLoss module: the loss must go through it."""
+    _, loaders, model = build(run_config, reg_weight=0.0)
+    batch = next(iter(loaders[0]))
+
+    class Constant(torch.nn.Module):
+        def forward(self, pos, neg):
+            return (pos - neg).sum() * 0 + 42.0
+
+    install_denoising_loss(model, Constant())
+    assert model.calculate_loss(batch).item() == 42.0
 
 
 def test_loss_falls_on_a_fixed_batch(run_config):

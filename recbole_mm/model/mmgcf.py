@@ -41,7 +41,9 @@ every epoch; 0: the full graph): FREEDOM's degree-sensitive draw, edges kept wit
 
 **Loss**: :math:`-\frac1B\sum \log\sigma(e_u\cdot h_{i^+} - e_u\cdot h_{i^-})` +
 ``reg_weight`` · :math:`\frac{1}{2B}(\|E_u[u]\|^2 + \|E_i[i^+]\|^2 + \|E_i[i^-]\|^2)` on the batch's
-*ego* rows only (not the projections, the gate or the concat layers).
+*ego* rows only (not the projections, the gate or the concat layers). The BPR term is RecBole's
+``BPRLoss`` (:math:`-\log(10^{-10} + \sigma(\cdot))`, MMRec's ``F.logsigmoid`` but for margins below
+-23) so that ``denoise: tce | rce | bod`` can replace it.
 
 The executed path of MMRec's code has no plain bug to keep behind a switch, so this port has no
 ``mmgcf_*_quirk``. What differs, none of it in the scores: MMRec also builds the concat layers
@@ -134,8 +136,7 @@ class MMGCF(MultiModalRecommender):
 
     def calculate_loss(self, interaction):
         users, pos, neg = interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        user_all, item_all = self.forward()
-        margin = (user_all[users] * (item_all[pos] - item_all[neg])).sum(dim=-1)
+        loss, _ = self.bpr_on_batch(interaction, *self.forward())
         squares = (self.user_embedding[users].square().sum() + self.item_id_embedding[pos].square().sum()
                    + self.item_id_embedding[neg].square().sum())
-        return -F.logsigmoid(margin).mean() + self.reg_weight * squares / (2 * len(users))
+        return loss + self.reg_weight * squares / (2 * len(users))
