@@ -29,3 +29,5 @@ SSL_TASKS = ("FAC",)  # ssl_task: model.slmrec
 FUSIONS = ("pid", "synergy", "weighted", "concat", "pooling")  # fusion: model.vlif
 EDGE_PRUNINGS = ("alternate", "degree", "random")  # edge_pruning: model.layergcn
 PGL_MODES = ("local", "global")  # mode: model.pgl
+MMGCF_FUSION_MODES = ("mean", "sum", "concat")  # fusion_mode: model.mmgcf
+MMGCF_WEIGHTINGS = ("equal", "alpha", "normalized")  # weighting: model.mmgcf

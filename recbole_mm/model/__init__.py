@@ -19,6 +19,7 @@ from recbole_mm.model.lirdrec import LIRDRec
 from recbole_mm.model.mentor import MENTOR
 from recbole_mm.model.mgcn import MGCN
 from recbole_mm.model.micro import MICRO
+from recbole_mm.model.mmgcf import MMGCF
 from recbole_mm.model.mmgcn import MMGCN
 from recbole_mm.model.nfvlm import NFVLM
 from recbole_mm.model.pgl import PGL
@@ -45,6 +46,7 @@ __all__ = [
     "MENTOR",
     "MGCN",
     "MICRO",
+    "MMGCF",
     "MMGCN",
     "NFVLM",
     "PGL",
