@@ -461,6 +461,9 @@ def value_checks():
         "mentor_shared_perturbed_encoder": boolean(),
         "mentor_user_graph": boolean(),
         "slmrec_stale_eval_quirk": boolean(),
+        "aggr_mode": choice(["add", "mean"]),
+        "dualgnn_user_fusion_quirk": boolean(),
+        "dualgnn_padding_quirk": boolean(),
         "modality_latent_dim": mapping(),
     }
     return {"recbole": recbole, "plugin": plugin, "model": model}

@@ -8,6 +8,7 @@ from recbole_mm.model.bm3 import BM3
 from recbole_mm.model.clipmlp import CLIPMLP
 from recbole_mm.model.cohesion import COHESION
 from recbole_mm.model.dragon import DRAGON
+from recbole_mm.model.dualgnn import DualGNN
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
 from recbole_mm.model.itemknncbf import ItemKNNCBF
@@ -33,6 +34,7 @@ __all__ = [
     "CLIPMLP",
     "COHESION",
     "DRAGON",
+    "DualGNN",
     "FREEDOM",
     "GRCN",
     "ItemKNNCBF",
