@@ -464,6 +464,7 @@ def value_checks():
         "aggr_mode": choice(["add", "mean"]),
         "dualgnn_user_fusion_quirk": boolean(),
         "dualgnn_padding_quirk": boolean(),
+        "dualgnn_stale_eval_quirk": boolean(),
         "modality_latent_dim": mapping(),
     }
     return {"recbole": recbole, "plugin": plugin, "model": model}

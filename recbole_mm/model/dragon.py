@@ -17,7 +17,7 @@ Zhou et al., ECAI 2023, as MMRec implements it (``src/models/dragon.py`` of enoc
   \sum_m \mathrm{mean}(p_{m,u}^2) + \lambda\, \mathrm{mean}(w^2)` (MMRec's base-2 log), λ =
   ``reg_weight``.
 
-Subclasses (VLIF) change the branch inputs (:meth:`branch_features`), how the branch outputs
+Subclasses (VLIF, MENTOR, DualGNN) change the branch inputs (:meth:`branch_features`), how the branch outputs
 are combined (:meth:`fuse`) and add loss terms (:meth:`auxiliary_loss`).
 """
 import math
@@ -164,6 +164,7 @@ class DRAGON(MultiModalRecommender):
     def calculate_loss(self, interaction):
         users = interaction[self.USER_ID]
         user_all, item_all = self.forward()
+        self.remember_representations(user_all, item_all)  # a no-op unless a stale-evaluation quirk is on
         user_e = user_all[users]
         pos = (user_e * item_all[interaction[self.ITEM_ID]]).sum(-1)
         neg = (user_e * item_all[interaction[self.NEG_ITEM_ID]]).sum(-1)
