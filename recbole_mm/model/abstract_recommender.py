@@ -55,6 +55,9 @@ class MultiModalRecommender(GeneralRecommender):
     scoring rule overrides :meth:`score_users`. :meth:`score_rows` gives the same scores with
     gradient, outside the cache (GUIDER's distillation).
 
+    A model whose reference ranks with the last training forward's representations offers that
+    as a switch through :meth:`setup_stale_evaluation` and :meth:`remember_representations`.
+
     Per-epoch work goes into :meth:`pre_epoch_processing`, which
     :class:`~recbole_mm.trainer.MultiModalTrainer` calls at the start of every epoch.
     """
