@@ -77,6 +77,18 @@ def train_steps(model, batch, steps, lr=1e-3, before_step=None):
     return losses
 
 
+def train_steps_one_thread(model, batch, steps, lr=1e-3):
+    """:func:`train_steps` on one thread: Adam's first step moves every element by ±lr, so a
+    rounding-level gradient whose sign depends on a multi-threaded summation order would move
+    by 2 lr (for tests that compare two models' updates exactly)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_steps(model, batch, steps, lr=lr)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_each(root, models, dataset_name, config_files=None, **config):
     """``run_recbole_mm`` for each model on the same data, isolated in ``root`` (logs, data,
     checkpoints) with pytest's arguments kept out of RecBole's command-line parsing.

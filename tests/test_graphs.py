@@ -188,3 +188,33 @@ def test_user_graph_rows_sum_to_one_and_resample_each_epoch():
     assert np.all(counts[first > 0] > 0), "only co-interacting users are neighbours"
     draws = [sampler.sample(generator).to_dense().numpy() > 0 for _ in range(5)]
     assert any(not np.array_equal(draws[0], other) for other in draws[1:]), "a new draw each epoch"
+
+
+def test_user_graph_top_k_pads_short_lists_as_a_polya_urn():
+    """``top_k``: each user's first k neighbours, softmax of their counts; with ``pad`` (MMRec's
+    ``topk_sample``) a short list is filled to k by copying an entry drawn uniformly from the list
+    as it grows, and the softmax runs over the k entries."""
+    from recbole_mm.data.graphs import UserGraphSampler
+
+    # user 0 shares item 1 with user 1 and items 2, 3 with user 2; users 3..5 share items 4, 5 (two
+    # neighbours each, tied counts)
+    dense = np.zeros((6, 6), dtype=np.float32)
+    dense[0, [1, 2, 3]] = dense[1, 1] = 1
+    dense[2, [2, 3]] = 1
+    dense[3:6, 4] = dense[3:6, 5] = 1
+    sampler = UserGraphSampler(sp.coo_matrix(dense), k=4, stored=4)
+    plain = sampler.top_k().to_dense()
+    assert torch.allclose(plain[0, [2, 1]], torch.softmax(torch.tensor([2.0, 1.0]), 0))
+    assert plain[0].count_nonzero() == 2 and plain[1].tolist() == [1, 0, 0, 0, 0, 0]
+    generator = torch.Generator().manual_seed(0)
+    share = []
+    for _ in range(1500):
+        padded = sampler.top_k(pad=True, generator=generator).to_dense()
+        assert torch.equal(padded[1:3], plain[1:3]), "one neighbour: its copies keep weight 1"
+        assert set((padded[3:] * 4).round().flatten().tolist()) <= {0.0, 1.0, 2.0, 3.0}, "tied counts: m / 4"
+        ratio = padded[0, 2] / padded[0, 1] / np.e  # m_2 / m_1, with m_1 + m_2 = 4
+        share.append(int(round(4 * ratio.item() / (1 + ratio.item()))))
+    counts = np.bincount(share, minlength=4)[1:]
+    # Polya urn from (1, 1), two draws: m_2 = 1, 2, 3 each with probability 1/3
+    # (copies of the original entries only would give 1/4, 1/2, 1/4)
+    np.testing.assert_allclose(counts / 1500, [1 / 3] * 3, atol=0.05)

@@ -12,7 +12,8 @@ from recbole_mm.data import create_dataset, data_preparation
 from recbole_mm.errors import ConfigError
 from recbole_mm.utils import get_model
 
-ONE_MODALITY_MODELS = ["FREEDOM", "BM3", "LATTICE", "VBPR", "GRCN", "MMGCN", "DRAGON", "SLMRec", "LIRDRec", "MMGCF"]
+ONE_MODALITY_MODELS = ["FREEDOM", "BM3", "LATTICE", "VBPR", "GRCN", "MMGCN", "DRAGON", "DualGNN", "SLMRec", "LIRDRec",
+                       "MMGCF"]
 # model -> words of the reason its error gives
 NEEDS_BOTH = {"MGCN": "UnboundLocalError", "LGMRec": "hypergraph views", "MICRO": "CRIPAC-DIG/MICRO",
               "MENTOR": "Jinfeng-Xu/MENTOR", "COHESION": "Jinfeng-Xu/COHESION", "VLIF": "synergy",

@@ -12,7 +12,7 @@ from recbole.data.interaction import Interaction
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.slmrec import SLMRec
 from recbole_mm.trainer import GUIDERTrainer, MultiModalTrainer
-from tests.conftest import REPO_ROOT, build_model, train_each, train_steps
+from tests.conftest import REPO_ROOT, build_model, train_each, train_steps, train_steps_one_thread
 
 
 def build(run_config, **overrides):
@@ -185,19 +185,12 @@ def test_stale_eval_quirk_scores_with_the_last_training_forward(run_config):
         assert torch.equal(stale.full_sort_predict(all_users), fixed.eval().full_sort_predict(all_users)), \
             "before any training step: the fresh forward"
     losses = {}
-    threads = torch.get_num_threads()
     for name, model in (("fixed", fixed), ("stale", stale)):
         torch.manual_seed(0)
         model.train()
         with torch.no_grad():
             before = model.forward()
-        # one thread: Adam's first step moves every element by ±lr, so a rounding-level gradient
-        # whose sign depends on a multi-threaded summation order would move by 2 lr
-        torch.set_num_threads(1)
-        try:
-            losses[name] = train_steps(model, batch, 1, lr=0.05)
-        finally:
-            torch.set_num_threads(threads)
+        losses[name] = train_steps_one_thread(model, batch, 1, lr=0.05)
         model.eval()
         scores = model.full_sort_predict(all_users).view(model.n_users, -1)
         with torch.no_grad():

@@ -540,6 +540,36 @@ class UserGraphSampler:
         self.k = min(k, self.neighbours.shape[1])
         self.n_users = self.neighbours.shape[0]
 
+    def top_k(self, pad=False, generator=None):
+        r"""Every user's top-``k`` neighbours by co-interaction count, weighted by the softmax of
+        their counts (MMRec's ``topk_sample`` of DRAGON and DualGNN, without redrawing): sparse
+        (U x U) float32, row-stochastic where a user has neighbours, an empty row where not.
+
+        A user with 0 < n < k neighbours keeps its n, weights :math:`\mathrm{softmax}(c_{1..n})`;
+        with ``pad`` (MMRec's padding) its list is filled to k entries first, each new entry a
+        copy of an entry drawn uniformly from the list as it stands (so earlier copies can be
+        copied again, a Pólya urn), and the softmax runs over the k entries: neighbour j gets
+        :math:`m_j e^{c_j} / \sum_l m_l e^{c_l}` for its multiplicity :math:`m_j` — a random
+        reweighting, redrawn at each call. The k - n draws are vectorised over users."""
+        device = self.neighbours.device
+        logits = self.logits[:, :self.k]  # rows are sorted by decreasing count
+        slots = torch.arange(self.k, device=device).expand(self.n_users, self.k)
+        if pad and self.k > 1:
+            present = torch.isfinite(logits).sum(dim=1, keepdim=True)
+            source = slots.clone()  # the original slot each entry copies
+            for slot in range(1, self.k):
+                drawn = (torch.rand(self.n_users, 1, generator=generator, device=device) * slot).long()
+                fill = (slot >= present) & (present > 0)
+                source[:, slot:slot + 1] = torch.where(fill, source.gather(1, drawn), source[:, slot:slot + 1])
+            slots = source
+        logits = logits.gather(1, slots)
+        keep = torch.isfinite(logits)
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all -inf row -> zeros
+        columns = self.neighbours.gather(1, slots)
+        rows = torch.arange(self.n_users, device=device).unsqueeze(1).expand_as(logits)
+        indices = torch.stack([rows[keep], columns[keep]])
+        return torch.sparse_coo_tensor(indices, weights[keep], (self.n_users, self.n_users)).coalesce()
+
     def sample(self, generator=None):
         """This epoch's user–user matrix: sparse (U x U) float32, row-stochastic where a user
         has neighbours."""

@@ -9,6 +9,7 @@ from recbole_mm.model.clipmlp import CLIPMLP
 from recbole_mm.model.cohesion import COHESION
 from recbole_mm.model.damrs import DAMRS
 from recbole_mm.model.dragon import DRAGON
+from recbole_mm.model.dualgnn import DualGNN
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.grcn import GRCN
 from recbole_mm.model.itemknncbf import ItemKNNCBF
@@ -36,6 +37,7 @@ __all__ = [
     "COHESION",
     "DAMRS",
     "DRAGON",
+    "DualGNN",
     "FREEDOM",
     "GRCN",
     "ItemKNNCBF",

@@ -55,6 +55,9 @@ class MultiModalRecommender(GeneralRecommender):
     scoring rule overrides :meth:`score_users`. :meth:`score_rows` gives the same scores with
     gradient, outside the cache (GUIDER's distillation).
 
+    A model whose reference ranks with the last training forward's representations offers that
+    as a switch through :meth:`setup_stale_evaluation` and :meth:`remember_representations`.
+
     Per-epoch work goes into :meth:`pre_epoch_processing`, which
     :class:`~recbole_mm.trainer.MultiModalTrainer` calls at the start of every epoch.
     """
@@ -179,8 +182,32 @@ class MultiModalRecommender(GeneralRecommender):
         """All user and item representations: ((n_users x d), (n_items x d))."""
         raise NotImplementedError
 
+    def setup_stale_evaluation(self, enabled, user_width, item_width):
+        """MMRec's habit (``<model>_stale_eval_quirk``) of ranking with the representations of
+        the last training forward, computed before that step's optimiser update. ``enabled``
+        keeps them in buffers (detached, so a saved checkpoint carries the representation its
+        epoch was evaluated with) of (U x ``user_width``) and (I x ``item_width``); the model's
+        ``calculate_loss`` hands them over with :meth:`remember_representations`."""
+        self.stale_evaluation = bool(enabled)
+        if self.stale_evaluation:
+            self.register_buffer("stale_users", torch.zeros(self.n_users, user_width, device=self.device))
+            self.register_buffer("stale_items", torch.zeros(self.n_items, item_width, device=self.device))
+            self.register_buffer("stale_ready", torch.zeros((), dtype=torch.bool, device=self.device))
+
+    def remember_representations(self, user_all, item_all):
+        """Keep this training forward's (users, items) for evaluation when
+        :meth:`setup_stale_evaluation` enabled it (a no-op otherwise)."""
+        if getattr(self, "stale_evaluation", False):
+            with torch.no_grad():
+                self.stale_users.copy_(user_all)
+                self.stale_items.copy_(item_all)
+                self.stale_ready.fill_(True)
+
     def evaluation_representations(self):
-        """:meth:`forward` computed once per evaluation and reused for every user batch."""
+        """:meth:`forward` computed once per evaluation and reused for every user batch (with
+        stale evaluation, the last training forward's representations once there is one)."""
+        if getattr(self, "stale_evaluation", False) and not self.training and bool(self.stale_ready):
+            return self.stale_users, self.stale_items
         if self.training:
             return self.forward()
         if self._eval_cache is None:

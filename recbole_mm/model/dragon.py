@@ -17,7 +17,7 @@ Zhou et al., ECAI 2023, as MMRec implements it (``src/models/dragon.py`` of enoc
   \sum_m \mathrm{mean}(p_{m,u}^2) + \lambda\, \mathrm{mean}(w^2)` (MMRec's base-2 log), λ =
   ``reg_weight``.
 
-Subclasses (VLIF) change the branch inputs (:meth:`branch_features`), how the branch outputs
+Subclasses (VLIF, MENTOR, DualGNN) change the branch inputs (:meth:`branch_features`), how the branch outputs
 are combined (:meth:`fuse`) and add loss terms (:meth:`auxiliary_loss`).
 """
 import math
@@ -48,12 +48,16 @@ class DRAGON(MultiModalRecommender):
             for name, dim in self.branch_dims().items()
         })
         self.user_modality_weight = self.build_user_modality_weight(len(self.branches))
+        self.item_graph = self.build_item_graph(config)
+        self.build_user_graph(config)
+
+    def build_item_graph(self, config):
+        """The frozen kNN item–item graph G (a subclass without one, DualGNN, returns ``None``)."""
         image_weight = config["mm_image_weight"]
         present = [name for name in ("image", "text") if name in self.modality_features]
         weights = {"image": image_weight, "text": 1.0 - image_weight} if len(present) == 2 else \
             {present[0]: 1.0}  # one modality: its graph alone, as MMRec
-        self.item_graph = self.item_knn_graph(config["knn_k"], weights)
-        self.build_user_graph(config)
+        return self.item_knn_graph(config["knn_k"], weights)
 
     def build_user_graph(self, config):
         """The user–user co-occurrence sampler and the current graph (a subclass without a user
@@ -97,15 +101,9 @@ class DRAGON(MultiModalRecommender):
         or every user's top-``user_graph_k`` neighbours by co-interaction count with the
         softmax of their counts as weights (``fixed``: what the public VLIF code uses for
         every user with at least k neighbours)."""
-        sampler = self.user_graph_sampler
         if self.user_graph_sampling == "resample":
-            return sampler.sample()
-        logits = sampler.logits[:, :sampler.k]  # rows are sorted by decreasing count
-        keep = torch.isfinite(logits)
-        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)
-        rows = torch.arange(sampler.n_users, device=logits.device).unsqueeze(1).expand_as(logits)
-        indices = torch.stack([rows[keep], sampler.neighbours[:, :sampler.k][keep]])
-        return torch.sparse_coo_tensor(indices, weights[keep], (sampler.n_users, sampler.n_users)).coalesce()
+            return self.user_graph_sampler.sample()
+        return self.user_graph_sampler.top_k()
 
     def pre_epoch_processing(self):
         """Draw this epoch's user–user graph (nothing to do when it is fixed)."""
@@ -166,6 +164,7 @@ class DRAGON(MultiModalRecommender):
     def calculate_loss(self, interaction):
         users = interaction[self.USER_ID]
         user_all, item_all = self.forward()
+        self.remember_representations(user_all, item_all)  # a no-op unless a stale-evaluation quirk is on
         user_e = user_all[users]
         pos = (user_e * item_all[interaction[self.ITEM_ID]]).sum(-1)
         neg = (user_e * item_all[interaction[self.NEG_ITEM_ID]]).sum(-1)

@@ -127,10 +127,7 @@ class SLMRec(MultiModalRecommender):
         self.adjacency = FrozenSparse(self.normalized_adjacency(), symmetric=True)
         # no BPR anywhere: denoise: tce | rce | bod raise a clear error instead of doing nothing
         del self.bpr_loss
-        if self.stale_eval_quirk:
-            self.register_buffer("stale_users", torch.zeros(self.n_users, d, device=self.device))
-            self.register_buffer("stale_items", torch.zeros(self.n_items, d, device=self.device))
-            self.register_buffer("stale_ready", torch.zeros((), dtype=torch.bool, device=self.device))
+        self.setup_stale_evaluation(self.stale_eval_quirk, d, d)
 
     # ------------------------------------------------------------------ representations
     def branch_embeddings(self):
@@ -159,13 +156,6 @@ class SLMRec(MultiModalRecommender):
         """(z_U (U x d), z_I (I x d)): the fused representations SLMRec scores with."""
         return self.fuse(self.branch_embeddings())
 
-    def evaluation_representations(self):
-        """With ``slmrec_stale_eval_quirk``, the last training step's (z_U, z_I) (MMRec's stale
-        ``all_users`` / ``all_items``) once there is one; otherwise the base class's fresh forward."""
-        if self.stale_eval_quirk and not self.training and bool(self.stale_ready):
-            return self.stale_users, self.stale_items
-        return super().evaluation_representations()
-
     # ------------------------------------------------------------------ losses
     def fac_loss(self, item_branches):
         r"""FAC over the batch's items: (B x d) ID, first- and (optional) second-modality
@@ -183,11 +173,7 @@ class SLMRec(MultiModalRecommender):
         users, items = interaction[self.USER_ID], interaction[self.ITEM_ID]
         branches = self.branch_embeddings()
         user_all, item_all = self.fuse(branches)
-        if self.stale_eval_quirk:
-            with torch.no_grad():
-                self.stale_users.copy_(user_all)
-                self.stale_items.copy_(item_all)
-                self.stale_ready.fill_(True)
+        self.remember_representations(user_all, item_all)  # MMRec's stale all_users / all_items (quirk)
         loss = info_nce(user_all[users], item_all[items], self.cl_temperature)
         if self.ssl_weight:
             loss = loss + self.ssl_weight * self.fac_loss([branch_items[items] for _, branch_items in branches])
