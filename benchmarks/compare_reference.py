@@ -65,6 +65,9 @@ KEY_MAP = {
 }
 # models whose MMRec version reads user_graph_dict.npy (built offline there; here by user_graph_dict)
 USER_GRAPH_MODELS = ("DRAGON", "DualGNN", "VLIF", "MENTOR", "COHESION")
+# models whose reference reads an item-item co-interaction graph file (DA-MRS: the authors'
+# build_iib_graph.py --topk=2), here written by item_graph_dict: {model: (file, top k, min count)}
+ITEM_GRAPH_MODELS = {"DAMRS": ("item_graph_dict_2.npy", 2, 2)}
 # models whose reference hard-codes the feature widths: {model: (image width, text width)}; other
 # widths are brought to these by a fixed random projection (see fixed_width_features)
 FEATURE_WIDTHS = {"VLIF": (384, 384)}
@@ -254,6 +257,15 @@ def user_graph_dict(users, items, n_users, max_neighbours=200):
     counts = counts.astype(float)
     return {user: [cols[bounds[user]:bounds[user + 1]].tolist(), counts[bounds[user]:bounds[user + 1]].tolist()]
             for user in range(n_users)}
+
+
+def item_graph_dict(users, items, n_items, top_k, min_count):
+    """DA-MRS's item-item graph (its ``item_graph_dict_2.npy``): for every item, at most
+    ``top_k`` items sharing at least ``min_count`` train users with it, by decreasing count (ties
+    by item id): :func:`user_graph_dict` with the roles of users and items swapped."""
+    graph = user_graph_dict(items, users, n_items, max_neighbours=top_k)
+    return {item: [[j for j, c in zip(*pair) if c >= min_count], [c for c in pair[1] if c >= min_count]]
+            for item, pair in graph.items()}
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -458,6 +470,11 @@ def reference_command(args, kind, src, data, grid, values, unresolved):
     graph_file = os.path.join(data_root, name, "user_graph_dict.npy")
     if args.model in USER_GRAPH_MODELS and not os.path.exists(graph_file):
         np.save(graph_file, user_graph_dict(train_users, train_items, n_users), allow_pickle=True)
+    if args.model in ITEM_GRAPH_MODELS:
+        file_name, top_k, min_count = ITEM_GRAPH_MODELS[args.model]
+        n_items = int(max(train_items)) + 1
+        np.save(os.path.join(data_root, name, file_name),
+                item_graph_dict(train_users, train_items, n_items, top_k, min_count), allow_pickle=True)
     config = {"gpu_id": 0, "use_gpu": False, "data_path": data_root, "seed": [args.seed],
               "save_recommended_topk": False, "stopping_step": args.stopping_step,
               "valid_metric": "Recall@20"}

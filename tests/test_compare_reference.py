@@ -113,6 +113,23 @@ def test_user_graph_dict_matches_pair_counts():
         assert graph[user][1] == [float(counts[v]) for v in expected]
 
 
+def test_item_graph_dict_keeps_the_top_items_sharing_enough_users():
+    """DA-MRS's item_graph_dict_2.npy: per item, the 2 items with most users in common among
+    those with at least 2 (build_iib_graph.py --topk=2)."""
+    rng = np.random.default_rng(4)
+    n_users, n_items = 60, 15
+    users, items = rng.integers(0, n_users, 110), rng.integers(0, n_items, 110)
+    graph = compare.item_graph_dict(users, items, n_items, top_k=2, min_count=2)
+    holders = [set(users[items == i].tolist()) for i in range(n_items)]
+    checked = 0
+    for item in range(n_items):
+        counts = {j: len(holders[item] & holders[j]) for j in range(n_items) if j != item}
+        expected = sorted((j for j in counts if counts[j] >= 2), key=lambda j: (-counts[j], j))[:2]
+        assert graph[item] == [expected, [float(counts[j]) for j in expected]]
+        checked += len(expected)
+    assert checked > 0 and any(len(graph[i][0]) < 2 for i in range(n_items))  # the threshold bites somewhere
+
+
 def test_reference_layouts_and_data_folder(tmp_path):
     checkout = tmp_path / "MMRec"
     (checkout / "src" / "utils").mkdir(parents=True)
