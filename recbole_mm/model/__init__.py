@@ -19,6 +19,7 @@ from recbole_mm.model.mentor import MENTOR
 from recbole_mm.model.mgcn import MGCN
 from recbole_mm.model.micro import MICRO
 from recbole_mm.model.mmgcn import MMGCN
+from recbole_mm.model.mvgae import MVGAE
 from recbole_mm.model.nfvlm import NFVLM
 from recbole_mm.model.pgl import PGL
 from recbole_mm.model.selfcf import SelfCF
@@ -44,6 +45,7 @@ __all__ = [
     "MGCN",
     "MICRO",
     "MMGCN",
+    "MVGAE",
     "NFVLM",
     "PGL",
     "SelfCF",
