@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.mvgae import MVGAE, kl_divergence, product_of_experts
-from tests.conftest import build_model, train_steps
+from tests.conftest import build_model, check_frozen_tables, train_steps
 
 
 def build(run_config, **overrides):
@@ -235,15 +235,8 @@ def test_frozen_quirk_keeps_preferences_and_collaborative_table_at_init(run_conf
     tables = {"collaborative": model.collaborative,
               "collaborative_encoder.preference": model.collaborative_encoder.preference}
     tables.update({f"{name}.preference": enc.preference for name, enc in model.modality_encoders.items()})
-    before = {name: table.detach().clone() for name, table in tables.items()}
-    projection = model.modality_encoders["image"].projection.weight.detach().clone()
-    parameters = {id(p) for p in model.parameters()}
-    train_steps(model, first_batch(loaders), 3, lr=1e-2)
-    for name, table in tables.items():
-        assert (id(table) in parameters) is not quirk, name
-        assert torch.equal(table, before[name]) is quirk, name
-        assert any(key.endswith(name) for key in model.state_dict()), "saved with the model either way"
-    assert not torch.equal(model.modality_encoders["image"].projection.weight, projection), "the rest trains"
+    check_frozen_tables(model, tables, quirk, first_batch(loaders), model.modality_encoders["image"].projection.weight,
+                        lr=1e-2)
 
 
 def test_loss_falls_on_a_fixed_batch(run_config):

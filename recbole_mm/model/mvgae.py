@@ -54,8 +54,15 @@ prior expert): :math:`(\mu, \log\sigma^2) = \mathrm{PoE}(\mathrm{PoE}(\text{imag
 summed over the four: :math:`\sum \mathcal L_{rec}(z) + \beta\, \mathcal{KL}(\mu, \log\sigma^2)`,
 β = ``beta``. :math:`B^-` is the batch's sampled negatives, *all* of them for every user (MMRec's
 ``dot_product_decode_neg``: each user is scored against every negative of the batch and the
-hardest one is kept). The (hard-coded 'amazon') sigmoid of z is MMRec's "regularisation for
-sparse data".
+hardest one is kept). The sigmoid of z is MMRec's "regularisation for sparse data", its branch
+for Amazon data, which MMRec hard-codes (``self.dataset = 'amazon'``): ``sigmoid_latent: True``
+(default); ``False`` is the reference's other branch (raw z, raw means scored), dead in MMRec.
+
+Beware, at MMRec's defaults: the dot product of two d-vectors of sigmoids is about d/4 = 16,
+whose sigmoid is 1 to float precision for positive and negative alike, so the reconstruction
+term sits at its plateau (1 per example and Gaussian) and passes (almost) no gradient: mostly the
+KL trains, in MMRec as here. ``sigmoid_latent: False`` learns from the reconstruction term until
+its raw dot products grow large enough to saturate the decoder's sigmoids in turn.
 
 **Score** :math:`\mathrm{sigmoid}(\mu_u)^\top \mathrm{sigmoid}(\mu_i)` from the fused means:
 deterministic (no sampling, no dropout), computed fresh once per evaluation by the base class's
@@ -82,7 +89,11 @@ Other departures: message passing is a sparse product with :math:`D^{-1}(A + I)`
 and stops without one) the first product has one expert. Initialisation as MMRec's:
 Xavier-normal preferences, collaborative table, projections, conv weights, self-linears and
 combining layers (but the later hidden ones); conv biases uniform in
-:math:`\pm 1/\sqrt{\text{fan-in}}` (PyG's reset).
+:math:`\pm 1/\sqrt{\text{fan-in}}` (PyG's reset). With the same parameters, MMRec's code
+(PyG 2.8) and this one, at n_layers 1 and 2, give the same fused means and log-variances, loss,
+every gradient and evaluation scores to float rounding, under each switch value (the item-offset
+fix checked by feeding MMRec offset ids), in evaluation mode and, from the same seed, in training
+mode (the same dropout masks and draws, in the same order).
 """
 import math
 
