@@ -89,6 +89,21 @@ def train_steps_one_thread(model, batch, steps, lr=1e-3):
         torch.set_num_threads(threads)
 
 
+def check_frozen_tables(model, tables, frozen, batch, trained, lr=1e-3):
+    """Three Adam steps on ``batch``, then: each of ``tables`` (name -> tensor) is a parameter that
+    moved (``frozen`` False) or a buffer that did not (``frozen`` True; a reference's plain tensor
+    attribute), saved with the model either way, while the tensor ``trained`` moves either way."""
+    before = {name: table.detach().clone() for name, table in tables.items()}
+    trained_before = trained.detach().clone()
+    parameters = {id(p) for p in model.parameters()}
+    train_steps(model, batch, 3, lr=lr)
+    for name, table in tables.items():
+        assert (id(table) in parameters) is not frozen, name
+        assert torch.equal(table, before[name]) is frozen, name
+        assert any(key.endswith(name) for key in model.state_dict()), "saved with the model either way"
+    assert not torch.equal(trained, trained_before), "the rest trains either way"
+
+
 def train_each(root, models, dataset_name, config_files=None, **config):
     """``run_recbole_mm`` for each model on the same data, isolated in ``root`` (logs, data,
     checkpoints) with pytest's arguments kept out of RecBole's command-line parsing.

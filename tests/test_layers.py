@@ -87,3 +87,13 @@ def test_edge_graph_products_match_gather_scatter_in_value_and_gradient():
     dense = torch.zeros(n_nodes, n_nodes)
     dense[targets, sources] = weights.detach()
     assert torch.allclose(results[0][0], dense @ nodes.detach(), atol=1e-5), "h_t = sum_s w_st z_s"
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_register_table_is_a_parameter_or_a_saved_buffer(trainable):
+    module = torch.nn.Module()
+    table = torch.randn(3, 2)
+    layers.register_table(module, "table", table, trainable)
+    assert any(p is module.table for p in module.parameters()) is trainable
+    assert "table" in module.state_dict() and torch.equal(module.state_dict()["table"], table)
+    assert module.table.requires_grad is trainable

@@ -17,7 +17,7 @@ ONE_MODALITY_MODELS = ["FREEDOM", "BM3", "LATTICE", "VBPR", "GRCN", "MMGCN", "DR
 # model -> words of the reason its error gives
 NEEDS_BOTH = {"MGCN": "UnboundLocalError", "LGMRec": "hypergraph views", "MICRO": "CRIPAC-DIG/MICRO",
               "MENTOR": "Jinfeng-Xu/MENTOR", "COHESION": "Jinfeng-Xu/COHESION", "VLIF": "synergy",
-              "DAMRS": "AttributeError"}
+              "DAMRS": "AttributeError", "MVGAE": "AttributeError"}
 NEEDS_CLIP = ["NFVLM", "CLIPMLP"]
 TINY = {"seed": 5, "n_users": 120, "n_items": 80, "mean_interactions": 10}
 
@@ -37,7 +37,7 @@ def test_trains_on_one_modality(data_root, tmp_path, model_name, modality):
     one_training_step(model_name, modality, one_modality_config(data_root, tmp_path, modality))
 
 
-@pytest.mark.parametrize("model_name", ["LGMRec", "MGCN", "MICRO"] + NEEDS_CLIP)
+@pytest.mark.parametrize("model_name", ["LGMRec", "MGCN", "MICRO", "MVGAE"] + NEEDS_CLIP)
 def test_a_given_single_modality_runs_this_ports_variant(data_root, tmp_path, model_name):
     """What the refusals above offer: ``modalities: [text]`` given runs (no reference counterpart)."""
     config = {**one_modality_config(data_root, tmp_path, "text"), "modalities": ["text"]}

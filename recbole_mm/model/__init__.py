@@ -22,6 +22,7 @@ from recbole_mm.model.mgcn import MGCN
 from recbole_mm.model.micro import MICRO
 from recbole_mm.model.mmgcf import MMGCF
 from recbole_mm.model.mmgcn import MMGCN
+from recbole_mm.model.mvgae import MVGAE
 from recbole_mm.model.nfvlm import NFVLM
 from recbole_mm.model.pgl import PGL
 from recbole_mm.model.selfcf import SelfCF
@@ -50,6 +51,7 @@ __all__ = [
     "MICRO",
     "MMGCF",
     "MMGCN",
+    "MVGAE",
     "NFVLM",
     "PGL",
     "SelfCF",

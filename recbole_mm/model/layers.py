@@ -244,6 +244,16 @@ class _EdgeDot(torch.autograd.Function):
         return graph.matrix(grad) @ nodes + graph.matrix(grad, transposed=True) @ nodes, None
 
 
+def register_table(module, name, tensor, trainable):
+    """Register ``tensor`` on ``module`` as a parameter (trained) or a buffer (frozen: saved with
+    the model, moved by ``.to(device)``, never seen by the optimiser). The frozen form reproduces
+    the MMRec models that keep a table as a plain tensor attribute (MMGCN, MVGAE)."""
+    if trainable:
+        module.register_parameter(name, nn.Parameter(tensor))
+    else:
+        module.register_buffer(name, tensor)
+
+
 class MLP(nn.Sequential):
     """Feed-forward projection ``dims[0] -> dims[1] -> ... -> dims[-1]``.
 

@@ -48,15 +48,8 @@ import torch.nn.functional as F
 from recbole_mm.data.graphs import bipartite_edges, interaction_edges, mean_adjacency
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.layers import register_table
 from recbole_mm.model.loss import node_rows_l2
-
-
-def _table(module, name, tensor, trainable):
-    """Register ``tensor`` on ``module`` as a parameter (trained) or a buffer (frozen)."""
-    if trainable:
-        module.register_parameter(name, nn.Parameter(tensor))
-    else:
-        module.register_buffer(name, tensor)
 
 
 class MMGCNBranch(nn.Module):
@@ -80,7 +73,7 @@ class MMGCNBranch(nn.Module):
         width = latent_dim or feature_dim
         self.concat = concat
         self.projection = nn.Linear(feature_dim, latent_dim) if latent_dim else None
-        _table(self, "preference", nn.init.xavier_normal_(torch.empty(n_users, width)), trainable_preference)
+        register_table(self, "preference", nn.init.xavier_normal_(torch.empty(n_users, width)), trainable_preference)
         self.conv_weights = nn.ParameterList()
         self.self_linears = nn.ModuleList()
         self.combines = nn.ModuleList()
@@ -148,7 +141,7 @@ class MMGCN(MultiModalRecommender):
             for name, features in self.modality_features.items()
         })
         id_embedding = nn.init.xavier_normal_(torch.empty(self.n_users + self.n_items, self.embedding_size))
-        _table(self, "id_embedding", id_embedding, trainable)
+        register_table(self, "id_embedding", id_embedding, trainable)
 
     def forward(self):
         nodes = torch.stack([
