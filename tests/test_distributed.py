@@ -384,3 +384,24 @@ def test_command_line_under_torchrun_runs_its_rank(monkeypatch, capsys):
     assert _cli().main(["--model=VBPR"]) == 0
     assert calls[0]["config_dict"] == distributed.torchrun_config(env)
     assert "test result" not in capsys.readouterr().out  # local rank 1: local rank 0 prints
+
+
+@pytest.mark.slow
+def test_every_plugin_model_trains_on_two_ranks_as_one_model(tmp_path):
+    """``--nproc=2`` for every model of the plugin (one epoch, the small synthetic dataset): both
+    ranks finish with one model (same weights) and the same gathered test metrics."""
+    from recbole_mm.utils import available_models, get_model
+    from tests.conftest import SMALL_SYNTHETIC
+
+    config = {"data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"), "state": "WARNING",
+              "epochs": 1, "synthetic_generator": dict(SMALL_SYNTHETIC)}
+    models = [name for name in available_models(plugin=True) if name not in ("NFVLM", "CLIPMLP")]
+    jobs = [(name, None, config) for name in models]
+    jobs += [(name, None, {**config, "modalities": ["clip"]}) for name in ("NFVLM", "CLIPMLP")]
+    runs = run_two_ranks(tmp_path, jobs)
+    for (name, _, _), ranks in zip(jobs, runs):
+        assert set(ranks) == {0, 1}, f"{name}: a rank did not finish"
+        (r0, e0), (r1, e1) = ranks[0], ranks[1]
+        assert e0["digest"] == e1["digest"], f"{name}: the ranks hold different weights"
+        assert dict(r0["test_result"]) == dict(r1["test_result"]), name
+        assert 0.0 < r0["test_result"]["recall@20"] <= 1.0 or not getattr(get_model(name), "trainable", True), name
