@@ -41,7 +41,8 @@ instead runs the forward before the loss and feeds it back; observing avoids bot
 forward with gradient for students like VBPR and changing what a second ``forward()`` returns.)
 
 Refused, with a ConfigError naming the model: students trained without negatives (BM3,
-SLMRec) or without a replaceable ``BPRLoss`` (as ``tce``/``rce``); students without (users,
+SLMRec) or without a replaceable ``BPRLoss`` (as ``tce``/``rce``), or whose loss never calls the
+``BPRLoss`` it holds (DAMRS, at its first batch); students without (users,
 items) vectors of one width (NeuMF, CLIPMLP); untrained models (ItemKNNCBF); datasets without
 both 'image' and 'text' features (the consistency mask and the views need both, as DAMRS does).
 """
@@ -177,7 +178,13 @@ class DAMRSDenoiser:
             self.loss.set_weights(batch_weights)
             try:
                 with observed:
-                    return loss_func(interaction)
+                    result = loss_func(interaction)
+                if self.loss.pending is not None:
+                    raise ConfigError(
+                        f"{type(model).__name__}'s loss never called its BPRLoss module, so denoise: damrs has no "
+                        "BPR rows to weigh" + (" (DAMRS weighs its own BPR by these weights already)"
+                                               if type(model).__name__ == "DAMRS" else ""))
+                return result
             finally:
                 self.loss.set_weights()
         return loss
