@@ -2,6 +2,8 @@
 ``feedback_weights`` on dense views of the student's own vectors, the loss module against a dense
 rewrite (value and gradient), that the option changes the BPR loss and nothing else, the
 refusals, and one CLI epoch each for VBPR, FREEDOM and RecBole's LightGCN."""
+from contextlib import nullcontext
+
 import pytest
 import torch
 from recbole.model.general_recommender.bpr import BPR
@@ -21,6 +23,7 @@ from recbole_mm.model.loss import PreferenceWeightedBPRLoss
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.trainer import MultiModalTrainer
 from recbole_mm.trainer.damrs_denoise import DAMRSDenoiser
+from recbole_mm.utils import available_models, get_model
 from tests.conftest import build_model
 from tests.test_one_modality import one_modality_config
 
@@ -216,3 +219,22 @@ def test_one_epoch_from_the_command_line(data_root, tmp_path, monkeypatch, capsy
     out = capsys.readouterr().out
     assert "test result: recall@5" in out
     assert weighed, "the training batches were weighted"
+
+
+@pytest.mark.parametrize("model_name", available_models(plugin=True))
+def test_every_plugin_model_trains_a_batch_under_damrs_or_says_why_not(run_config, model_name):
+    refusals = {"ItemKNNCBF": "ItemKNNCBF trains nothing", "BM3": "BM3 trains without sampled negatives",
+                "SLMRec": "SLMRec trains without sampled negatives", "SelfCF": "SelfCF trains without sampled negatives",
+                "CLIPMLP": "CLIPMLP cannot be trained with denoise: damrs",
+                "DAMRS": "DAMRS's loss never called its BPRLoss module"}
+    config, _, loaders, model = build_model(run_config(denoise="damrs"), get_model(model_name))
+    with pytest.raises(ConfigError, match=refusals[model_name]) if model_name in refusals else nullcontext():
+        trainer = MultiModalTrainer(config, model)
+        trainer.damrs.setup(loaders[0]._dataset)
+        model.train()
+        if hasattr(model, "pre_epoch_processing"):
+            model.pre_epoch_processing()
+        loss = trainer.damrs.loss_function(model.calculate_loss)(next(iter(loaders[0])))
+        loss = sum(loss) if isinstance(loss, tuple) else loss
+        assert torch.isfinite(loss)
+        loss.backward()

@@ -266,22 +266,21 @@ def checked_representations(model, output, route, mode="bod"):
     return tuple(output)
 
 
-class _SharedForward:
-    """Within a ``with`` block, ``model.forward()`` (no arguments) returns ``result``, so the
-    model's ``calculate_loss`` reuses the pass BOD already made. A forward patched on the
-    instance before (GUIDER's memoised forward) is restored on exit."""
+class PatchedForward:
+    """Within a ``with`` block, ``model.forward(...)`` goes through :meth:`call` with the forward
+    it replaces (``inner``); a forward patched on the instance before (GUIDER's memoised forward)
+    is the one wrapped, and restored on exit."""
 
-    def __init__(self, model, result):
-        self.model, self.result = model, result
+    def __init__(self, model):
+        self.model = model
+
+    def call(self, inner, *args, **kwargs):
+        raise NotImplementedError
 
     def __enter__(self):
         self.previous = self.model.__dict__.get("forward")
         inner = self.previous or type(self.model).forward.__get__(self.model)
-
-        def forward(*args, **kwargs):
-            return inner(*args, **kwargs) if args or kwargs else self.result
-
-        self.model.forward = forward
+        self.model.forward = lambda *args, **kwargs: self.call(inner, *args, **kwargs)
         return self
 
     def __exit__(self, *exc):
@@ -289,6 +288,18 @@ class _SharedForward:
         if self.previous is not None:
             self.model.forward = self.previous
         return False
+
+
+class _SharedForward(PatchedForward):
+    """Within a ``with`` block, ``model.forward()`` (no arguments) returns ``result``, so the
+    model's ``calculate_loss`` reuses the pass BOD already made."""
+
+    def __init__(self, model, result):
+        super().__init__(model)
+        self.result = result
+
+    def call(self, inner, *args, **kwargs):
+        return inner(*args, **kwargs) if args or kwargs else self.result
 
 
 class BOD:

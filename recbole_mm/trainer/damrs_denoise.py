@@ -41,7 +41,7 @@ instead runs the forward before the loss and feeds it back; observing avoids bot
 forward with gradient for students like VBPR and changing what a second ``forward()`` returns.)
 
 Refused, with a ConfigError naming the model: students trained without negatives (BM3,
-SLMRec) or without a replaceable ``BPRLoss`` (as ``tce``/``rce``), or whose loss never calls the
+SLMRec, SelfCF) or without a replaceable ``BPRLoss`` (as ``tce``/``rce``), or whose loss never calls the
 ``BPRLoss`` it holds (DAMRS, at its first batch); students without (users,
 items) vectors of one width (NeuMF, CLIPMLP); untrained models (ItemKNNCBF); datasets without
 both 'image' and 'text' features (the consistency mask and the views need both, as DAMRS does).
@@ -55,7 +55,7 @@ from recbole_mm.errors import ConfigError
 from recbole_mm.files import AUTO_CACHE, resolve_cache_dir
 from recbole_mm.model.damrs import denoised_item_graphs, item_views, triple_weights
 from recbole_mm.model.loss import PreferenceWeightedBPRLoss, install_denoising_loss
-from recbole_mm.trainer.bod import checked_representations, representation_route, representations
+from recbole_mm.trainer.bod import PatchedForward, checked_representations, representation_route, representations
 
 # the keys this option reads (defaults and meaning in properties/overall.yaml; checked in config.py)
 DAMRS_DENOISE_KEYS = ("damrs_knn_k", "damrs_behaviour_k", "damrs_behaviour_min_count", "damrs_mm_layers")
@@ -67,31 +67,19 @@ def _negative_sampling(config):
     return bool(args) and args.get("sample_num", 0) not in (0, "none", None)
 
 
-class _ObservedForward:
+class _ObservedForward(PatchedForward):
     """Within a ``with`` block, the first ``model.forward()`` without arguments (on the training
     graph) is kept in ``result``; every call still runs the model's forward as it would."""
 
     def __init__(self, model):
-        self.model, self.result = model, None
+        super().__init__(model)
+        self.result = None
 
-    def __enter__(self):
-        self.previous = self.model.__dict__.get("forward")
-        inner = self.previous or type(self.model).forward.__get__(self.model)
-
-        def forward(*args, **kwargs):
-            output = inner(*args, **kwargs)
-            if self.result is None and not args and not kwargs and not getattr(self.model, "scoring_graph", False):
-                self.result = output
-            return output
-
-        self.model.forward = forward
-        return self
-
-    def __exit__(self, *exc):
-        self.model.__dict__.pop("forward", None)
-        if self.previous is not None:
-            self.model.forward = self.previous
-        return False
+    def call(self, inner, *args, **kwargs):
+        output = inner(*args, **kwargs)
+        if self.result is None and not args and not kwargs and not getattr(self.model, "scoring_graph", False):
+            self.result = output
+        return output
 
 
 class DAMRSDenoiser:
