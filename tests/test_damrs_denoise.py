@@ -228,6 +228,8 @@ def test_every_plugin_model_trains_a_batch_under_damrs_or_says_why_not(run_confi
                 "CLIPMLP": "CLIPMLP cannot be trained with denoise: damrs",
                 "DAMRS": "DAMRS's loss never called its BPRLoss module"}
     config, _, loaders, model = build_model(run_config(denoise="damrs"), get_model(model_name))
+    if model_name not in refusals and not any(isinstance(m, BPRLoss) for m in model.modules()):
+        refusals[model_name] = f"{model_name} computes its loss without a BPRLoss module"
     with pytest.raises(ConfigError, match=refusals[model_name]) if model_name in refusals else nullcontext():
         trainer = MultiModalTrainer(config, model)
         trainer.damrs.setup(loaders[0]._dataset)
