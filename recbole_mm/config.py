@@ -350,6 +350,11 @@ def value_checks():
         "rce_beta": non_negative,
         "wbpr_alpha": non_negative,
         # bod_*: checked (naming the key) by trainer/bod.py's BOD_KEYS when denoise: bod builds its trainer
+        # denoise: damrs's item graphs (trainer/damrs_denoise.py); the behaviour keys are DAMRS's too
+        "damrs_knn_k": count,
+        "damrs_behaviour_k": count,
+        "damrs_behaviour_min_count": count,
+        "damrs_mm_layers": count,
         "guider": boolean(),
         "guider_teacher": Rule("a model name", lambda v: v if isinstance(v, str) else _raise()),
         "guider_teacher_config": mapping(),
@@ -476,8 +481,6 @@ def value_checks():
         "modality_latent_dim": mapping(),
         "kl_weight": non_negative,
         "neighbor_weight": non_negative,
-        "damrs_behaviour_k": count,
-        "damrs_behaviour_min_count": count,
     }
     return {"recbole": recbole, "plugin": plugin, "model": model}
 

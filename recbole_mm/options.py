@@ -12,7 +12,7 @@ EVAL_PROTOCOLS = ("recbole", "mmrec")  # eval_protocol: data_preparation
 TRAIN_SAMPLINGS = ("interaction", "user")  # train_sampling: data.dataloader
 
 # trainers (recbole_mm.trainer)
-DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod")  # denoise: trainer.trainer
+DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod", "damrs")  # denoise: trainer.trainer
 OPTIMIZER_IMPLS = ("fused", "foreach", "single", "recbole")  # optimizer_impl: trainer.trainer
 KD_MODES = ("ot", "matched", "ot_pairs", "kl", "none")  # guider_kd: trainer.guider
 GUIDER_WEIGHTINGS = ("fixed", "mgda")  # guider_weighting: trainer.guider

@@ -52,6 +52,7 @@ INTERNAL_RAISES = {
     ("data/graphs.py", "learned_item_graph", "ValueError"),  # called without mixing weights (model code)
     ("data/synthetic.py", "modality_features", "ValueError"),  # a wrong `out` array (a caller bug)
     ("trainer/bod.py", "forward", "ValueError"),  # weights of another batch (a trainer bug)
+    ("model/loss.py", "forward", "ValueError"),  # denoise: damrs weights of another batch (a trainer bug)
     ("collectives.py", "get_data_struct", "RuntimeError"),  # a collector struct of the wrong length
     ("hyper.py", "read_hyper_file", "ValueError"),           # caught on the spot, re-raised as HyperFileError
     ("prepare.py", "_fetch", "DownloadFailed"),              # caught by download_images, recorded per URL

@@ -151,7 +151,7 @@ def test_model_without_bpr_loss_cannot_be_denoised(run_config):
 def test_unknown_denoise_value_raises(run_config):
     config, _, _, model = build_model(run_config(), VBPR)
     config["denoise"] = "coteaching"
-    with pytest.raises(ValueError, match=r"denoise must be one of \['tce', 'rce', 'wbpr', 'bod'\]"):
+    with pytest.raises(ValueError, match=r"denoise must be one of \['tce', 'rce', 'wbpr', 'bod', 'damrs'\]"):
         MultiModalTrainer(config, model)
 
 

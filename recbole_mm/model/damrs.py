@@ -76,6 +76,7 @@ from recbole_mm.data.graphs import consistent_knn_graphs, cooccurrence_item_grap
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender, one_modality_refusal
 from recbole_mm.model.layers import FrozenSparse, propagate
+from recbole_mm.model.loss import weighted_bpr
 
 VIEWS = ("text", "image", "behaviour")
 PSEUDO_POSITIVES = 10  # per anchor and kind (multi-modal, single-modal), as the reference
@@ -133,10 +134,33 @@ def feedback_weights(users, positives, negatives):
     return pos_weight, neg_weight
 
 
-def weighted_bpr(pos_scores, neg_scores, pos_weight, neg_weight):
-    r""":math:`-\mathrm{mean}[w^+ \log\sigma(s^+ - s^-) + w^- \log\sigma(s^- - s^+)]`."""
-    margin = pos_scores - neg_scores
-    return -(pos_weight * F.logsigmoid(margin) + neg_weight * F.logsigmoid(-margin)).mean()
+def denoised_item_graphs(features, inter_matrix, knn_k, behaviour_k, behaviour_min_count, device, cache_dir=None):
+    """DA-MRS's three denoised item graphs (see the module docstring), built once and cached.
+
+    Args:
+        features: dict modality -> (I x d_m) tensor with at least 'image' and 'text' (row 0 = padding).
+        inter_matrix: scipy sparse (U x I) train interactions.
+
+    Returns:
+        dict view (:data:`VIEWS`) -> :class:`~recbole_mm.model.layers.FrozenSparse` (I x I) on ``device``.
+    """
+    modality = consistent_knn_graphs({name: features[name].to(device) for name in ("image", "text")}, knn_k,
+                                     cache_dir=cache_dir)
+    behaviour = cooccurrence_item_graph(inter_matrix, behaviour_k, behaviour_min_count, cache_dir=cache_dir)
+    return {"text": FrozenSparse(modality["text"]), "image": FrozenSparse(modality["image"]),
+            "behaviour": FrozenSparse(behaviour.to(device))}
+
+
+def item_views(graphs, items, layers):
+    r"""The item views :math:`h_m = G_m^{L} X` (L = ``layers``) of an (I x d) item table: dict view -> (I x d)."""
+    return {name: propagate(graphs[name], items, layers, combine="last") for name in VIEWS}
+
+
+def triple_weights(user_e, views, pos, neg):
+    """:func:`feedback_weights` of the batch's triples: user vectors (B x d), the item views
+    (dict view -> (I x d)), positive and negative item ids (B,) -> (w⁺, w⁻), (B,) each."""
+    return feedback_weights(user_e, torch.stack([views[name][pos] for name in VIEWS]),
+                            torch.stack([views[name][neg] for name in VIEWS]))
 
 
 class DAMRS(MultiModalRecommender):
@@ -162,20 +186,16 @@ class DAMRS(MultiModalRecommender):
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         self.adjacency = FrozenSparse(self.normalized_adjacency(), symmetric=True)
-        modality_graphs = consistent_knn_graphs(self.modality_features, config["knn_k"], cache_dir=self.cache_dir)
-        behaviour = cooccurrence_item_graph(self.interaction_matrix, config["damrs_behaviour_k"],
-                                            config["damrs_behaviour_min_count"], cache_dir=self.cache_dir)
-        self.item_graphs = {"text": FrozenSparse(modality_graphs["text"]),
-                            "image": FrozenSparse(modality_graphs["image"]),
-                            "behaviour": FrozenSparse(behaviour.to(self.device))}
+        self.item_graphs = denoised_item_graphs(self.modality_features, self.interaction_matrix, config["knn_k"],
+                                                config["damrs_behaviour_k"], config["damrs_behaviour_min_count"],
+                                                self.device, cache_dir=self.cache_dir)
 
     def components(self):
         """(users (U x d), LightGCN items (I x d), dict view -> h_view (I x d))."""
         ego = torch.cat([self.user_embedding, self.item_id_embedding], dim=0)
         users, items = torch.split(propagate(self.adjacency, ego, self.n_ui_layers, combine="mean"),
                                    [self.n_users, self.n_items])
-        views = {name: propagate(self.item_graphs[name], self.item_id_embedding, self.n_mm_layers, combine="last")
-                 for name in VIEWS}
+        views = item_views(self.item_graphs, self.item_id_embedding, self.n_mm_layers)
         return users, items, views
 
     def forward(self):
@@ -210,8 +230,7 @@ class DAMRS(MultiModalRecommender):
             loss = loss + self.kl_weight * symmetric_bernoulli_kl(logits_id, logits_views)
 
         user_e = user_all[users]
-        pos_weight, neg_weight = feedback_weights(user_e, torch.stack([views[name][pos] for name in VIEWS]),
-                                                  torch.stack([views[name][neg] for name in VIEWS]))
+        pos_weight, neg_weight = triple_weights(user_e, views, pos, neg)
         final = item_all + view_mean
         pos_scores, neg_scores = (user_e * final[pos]).sum(-1), (user_e * final[neg]).sum(-1)
         return loss + weighted_bpr(pos_scores, neg_scores, pos_weight, neg_weight)

@@ -149,6 +149,47 @@ class DenoisingBPRLoss(nn.Module):
         return torch.topk(losses, n_keep, largest=False, sorted=False).values.mean()
 
 
+def weighted_bpr(pos_scores, neg_scores, pos_weight, neg_weight):
+    r""":math:`-\mathrm{mean}[w^+ \log\sigma(s^+ - s^-) + w^- \log\sigma(s^- - s^+)]` (DA-MRS's
+    preference-guided BPR: :math:`w^-` pulls a suspected noisy positive below its negative)."""
+    margin = pos_scores - neg_scores
+    return -(pos_weight * F.logsigmoid(margin) + neg_weight * F.logsigmoid(-margin)).mean()
+
+
+class PreferenceWeightedBPRLoss(nn.Module):
+    r"""DA-MRS's preference-guided BPR as a drop-in for a model's ``BPRLoss`` (``denoise: damrs``,
+    :mod:`recbole_mm.trainer.damrs_denoise`): :func:`weighted_bpr` of the model's own scores with
+    the batch's per-row weights (w⁺, w⁻), which carry no gradient; with no weights it is plain BPR.
+
+    The trainer gives the batch's weights with :meth:`set_weights`, either as tensors or as a
+    zero-argument callable returning them, called at the first BPR call of the batch (so they can
+    come from the forward pass the model's ``calculate_loss`` has just made). Every BPR call of
+    that batch (FREEDOM makes three: ID, text and image scores) uses the same weights, row i of
+    the scores being row i of the batch. Same call signature as RecBole's ``BPRLoss``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.pos_weight = self.neg_weight = self.pending = None
+
+    def set_weights(self, pos_weight=None, neg_weight=None):
+        """The batch's (B,) weights; ``pos_weight`` a callable -> (w⁺, w⁻) defers them; none: plain BPR."""
+        self.pending = pos_weight if callable(pos_weight) else None
+        self.pos_weight, self.neg_weight = (None, None) if callable(pos_weight) else (pos_weight, neg_weight)
+
+    def forward(self, pos_score, neg_score):
+        pos_score, neg_score = pos_score.reshape(-1), neg_score.reshape(-1)
+        if self.pending is not None:
+            self.pos_weight, self.neg_weight = self.pending()
+            self.pending = None
+        if self.pos_weight is None:
+            return -F.logsigmoid(pos_score - neg_score).mean()
+        if len(self.pos_weight) != len(pos_score) or len(self.neg_weight) != len(neg_score):
+            raise ValueError(f"denoise: damrs weighs the batch's rows ({len(self.pos_weight)}), but the model's "
+                             f"BPR got {len(pos_score)} positive and {len(neg_score)} negative scores")
+        return weighted_bpr(pos_score, neg_score, self.pos_weight.detach(), self.neg_weight.detach())
+
+
 def install_denoising_loss(model, loss_module):
     """Replace every RecBole ``BPRLoss`` held by ``model`` (or its submodules) with
     ``loss_module``, so the model's own ``calculate_loss`` uses it unchanged.
@@ -164,7 +205,7 @@ def install_denoising_loss(model, loss_module):
                 replaced += 1
     if not replaced:
         raise ConfigError(f"{type(model).__name__} computes its loss without a BPRLoss module; "
-                         "denoise: tce / rce / bod cannot be applied to it")
+                         "denoise: tce / rce / bod / damrs cannot be applied to it")
     return replaced
 
 
@@ -218,4 +259,5 @@ def table_info_nce(anchor, table, targets, temperature=0.2, reduction="sum"):
 
 
 __all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss",
+           "weighted_bpr", "PreferenceWeightedBPRLoss",
            "chunked_info_nce", "table_info_nce"]

@@ -220,21 +220,23 @@ def _forward_takes_no_argument(model):
     return True
 
 
-def representation_route(model):
+def representation_route(model, mode="bod"):
     """``"forward"`` or ``"embeddings"``: how :func:`representations` reads ``model``'s (user,
-    item) representations; a ValueError naming the model when it has neither route."""
+    item) representations; a ConfigError naming the model and ``denoise: <mode>`` when it has
+    neither route."""
     if _forward_takes_no_argument(model):
         return "forward"
     if callable(getattr(model, "get_user_embedding", None)) and callable(getattr(model, "get_item_embedding", None)):
         return "embeddings"
     raise ConfigError(
-        f"denoise: bod needs {type(model).__name__}'s user and item representations for its weight "
-        "generator, but the model has neither forward() without arguments returning (users, items) "
+        f"denoise: {mode} needs {type(model).__name__}'s user and item representations "
+        + ("for its weight generator" if mode == "bod" else "to weigh its BPR rows")
+        + ", but the model has neither forward() without arguments returning (users, items) "
         "nor get_user_embedding / get_item_embedding"
     )
 
 
-def representations(model, route):
+def representations(model, route, mode="bod"):
     """(user matrix (n_users x d), item matrix (n_items x d)) of ``model`` by ``route``."""
     if route == "forward":
         output = model.forward()
@@ -242,6 +244,12 @@ def representations(model, route):
         device = next(model.parameters()).device
         output = (model.get_user_embedding(torch.arange(model.n_users, device=device)),
                   model.get_item_embedding(torch.arange(model.n_items, device=device)))
+    return checked_representations(model, output, route, mode)
+
+
+def checked_representations(model, output, route, mode="bod"):
+    """``output`` when it is (users (n_users x d), items (n_items x d)) of one width d; else a
+    ConfigError saying that ``model`` cannot be trained with ``denoise: <mode>``."""
     valid = (isinstance(output, (tuple, list)) and len(output) == 2
              and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in output)
              and output[0].shape[0] == model.n_users and output[1].shape[0] == model.n_items
@@ -251,29 +259,28 @@ def representations(model, route):
                   for t in (output if isinstance(output, (tuple, list)) else [output])]
         source = "forward()" if route == "forward" else "get_user_embedding/get_item_embedding"
         raise ConfigError(
-            f"denoise: bod weighs a pair by its user and item vectors, so it needs (users "
+            f"denoise: {mode} weighs a pair by its user and item vectors, so it needs (users "
             f"({model.n_users} x d), items ({model.n_items} x d)) from {type(model).__name__}.{source}, "
-            f"which gave {shapes}: {type(model).__name__} cannot be trained with denoise: bod"
+            f"which gave {shapes}: {type(model).__name__} cannot be trained with denoise: {mode}"
         )
-    return output
+    return tuple(output)
 
 
-class _SharedForward:
-    """Within a ``with`` block, ``model.forward()`` (no arguments) returns ``result``, so the
-    model's ``calculate_loss`` reuses the pass BOD already made. A forward patched on the
-    instance before (GUIDER's memoised forward) is restored on exit."""
+class PatchedForward:
+    """Within a ``with`` block, ``model.forward(...)`` goes through :meth:`call` with the forward
+    it replaces (``inner``); a forward patched on the instance before (GUIDER's memoised forward)
+    is the one wrapped, and restored on exit."""
 
-    def __init__(self, model, result):
-        self.model, self.result = model, result
+    def __init__(self, model):
+        self.model = model
+
+    def call(self, inner, *args, **kwargs):
+        raise NotImplementedError
 
     def __enter__(self):
         self.previous = self.model.__dict__.get("forward")
         inner = self.previous or type(self.model).forward.__get__(self.model)
-
-        def forward(*args, **kwargs):
-            return inner(*args, **kwargs) if args or kwargs else self.result
-
-        self.model.forward = forward
+        self.model.forward = lambda *args, **kwargs: self.call(inner, *args, **kwargs)
         return self
 
     def __exit__(self, *exc):
@@ -281,6 +288,18 @@ class _SharedForward:
         if self.previous is not None:
             self.model.forward = self.previous
         return False
+
+
+class _SharedForward(PatchedForward):
+    """Within a ``with`` block, ``model.forward()`` (no arguments) returns ``result``, so the
+    model's ``calculate_loss`` reuses the pass BOD already made."""
+
+    def __init__(self, model, result):
+        super().__init__(model)
+        self.result = result
+
+    def call(self, inner, *args, **kwargs):
+        return inner(*args, **kwargs) if args or kwargs else self.result
 
 
 class BOD:

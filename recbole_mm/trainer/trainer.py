@@ -22,6 +22,7 @@ from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
 from recbole_mm.options import DENOISE_MODES, OPTIMIZER_IMPLS
 from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
+from recbole_mm.trainer.damrs_denoise import DAMRSDenoiser
 
 TORCH_OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adagrad": optim.Adagrad,
                     "rmsprop": optim.RMSprop}
@@ -108,7 +109,10 @@ class MultiModalTrainer(Trainer):
       (:class:`~recbole_mm.model.loss.DenoisingBPRLoss`); ``wbpr`` samples negatives by
       popularity; ``bod`` weights the model's BPR rows by BOD's weight generator and steps
       the generator by gradient matching after every ``bod_outer_every`` epochs
-      (:class:`~recbole_mm.trainer.bod.BOD`, kept in ``self.bod``).
+      (:class:`~recbole_mm.trainer.bod.BOD`, kept in ``self.bod``); ``damrs`` weights them by
+      DA-MRS's preference-guided weights from three denoised item views of the model's item
+      vectors (:class:`~recbole_mm.trainer.damrs_denoise.DAMRSDenoiser`, kept in ``self.damrs``;
+      its item graphs are built from the train split when training starts).
     - The optimiser runs torch's ``optimizer_impl`` implementation: ``fused`` by default for
       the plugin's models (one kernel per step, several times faster than RecBole's per-tensor
       loop on large feature tables; see :func:`build_optimizer`), RecBole's own optimiser for
@@ -142,6 +146,7 @@ class MultiModalTrainer(Trainer):
             self.logger.info(f"{type(model).__name__} trains nothing: one epoch instead of epochs={self.epochs}")
             self.epochs = 1
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
+        self.damrs = DAMRSDenoiser(config, model) if config["denoise"] == "damrs" else None
         self.denoising_loss = self._install_denoising(config, model)
         # --- distributed runs (recbole_mm.collectives); nothing changes in one process
         if collectives.is_distributed(config):
@@ -170,7 +175,8 @@ class MultiModalTrainer(Trainer):
     def _install_denoising(config, model):
         """``denoise: tce | rce``: the model's BPR goes through :class:`DenoisingBPRLoss`;
         ``wbpr`` works through the negative sampler (see :mod:`recbole_mm.config`), ``bod``
-        through :class:`~recbole_mm.trainer.bod.BOD` (set up before this runs)."""
+        through :class:`~recbole_mm.trainer.bod.BOD` and ``damrs`` through
+        :class:`~recbole_mm.trainer.damrs_denoise.DAMRSDenoiser` (set up before this runs)."""
         mode = config["denoise"]
         if mode not in DENOISE_MODES:
             raise ConfigError(f"denoise must be one of {[m for m in DENOISE_MODES if m]} or unset, got {mode!r}")
@@ -190,6 +196,9 @@ class MultiModalTrainer(Trainer):
             loss_func = self._counting_iterations(loss_func)
         if self.bod is not None:
             loss_func = self.bod.inner_loss(loss_func)
+        if self.damrs is not None:
+            self.damrs.setup(train_data._dataset)
+            loss_func = self.damrs.loss_function(loss_func)
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         if self.bod is not None and self.bod.outer_due(epoch_idx):
             self.bod.outer_round(train_data)
@@ -207,6 +216,8 @@ class MultiModalTrainer(Trainer):
     # ------------------------------------------------------------------ fit, checkpoints
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._warn_without_validation(valid_data)
+        if self.damrs is not None:  # its item graphs (or its refusal of the dataset) before the first epoch
+            self.damrs.setup(train_data._dataset)
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _warn_without_validation(self, valid_data):
