@@ -243,9 +243,10 @@ def test_noise_and_denoising_end_to_end(tmp_path, monkeypatch, denoise):
         assert all(abs(record["result"] - record["plain"]) > 1e-4 for record in losses), "rows reweighted"
 
 
-# trained on positive pairs only (BM3, SLMRec): no BPR for tce / rce / bod to replace
+# trained on positive pairs only (BM3, SLMRec), or with a pairwise loss of their own (DAMRS's
+# triple-weighted BPR, MVGAE's reconstruction): no BPR for tce / rce / bod to replace
 NO_BPR_MODELS = tuple(name for name in available_models(plugin=True)
-                      if getattr(get_model(name), "use_neg_sampling", True) is False)
+                      if getattr(get_model(name), "use_neg_sampling", True) is False) + ("DAMRS", "MVGAE")
 # nothing trained (ItemKNNCBF): no loss to denoise
 UNTRAINED_MODELS = tuple(name for name in available_models(plugin=True) if not getattr(get_model(name), "trainable", True))
 

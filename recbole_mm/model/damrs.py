@@ -173,6 +173,9 @@ class DAMRS(MultiModalRecommender):
         if sorted(self.modality_features) != ["image", "text"]:
             raise ConfigError(f"DAMRS needs 'image' and 'text' modalities; got {list(self.modality_features)}."
                               + one_modality_refusal(DAMRS))
+        # its BPR terms are weighted by the triple (weighted_bpr): nothing for denoise: tce / rce /
+        # bod / damrs to replace, and they say so rather than install a loss that is never called
+        del self.bpr_loss
         d = self.embedding_size
         self.n_ui_layers = config["n_ui_layers"]
         self.n_mm_layers = config["n_mm_layers"]

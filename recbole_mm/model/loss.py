@@ -209,8 +209,6 @@ def install_denoising_loss(model, loss_module):
     return replaced
 
 
-
-
 def chunked_info_nce(anchor, positive, temperature=0.2, chunk_size=4096):
     r""":func:`info_nce` (one direction, every row of ``positive`` a candidate) in bounded memory
     for large n: anchors are taken ``chunk_size`` rows at a time and, with more than one chunk,

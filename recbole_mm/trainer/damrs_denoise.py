@@ -42,7 +42,7 @@ forward with gradient for students like VBPR and changing what a second ``forwar
 
 Refused, with a ConfigError naming the model: students trained without negatives (BM3,
 SLMRec, SelfCF) or without a replaceable ``BPRLoss`` (as ``tce``/``rce``), or whose loss never calls the
-``BPRLoss`` it holds (DAMRS, at its first batch); students without (users,
+``BPRLoss`` it holds (at its first batch; DAMRS and MVGAE hold none: their own pairwise losses); students without (users,
 items) vectors of one width (NeuMF, CLIPMLP); untrained models (ItemKNNCBF); datasets without
 both 'image' and 'text' features (the consistency mask and the views need both, as DAMRS does).
 """
