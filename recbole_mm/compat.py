@@ -49,6 +49,11 @@ call sites, and covered by a test in ``tests/test_compat.py`` that fails without
    computes. While RecBole's metrics module is imported, ``sklearn.metrics`` is a stand-in
    whose three functions import the real module at their first call; the stand-in is then
    removed, so any later ``import sklearn.metrics`` gets scikit-learn itself.
+13. ``quiet_sparse_constructor``: RecBole's graph models (LightGCN, NGCF, NCL, GCMC, DGCF,
+   DMF) build their adjacency with ``torch.sparse.FloatTensor``, which torch 2.13 answers with
+   a deprecation warning at every build: in every GUIDER run (its LightGCN teacher). That one
+   warning is ignored when a ``recbole.*`` module triggers it; the plugin's own code never
+   calls the old constructor, and other code keeps the warning.
 """
 import functools
 import os
@@ -194,6 +199,12 @@ def patch_quiet_readonly_arrays():
     Dataset._dataframe_to_interaction = dataframe_to_interaction
 
 
+def patch_quiet_sparse_constructor():
+    """Ignore torch's deprecation of ``torch.sparse.FloatTensor`` where RecBole calls it."""
+    warnings.filterwarnings("ignore", message=r"torch\.sparse\.SparseTensor\(indices, values, shape",
+                            category=UserWarning, module=r"recbole\.")
+
+
 def patch_explicit_sparse_checks():
     checks = torch.sparse.check_sparse_tensor_invariants
     if not checks.is_enabled():
@@ -276,6 +287,7 @@ def apply_patches():
     patch_fill_nan()
     patch_amp_without_deprecation()
     patch_quiet_readonly_arrays()
+    patch_quiet_sparse_constructor()
     patch_explicit_sparse_checks()
     patch_distributed_backend()
     patch_rank_checkpoint()

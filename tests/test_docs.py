@@ -113,6 +113,10 @@ NOT_HERE = {
     "--out dataset/mydata": "needs the VLM descriptions above and the `features` extra",
     "python benchmarks/compare_reference.py --reference <MMRec checkout> --model FREEDOM --data dataset/synthetic "
     "--epochs 100 --out results/reference/synthetic.md": "needs a checkout of enoche/MMRec (and rewrites a results/ table)",
+    "python benchmarks/sports_speed.py --inter <sports.inter> --models VBPR --skip-knn --epochs 2 --set noise_ratio=0.1":
+        "needs MMRec's Sports interactions",
+    "python benchmarks/sports_speed.py --inter <sports.inter> --models VBPR --skip-knn --epochs 2 --set guider=true "
+    "noise_ratio=0.1 guider_teacher_pretrain_epochs=0 guider_warmup_epochs=0": "needs MMRec's Sports interactions",
     "python benchmarks/sports_speed.py --inter dataset/sports/sports.inter --models VBPR FREEDOM --skip-knn":
         "needs MMRec's Sports interactions",
     "python benchmarks/optimizer_speed.py --data-path /tmp/opt_speed/":
