@@ -23,6 +23,10 @@ Compatibility shims, applied here at run time (MMRec's files are never edited):
 - ``torch_dct`` (enoche/LIRDRec's type-II DCT; not in the reference venv), when absent, is a
   module of ours whose ``dct(x, norm=...)`` is ``scipy.fft.dct(x, type=2, norm=..., axis=-1)``
   (LIRDRec calls it once, in ``__init__``);
+- ``sparsesvd`` (SVDLIBC; PGL imports it, and calls it in its ``global`` mode only; it does not
+  build against numpy 2), when absent, is a module of ours whose ``sparsesvd(A, k)`` returns
+  SVDLIBC's ``(ut, s, vt)`` (``ut``: k x m, ``s`` descending, ``vt``: k x n) from
+  ``scipy.sparse.linalg.svds``;
 - MICRO only: ``multiprocessing.cpu_count()`` reads 5, so its ranking Pool
   (``cpu_count() // 5`` workers) has one worker on small machines instead of failing;
 - without CUDA, DRAGON's / DualGNN's / VLIF's ``result_embed`` is a plain tensor as on CUDA (see
@@ -76,6 +80,10 @@ def install_shims():
         import torch_dct  # noqa: F401
     except ImportError:
         sys.modules["torch_dct"] = dct_module()
+    try:
+        import sparsesvd  # noqa: F401
+    except ImportError:
+        sys.modules["sparsesvd"] = sparsesvd_module()
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
         torch.nn.Module.cuda = lambda self, *args, **kwargs: self
@@ -131,6 +139,22 @@ def dct_module():
 
     module = types.ModuleType("torch_dct")
     module.dct = dct
+    return module
+
+
+def sparsesvd_module():
+    """``sparsesvd.sparsesvd(A, k)``: the k largest singular triplets of a sparse matrix, in
+    SVDLIBC's layout (``ut`` k x m, ``s`` descending, ``vt`` k x n)."""
+    import numpy as np
+    from scipy.sparse.linalg import svds
+
+    def sparsesvd(matrix, k):
+        u, s, vt = svds(matrix.astype(np.float64), k=k)
+        order = np.argsort(-s)
+        return u[:, order].T, s[order], vt[order]
+
+    module = types.ModuleType("sparsesvd")
+    module.sparsesvd = sparsesvd
     return module
 
 
