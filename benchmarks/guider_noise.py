@@ -29,6 +29,7 @@ METHODS = {
     "R-CE": {"denoise": "rce"},
     "WBPR": {"denoise": "wbpr"},
     "BOD": {"denoise": "bod"},
+    "DA-MRS": {"denoise": "damrs"},
     "GUIDER-DBPR": {"guider": True, "guider_dbpr": False, "guider_eval_teacher": True},
     "GUIDER": {"guider": True, "guider_eval_teacher": True},
 }
