@@ -36,3 +36,24 @@ def test_mean_rank_in_chunks(monkeypatch):
     whole = mean_rank_rows(scores, positive_u, positive_i)
     monkeypatch.setattr(module, "_CHUNK_ELEMENTS", 50 * 4)
     assert torch.equal(mean_rank_rows(scores, positive_u, positive_i), whole)
+
+
+def test_topk_rows_equal_recboles_dense_positive_matrix(run_config):
+    """Recall/NDCG/... read ``rec.topk``: ours (sorted positive keys) must equal RecBole's dense
+    0/1 matrix, for rows without positives and for positives outside every top-k."""
+    config = Config("BPR", "synthetic", config_dict=run_config(metrics=["Recall", "NDCG", "MAP"], topk=[3, 7],
+                                                                valid_metric="Recall@3"))
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(25, 40, generator=generator)
+    positive = torch.rand(25, 40, generator=generator) < 0.2
+    positive[[2, 9]] = False  # rows with no positive at all
+    positive_u, positive_i = positive.nonzero(as_tuple=True)
+    order = torch.randperm(len(positive_u), generator=generator)  # the order must not matter
+    ours, theirs = MultiModalCollector(config), Collector(config)
+    ours.eval_batch_collect(scores, None, positive_u[order], positive_i[order])
+    theirs.eval_batch_collect(scores, None, positive_u, positive_i)
+    got, expected = ours.data_struct.get("rec.topk"), theirs.data_struct.get("rec.topk")
+    assert tuple(got.shape) == (25, 8) and got.dtype == expected.dtype
+    assert torch.equal(got, expected)
+    assert got[:, :-1].sum() > 0 and torch.equal(got[:, -1], positive.sum(dim=1))
+    assert ours.register.need("rec.topk"), "the register is left as it was"
