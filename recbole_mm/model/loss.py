@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 from recbole.model.loss import BPRLoss, EmbLoss
 
@@ -19,6 +20,45 @@ def cosine_loss(online, target):
     """1 − mean cosine similarity of matching rows, (B x d), (B x d) -> scalar; no gradient
     reaches ``target`` (BYOL-style bootstrapping: BM3, SelfCF)."""
     return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
+
+
+class _InBatchNCE(torch.autograd.Function):
+    r""":math:`\frac1B \sum_i [\log \sum_j \exp(a_i^\top p_j) - a_i^\top p_i]` with its gradient
+    written out: :math:`\partial/\partial a_i = \frac1B(\sum_j s_{ij} p_j - p_i)`,
+    :math:`\partial/\partial p_j = \frac1B(\sum_i s_{ij} a_i - a_j)`, s the row softmax.
+
+    The (B x B) logits are exponentiated in place and kept as the softmax: one matmul, one exp
+    and two cheap passes forward, two matmuls backward. Autograd's cross-entropy takes a
+    log-softmax, a dense zero-filled target gradient and a log-softmax backward over the same
+    (B x B) block (about 2x the time on the CPU at B = 2048, where in-batch InfoNCE was
+    two thirds of an MGCN / SMORE epoch).
+
+    ``bound``: a number no logit exceeds (1/τ for cosine logits), subtracted before the exp for
+    stability; ``None`` subtracts each row's maximum instead (unbounded dot products).
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, positive, bound):
+        if bound is None:
+            logits = anchor @ positive.T
+            shift = logits.max(dim=1, keepdim=True).values
+            logits.sub_(shift)
+        else:
+            logits = torch.addmm(anchor.new_tensor(-bound), anchor, positive.T)
+            shift = anchor.new_tensor(bound)
+        softmax = logits.exp_()
+        total = softmax.sum(dim=1, keepdim=True)
+        loss = (total.log().add_(shift).squeeze(1) - (anchor * positive).sum(dim=1)).mean()
+        softmax.div_(total)
+        ctx.save_for_backward(anchor, positive, softmax)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        anchor, positive, softmax = ctx.saved_tensors
+        scale = grad / anchor.shape[0]
+        return (softmax @ positive - positive) * scale, (softmax.T @ anchor - anchor) * scale, None
 
 
 def info_nce(anchor, positive, temperature=0.2, symmetric=False, normalize=True):
@@ -35,16 +75,15 @@ def info_nce(anchor, positive, temperature=0.2, symmetric=False, normalize=True)
             cosine (SLMRec's FAC heads, MMRec's ``fac``).
 
     Returns:
-        scalar tensor.
+        scalar tensor (first-order differentiable: :class:`_InBatchNCE`).
     """
     if normalize:
         anchor, positive = F.normalize(anchor, dim=1), F.normalize(positive, dim=1)
+    bound = 1.0 / temperature if normalize else None
     # 1/τ scales the (B x d) anchors, not the (B x B) logits: the same values, B/d times fewer divisions
-    logits = (anchor / temperature) @ positive.T
-    targets = torch.arange(anchor.shape[0], device=anchor.device)
-    loss = F.cross_entropy(logits, targets)
+    loss = _InBatchNCE.apply(anchor / temperature, positive, bound)
     if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(logits.T, targets))
+        loss = 0.5 * (loss + _InBatchNCE.apply(positive / temperature, anchor, bound))
     return loss
 
 
