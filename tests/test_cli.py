@@ -160,7 +160,8 @@ def test_a_real_ctrl_c_during_training(tmp_path):
 # torch_dct: probed by reference_runner.py inside the reference implementation's own venv (a
 # stand-in is installed there when it is missing), never imported by recbole_mm; torch_geometric:
 # the reference code's, which vlif_bisect.py loads from the reference venv
-BENCHMARK_LOCAL_MODULES = {"benchmarks", "ablation_table", "guider_noise", "recbole_mm", "utils", "torch_dct", "torch_geometric"}
+BENCHMARK_LOCAL_MODULES = {"benchmarks", "ablation_table", "guider_noise", "recbole_mm", "utils", "torch_dct", "torch_geometric",
+                           "sparsesvd"}  # shimmed by reference_runner when absent (the reference code imports them)
 IMPORT_TO_REQUIREMENT = {"yaml": "pyyaml", "torch_scatter": "torch-scatter", "PIL": "pillow"}
 
 
