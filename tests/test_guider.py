@@ -458,6 +458,78 @@ def test_guider_student_beats_the_plain_student_under_injected_noise(data_root, 
     assert mean["GUIDER-DBPR"] > mean["GUIDER"] - GUIDER_VS_NO_DBPR, test
 
 
+
+
+def _student_weights(model):
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def _same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("kd_score, kept", [(0.25, "plain"), (0.35, "kd")])
+def test_probe_keeps_the_branch_that_scores_better_on_valid(run_config, kd_score, kept):
+    """The race under the auto KD weight: P epochs alone are scored on valid and rewound; at the
+    KD branch's first evaluation after P epochs the better branch goes on, the student-alone
+    one with its own weights, optimiser state and score, and the KD weight at 0 for good."""
+    _, loaders, model, trainer = guider_setup(run_config, guider_kd_probe_epochs=2)
+    assert trainer._probe_due(loaders[1])
+    initial = _student_weights(model)
+    scores = iter([0.30, kd_score, kd_score])
+    trainer.evaluate = lambda *args, **kwargs: {"recall@20": next(scores)}
+    trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": 0.5}  # above both: no auto decay
+    trainer._plain_probe = trainer.probe_plain_student(loaders[0], loaders[1])
+    plain_weights = trainer._plain_probe["state"]["model"]
+    assert _same_weights(_student_weights(model), initial), "rewound to the start for the KD branch"
+    assert not _same_weights(plain_weights, initial), "the student-alone branch trained"
+    with torch.no_grad():  # stands for the KD branch's epochs
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    kd_weights = _student_weights(model)
+    assert trainer._valid_epoch(loaders[1])[0] == kd_score and trainer.probe_history is None  # 1 epoch < P
+    score, _ = trainer._valid_epoch(loaders[1])
+    assert trainer.probe_history == {"plain": 0.30, "kd": kd_score, "kept": kept}
+    if kept == "plain":
+        assert score == 0.30 and trainer.kd_weight == 0.0 and trainer.kd_schedule.weight == 0.0
+        assert _same_weights(_student_weights(model), plain_weights)
+    else:
+        assert score == kd_score and trainer.kd_weight == 1.0
+        assert _same_weights(_student_weights(model), kd_weights)
+
+
+def test_probe_runs_only_under_the_auto_weight_on_a_fresh_run(run_config):
+    _, loaders, _, trainer = guider_setup(run_config)
+    assert trainer.probe_epochs == 3 and trainer._probe_due(loaders[1])  # packaged default
+    assert not guider_setup(run_config, guider_kd_weight=1.0)[3]._probe_due(loaders[1])
+    assert not guider_setup(run_config, guider_kd_probe_epochs=0)[3]._probe_due(loaders[1])
+    assert not guider_setup(run_config, guider_kd="none")[3]._probe_due(loaders[1])
+    assert not trainer._probe_due(None)
+    trainer.start_epoch = 4  # resumed
+    assert not trainer._probe_due(loaders[1])
+
+@pytest.mark.slow
+def test_a_student_stronger_than_its_teacher_keeps_its_plain_score_under_the_default_weighting(data_root, tmp_path):
+    """A teacher that never learns (learning rate 1e-9, no pre-training: its rankings are
+    random) under a VBPR student, 20 epochs, best valid Recall@20. The paper's fixed weight 1
+    pulls the student towards the random rankings (measured 0.207 against 0.235 alone); the
+    packaged defaults (MGDA weighting, auto KD weight) keep it at its plain score (0.242)."""
+    from recbole_mm.quick_start import run_recbole_mm
+
+    common = {"data_path": data_root, "checkpoint_dir": str(tmp_path), "state": "WARNING", "epochs": 20,
+              "seed": 2020}
+    weak_teacher = {"guider": True, "guider_teacher_pretrain_epochs": 0, "guider_teacher_learning_rate": 1e-9}
+    valid = {}
+    for name, extra in (("plain", {}), ("default", weak_teacher),
+                        ("fixed 1", {**weak_teacher, "guider_kd_weight": 1.0, "guider_weighting": "fixed"})):
+        run = run_recbole_mm("VBPR", "synthetic", config_dict={**common, **extra})
+        valid[name] = run["best_valid_result"]["recall@20"]
+        if name == "default":
+            trainer = run["trainer"]
+    assert valid["default"] >= valid["plain"] - 0.005, valid
+    assert valid["fixed 1"] < valid["plain"] - 0.015, valid
+    assert trainer.weighting == "mgda" and trainer.kd_weight == 0.0, "the auto weight released the student"
+
 def test_precomputed_user_pairs_give_the_same_amsc_split_as_the_direct_scoring():
     generator = torch.Generator().manual_seed(0)
     n_users, n_items = 40, 60
