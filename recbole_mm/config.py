@@ -381,7 +381,7 @@ def value_checks():
         "guider_weighting": choice(GUIDER_WEIGHTINGS),
         "guider_mgda_sum_quirk": boolean(),
         "guider_kd_decay": number(0, 1, high_open=True),
-        "guider_kd_probe_epochs": layers,
+        "guider_fallback": boolean(),
         "guider_kd_users": count,
         "guider_kd_items": count,
         "guider_kd_transform": choice(ROW_TRANSFORMS),

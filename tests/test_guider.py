@@ -1,5 +1,6 @@
 """GUIDER: Sinkhorn KD, AMSC calibration, the teacher losses, the switches, any model as student."""
 import math
+import os
 
 import pytest
 import torch
@@ -468,52 +469,66 @@ def _same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
-@pytest.mark.parametrize("kd_score, kept", [(0.25, "plain"), (0.35, "kd")])
-def test_probe_keeps_the_branch_that_scores_better_on_valid(run_config, kd_score, kept):
-    """The race under the auto KD weight: P epochs alone are scored on valid and rewound; at the
-    KD branch's first evaluation after P epochs the better branch goes on, the student-alone
-    one with its own weights, optimiser state and score, and the KD weight at 0 for good."""
-    _, loaders, model, trainer = guider_setup(run_config, guider_kd_probe_epochs=2)
-    assert trainer._probe_due(loaders[1])
+@pytest.mark.parametrize("guider_scores, plain_scores, kept", [([0.20, 0.25], [0.30, 0.28], "plain"),
+                                                              ([0.30, 0.25], [0.20, 0.28], "guider")])
+def test_fallback_keeps_the_run_with_the_better_best_valid_score(run_config, tmp_path, guider_scores, plain_scores,
+                                                                 kept):
+    """``guider_fallback``: after GUIDER's 2 epochs the student trains alone 2 epochs from the
+    weights it started with (no teacher epoch); the run with the better best valid score is the
+    result: its score, its checkpoint (one file), its weights in the model."""
+    _, loaders, model, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"))
     initial = _student_weights(model)
-    scores = iter([0.30, kd_score, kd_score])
+    scores = iter(guider_scores + plain_scores)
     trainer.evaluate = lambda *args, **kwargs: {"recall@20": next(scores)}
-    trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": 0.5}  # above both: no auto decay
-    trainer._plain_probe = trainer.probe_plain_student(loaders[0], loaders[1])
-    plain_weights = trainer._plain_probe["state"]["model"]
-    assert _same_weights(_student_weights(model), initial), "rewound to the start for the KD branch"
-    assert not _same_weights(plain_weights, initial), "the student-alone branch trained"
-    with torch.no_grad():  # stands for the KD branch's epochs
-        for parameter in model.parameters():
-            parameter.add_(1.0)
-    kd_weights = _student_weights(model)
-    assert trainer._valid_epoch(loaders[1])[0] == kd_score and trainer.probe_history is None  # 1 epoch < P
-    score, _ = trainer._valid_epoch(loaders[1])
-    assert trainer.probe_history == {"plain": 0.30, "kd": kd_score, "kept": kept}
-    if kept == "plain":
-        assert score == 0.30 and trainer.kd_weight == 0.0 and trainer.kd_schedule.weight == 0.0
-        assert _same_weights(_student_weights(model), plain_weights)
-    else:
-        assert score == kd_score and trainer.kd_weight == 1.0
-        assert _same_weights(_student_weights(model), kd_weights)
+    trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": 0.9}  # above the student: the KD weight stays
+    saved, save = [], trainer._save_checkpoint
+
+    def remember(epoch, *args, **kwargs):
+        saved.append((trainer._alone, _student_weights(model)))
+        return save(epoch, *args, **kwargs)
+
+    trainer._save_checkpoint = remember
+    starts = []
+    train_epoch = trainer._train_epoch
+
+    def record_start(train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 0:
+            starts.append((trainer._alone, trainer.teacher_epochs, _student_weights(model)))
+        return train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+    trainer._train_epoch = record_start
+    score, _ = trainer.fit(loaders[0], loaders[1], verbose=False)
+    best = max(guider_scores) if kept == "guider" else max(plain_scores)
+    assert score == best and trainer.best_valid_score == best
+    assert trainer.fallback_history == {"guider": max(guider_scores), "plain": max(plain_scores), "kept": kept}
+    (_, teacher_epochs, _), (alone, teacher_epochs_alone, alone_start) = starts
+    assert alone and _same_weights(alone_start, initial), "the student alone starts where GUIDER's student did"
+    assert teacher_epochs_alone == teacher_epochs + 2 == trainer.teacher_epochs, "no teacher epoch while alone"
+    assert os.listdir(tmp_path / "ck") == [os.path.basename(trainer.saved_model_file)]
+    expected = next(weights for alone, weights in saved if alone == (kept == "plain"))  # the epoch-0 checkpoint
+    on_disk = torch.load(trainer.saved_model_file, weights_only=False)["state_dict"]
+    assert _same_weights({k: v.cpu() for k, v in on_disk.items()}, expected)
+    assert _same_weights(_student_weights(model), expected)
 
 
-def test_probe_runs_only_under_the_auto_weight_on_a_fresh_run(run_config):
-    _, loaders, _, trainer = guider_setup(run_config)
-    assert trainer.probe_epochs == 3 and trainer._probe_due(loaders[1])  # packaged default
-    assert not guider_setup(run_config, guider_kd_weight=1.0)[3]._probe_due(loaders[1])
-    assert not guider_setup(run_config, guider_kd_probe_epochs=0)[3]._probe_due(loaders[1])
-    assert not guider_setup(run_config, guider_kd="none")[3]._probe_due(loaders[1])
-    assert not trainer._probe_due(None)
-    trainer.start_epoch = 4  # resumed
-    assert not trainer._probe_due(loaders[1])
+def test_no_fallback_when_switched_off_or_resumed(run_config, tmp_path):
+    _, loaders, _, trainer = guider_setup(run_config, guider_fallback=False, checkpoint_dir=str(tmp_path / "ck"))
+    calls = []
+    trainer.evaluate = lambda *args, **kwargs: calls.append(1) or {"recall@20": 0.2}
+    trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": 0.9}
+    trainer.fit(loaders[0], loaders[1], verbose=False)
+    assert len(calls) == 2 and trainer.fallback_history is None
+    on = guider_setup(run_config)[3]
+    assert on.fallback and on._fallback_due(loaders[1]) and not on._fallback_due(None)
+    on.start_epoch = 1  # a resumed run
+    assert not on._fallback_due(loaders[1])
 
 @pytest.mark.slow
 def test_a_student_stronger_than_its_teacher_keeps_its_plain_score_under_the_default_weighting(data_root, tmp_path):
     """A teacher that never learns (learning rate 1e-9, no pre-training: its rankings are
     random) under a VBPR student, 20 epochs, best valid Recall@20. The paper's fixed weight 1
     pulls the student towards the random rankings (measured 0.207 against 0.235 alone); the
-    packaged defaults (MGDA weighting, auto KD weight) keep it at its plain score (0.242)."""
+    packaged defaults (auto KD weight, fallback to the student alone) keep it at its plain score."""
     from recbole_mm.quick_start import run_recbole_mm
 
     common = {"data_path": data_root, "checkpoint_dir": str(tmp_path), "state": "WARNING", "epochs": 20,
@@ -521,14 +536,14 @@ def test_a_student_stronger_than_its_teacher_keeps_its_plain_score_under_the_def
     weak_teacher = {"guider": True, "guider_teacher_pretrain_epochs": 0, "guider_teacher_learning_rate": 1e-9}
     valid = {}
     for name, extra in (("plain", {}), ("default", weak_teacher),
-                        ("fixed 1", {**weak_teacher, "guider_kd_weight": 1.0, "guider_weighting": "fixed"})):
+                        ("fixed 1", {**weak_teacher, "guider_kd_weight": 1.0, "guider_fallback": False})):
         run = run_recbole_mm("VBPR", "synthetic", config_dict={**common, **extra})
         valid[name] = run["best_valid_result"]["recall@20"]
         if name == "default":
             trainer = run["trainer"]
     assert valid["default"] >= valid["plain"] - 0.005, valid
     assert valid["fixed 1"] < valid["plain"] - 0.015, valid
-    assert trainer.weighting == "mgda" and trainer.kd_weight == 0.0, "the auto weight released the student"
+    assert trainer.fallback_history is not None
 
 def test_precomputed_user_pairs_give_the_same_amsc_split_as_the_direct_scoring():
     generator = torch.Generator().manual_seed(0)

@@ -46,12 +46,13 @@ then, per epoch:
    multiplied by ``guider_kd_decay`` at each evaluation where the student's best valid score
    has reached the teacher's, down to 0, after which the teacher is no longer trained
    (:class:`~recbole_mm.trainer.guider_ops.SafeKDWeight`): a student stronger than its teacher
-   is not held at the teacher's level. Under ``auto`` the trainer also races the two ways of
-   training the student before it commits to one (``guider_kd_probe_epochs`` P, default 3;
-   0 = off): from the same initial weights it trains P epochs of the student alone and then P
-   epochs under KD, scores both on valid, and keeps the better branch; when the student alone
-   wins, the KD weight is 0 for good and the run goes on from its weights (P extra student
-   epochs, once; :meth:`GUIDERTrainer.probe_plain_student`).
+   is not held at the teacher's level.
+
+   ``guider_fallback`` (default on): after GUIDER's run the student is trained alone from the
+   same initial weights, on the same budget and early stopping, and the better of the two on
+   valid is the run's result and checkpoint (:meth:`GUIDERTrainer.fall_back_to_plain`). It
+   costs one plain run and makes ``guider: true`` never worse than the plain model on valid,
+   whatever the student; ``false`` for GUIDER's own numbers.
 
 Evaluation concerns the student only (``guider_eval_teacher`` also scores the teacher at each
 evaluation). A checkpoint holds the student and, under ``"guider"``, the trainer's own state (the
@@ -64,6 +65,7 @@ interacted with it; :meth:`GUIDERTrainer.negatives`). The teacher must return (u
 representations from ``forward()`` (LightGCN, NGCF, the plugin's models, ...).
 """
 import copy
+import os
 import time
 from logging import getLogger
 
@@ -129,10 +131,9 @@ class GUIDERTrainer(MultiModalTrainer):
         self.weighting = self._choice("guider_weighting", GUIDER_WEIGHTINGS, "fixed")
         self.mgda_sum_quirk = bool(config["guider_mgda_sum_quirk"])
         self._student_parameters = None
-        self.probe_epochs = max(0, int(config["guider_kd_probe_epochs"] or 0))
-        self._plain_probe = None  # the student-alone branch, until the KD branch's first evaluation
-        self.probe_history = None  # {"plain": valid score, "kd": valid score, "kept": "plain" | "kd"}
-        self._evaluations = 0  # evaluations on valid so far (the probe's is after probe_epochs epochs)
+        self.fallback = bool(config["guider_fallback"])
+        self._alone = False  # the fallback's run: the student's own loss, no teacher, no KD schedule
+        self.fallback_history = None  # {"guider": best valid score, "plain": best valid score, "kept": ...}
         self.kd_pairs = config["guider_kd_pairs"]
         self.kd_users = int(config["guider_kd_users"] or 0)
         self.kd_items = int(config["guider_kd_items"] or 0)
@@ -300,44 +301,70 @@ class GUIDERTrainer(MultiModalTrainer):
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._setup(train_data)
+        start = self._training_state() if self._fallback_due(valid_data) else None
         self.pretrain_teacher(train_data)
-        if self._probe_due(valid_data):
-            self._plain_probe = self.probe_plain_student(train_data, valid_data, show_progress)
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        if start is not None:
+            result = self.fall_back_to_plain(start, result, train_data, valid_data, verbose, saved, show_progress,
+                                             callback_fn)
+        return result
 
-    def _probe_due(self, valid_data):
-        """The race of :meth:`probe_plain_student` runs under the auto KD weight, with KD on, a
-        valid split and evaluations, at the start of a fresh (not resumed) run."""
-        return bool(self.probe_epochs and self.kd_schedule is not None and self.kd_weight and self.kd_mode != "none"
-                    and valid_data and self.eval_step > 0 and self.start_epoch == 0)
+    def _fallback_due(self, valid_data):
+        """``guider_fallback`` needs a valid split with evaluations and a fresh (not resumed) run."""
+        return bool(self.fallback and valid_data and self.eval_step > 0 and self.start_epoch == 0)
 
-    def probe_plain_student(self, train_data, valid_data, show_progress=False):
-        """The student-alone branch of the race: ``guider_kd_probe_epochs`` epochs of the
-        student's own loss from its initial weights, scored on valid; then the weights, the
-        optimiser and the learning-rate schedule go back to where they started, for the KD
-        branch. Its first evaluation (after at least as many epochs) decides between the two
-        (:meth:`_settle_probe`).
+    def fall_back_to_plain(self, start, guider_result, train_data, valid_data, verbose=True, saved=True,
+                           show_progress=False, callback_fn=None):
+        """``guider_fallback``: the student alone, from the weights, optimiser and schedule it
+        started GUIDER with, for the same ``epochs`` and early stopping; then the run with the
+        better best valid score is kept: its checkpoint in :attr:`saved_model_file`, its best
+        weights in the model (its last ones when ``saved`` is off), its (score, result) returned.
+        Ties go to GUIDER.
 
-        Why: whether a teacher helps a given student is known only by trying. Distilling from a
-        teacher weaker than the student costs it from the first epochs (DRAGON on the bundled
-        dataset: 0.30 valid Recall@20 under KD against 0.34 alone at epoch 3) and the auto
-        weight's release comes too late to recover the budget (MGCN: 0.317 under GUIDER, 0.340
-        alone, 30 epochs); the students the teacher lifts are far ahead of their plain runs by
-        then (LightGCN: 0.19 against 0.05 at epoch 3).
+        Why: whether a teacher helps a given student is known only by trying. A teacher weaker
+        than its student pulls it down, and no early signal told which students those are on the
+        bundled dataset: MGCN is ahead under KD at epoch 3 (valid Recall@20 0.12 against 0.07
+        alone) and behind at epoch 30 (0.317 against 0.340), after the auto weight has released
+        it. One plain run is the price of ``guider: true`` never being worse on valid.
 
         Returns:
-            dict: the branch's valid ``score``, ``result``, training ``state`` and ``epochs``.
+            (best valid score, best valid result) of the run kept.
         """
-        clock = time.perf_counter()
-        start = self._training_state()
-        for epoch_idx in range(self.probe_epochs):
-            MultiModalTrainer._train_epoch(self, train_data, epoch_idx, None, show_progress)
-        score, result = MultiModalTrainer._valid_epoch(self, valid_data, show_progress)
-        plain = {"score": score, "result": result, "state": self._training_state(), "epochs": self.probe_epochs}
+        guider_score, _ = guider_result
+        guider_file, guider_state = self.saved_model_file, None if saved else self._training_state()
+        root, extension = os.path.splitext(guider_file)
+        self.saved_model_file = f"{root}-alone{extension}"
+        kept_guider = (self.best_valid_score, self.best_valid_result, self.cur_step, dict(self.train_loss_dict))
         self._load_training_state(start)
-        self.logger.info(set_color("GUIDER ", "blue") + f"probe: the student alone reaches valid {score:.4f} in "
-                         f"{self.probe_epochs} epochs ({time.perf_counter() - clock:.1f} s); the KD branch starts")
-        return plain
+        self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
+        self.best_valid_result, self.cur_step, self.start_epoch = None, 0, 0
+        self._alone = True
+        clock = time.perf_counter()
+        try:
+            plain_score, plain_result = MultiModalTrainer.fit(self, train_data, valid_data, verbose, saved,
+                                                              show_progress, callback_fn)
+        finally:
+            self._alone = False
+        sign = 1.0 if self.valid_metric_bigger else -1.0
+        kept = "plain" if sign * plain_score > sign * guider_score else "guider"
+        self.fallback_history = {"guider": float(guider_score), "plain": float(plain_score), "kept": kept}
+        self.logger.info(set_color("GUIDER ", "blue") + f"fallback: best valid {guider_score:.4f} under GUIDER, "
+                         f"{plain_score:.4f} alone ({time.perf_counter() - clock:.1f} s): "
+                         + ("GUIDER's student kept" if kept == "guider" else "the student alone kept"))
+        alone_file, self.saved_model_file = self.saved_model_file, guider_file
+        if saved and collectives.global_rank(self.config) == 0:
+            if kept == "plain":
+                os.replace(alone_file, guider_file)
+            elif os.path.exists(alone_file):
+                os.remove(alone_file)
+        collectives.barrier(self.config)
+        if kept == "guider":
+            self.best_valid_score, self.best_valid_result, self.cur_step, self.train_loss_dict = kept_guider
+        if saved:
+            self.load_checkpoint()  # the kept run's best epoch
+        elif kept == "guider":
+            self._load_training_state(guider_state)
+        return (plain_score, plain_result) if kept == "plain" else (guider_score, self.best_valid_result)
 
     def _training_state(self):
         """A copy of the student's weights (and other parameters), optimiser and LR schedule."""
@@ -353,26 +380,6 @@ class GUIDERTrainer(MultiModalTrainer):
         for cache in ("restore_user_e", "restore_item_e"):  # RecBole models' full-sort cache
             if hasattr(self.model, cache):
                 setattr(self.model, cache, None)
-
-    def _settle_probe(self, kd_score, kd_result, epoch_count):
-        """At the KD branch's first evaluation after the probe's epochs: keep it when its valid
-        score beats the student-alone branch's; otherwise go on from the student-alone weights
-        with the KD weight at 0 for good. Returns the (score, result) of the branch kept."""
-        probe = self._plain_probe
-        if epoch_count < probe["epochs"]:
-            return kd_score, kd_result
-        self._plain_probe = None
-        sign = 1.0 if self.valid_metric_bigger else -1.0
-        kept = "kd" if sign * kd_score > sign * probe["score"] else "plain"
-        self.probe_history = {"plain": float(probe["score"]), "kd": float(kd_score), "kept": kept}
-        self.logger.info(set_color("GUIDER ", "blue") + f"probe: valid {kd_score:.4f} under KD, {probe['score']:.4f} "
-                         f"alone after {probe['epochs']} epochs: " + ("KD kept" if kept == "kd" else
-                                                                      "the student goes on alone (KD weight 0)"))
-        if kept == "kd":
-            return kd_score, kd_result
-        self._load_training_state(probe["state"])
-        self.kd_weight = self.kd_schedule.weight = 0.0
-        return probe["score"], probe["result"]
 
     def pretrain_teacher(self, train_data):
         """``guider_teacher_pretrain_epochs`` teacher epochs (with their calibrations, on the
@@ -391,7 +398,7 @@ class GUIDERTrainer(MultiModalTrainer):
     # ------------------------------------------------------------------ epoch
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._setup(train_data)
-        if self.kd_weight_auto and not self.kd_weight:  # auto weight at 0 for good: the student alone
+        if self._alone or (self.kd_weight_auto and not self.kd_weight):  # the student alone
             return super()._train_epoch(train_data, epoch_idx, None, show_progress)
         teacher_loss, seconds = self.teacher_phase(train_data)
         clock = time.perf_counter()
@@ -524,11 +531,8 @@ class GUIDERTrainer(MultiModalTrainer):
         """RecBole's validation; under ``guider_kd_weight: auto`` the teacher is scored on the same
         split and the KD weight updated (:class:`~recbole_mm.trainer.guider_ops.SafeKDWeight`)."""
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
-        self._evaluations += 1
-        if self._plain_probe is not None:
-            valid_score, valid_result = self._settle_probe(valid_score, valid_result, self._evaluations * self.eval_step)
-            if not self.kd_weight:
-                return valid_score, valid_result
+        if self._alone:
+            return valid_score, valid_result
         if self.kd_schedule is not None and self.kd_weight and self.teacher is not None:
             teacher_result = (self.teacher_results[-1] if self.config["guider_eval_teacher"]
                               else self.evaluate_teacher(valid_data, show_progress))
