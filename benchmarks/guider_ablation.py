@@ -17,7 +17,7 @@ import sys
 from ablation_table import REPO
 from guider_noise import load_runs, run_one
 
-GUIDER = {"guider": True, "guider_eval_teacher": True}
+GUIDER = {"guider": True, "guider_eval_teacher": True, "guider_fallback": False}  # GUIDER's own result
 VBPR_VARIANTS = [
     ("DBPR weight 0.1", {"guider_dbpr_weight": 0.1}),
     ("DBPR weight 1", {"guider_dbpr_weight": 1.0}),

@@ -30,8 +30,9 @@ METHODS = {
     "WBPR": {"denoise": "wbpr"},
     "BOD": {"denoise": "bod"},
     "DA-MRS": {"denoise": "damrs"},
-    "GUIDER-DBPR": {"guider": True, "guider_dbpr": False, "guider_eval_teacher": True},
-    "GUIDER": {"guider": True, "guider_eval_teacher": True},
+    # GUIDER's own result: the fallback to the student alone (on by default) would hide it
+    "GUIDER-DBPR": {"guider": True, "guider_dbpr": False, "guider_eval_teacher": True, "guider_fallback": False},
+    "GUIDER": {"guider": True, "guider_eval_teacher": True, "guider_fallback": False},
 }
 METRICS = ("recall@5", "ndcg@5", "recall@20", "ndcg@20")
 
