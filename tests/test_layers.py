@@ -122,3 +122,26 @@ def test_register_table_is_a_parameter_or_a_saved_buffer(trainable):
     assert any(p is module.table for p in module.parameters()) is trainable
     assert "table" in module.state_dict() and torch.equal(module.state_dict()["table"], table)
     assert module.table.requires_grad is trainable
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (5, 9)])
+def test_dropped_edges_equal_the_masked_matrix_in_products_and_gradients(shape):
+    """DroppedEdges builds A[keep] and its transpose from presorted orders: the product and its
+    backward (through the transpose) equal those of FrozenSparse on the masked COO matrix,
+    for a square and a rectangular (non-symmetric) A."""
+    from recbole_mm.model.layers import DroppedEdges, FrozenSparse
+
+    generator = torch.Generator().manual_seed(5)
+    dense = torch.rand(shape, generator=generator) * (torch.rand(shape, generator=generator) < 0.5)
+    matrix = dense.to_sparse().coalesce()
+    keep = torch.rand(matrix._nnz(), generator=generator) < 0.6
+    expected = FrozenSparse(torch.sparse_coo_tensor(matrix.indices()[:, keep], matrix.values()[keep] * 2.5, shape))
+    got = DroppedEdges(matrix).frozen(keep, 2.5)
+    x = torch.randn(shape[1], 3, generator=generator, requires_grad=True)
+    weights = torch.randn(shape[0], 3, generator=generator)
+    (out_expected,), (out_got,) = [(frozen.mm(x),) for frozen in (expected, got)]
+    assert torch.allclose(out_got, out_expected) and torch.allclose(got.to_dense(), expected.to_dense())
+    grad_expected, = torch.autograd.grad((out_expected * weights).sum(), x)
+    grad_got, = torch.autograd.grad((out_got * weights).sum(), x)
+    assert torch.allclose(grad_got, grad_expected)
+    assert torch.allclose(got.transposed.to_dense(), expected.to_dense().T)

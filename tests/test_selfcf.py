@@ -49,7 +49,7 @@ def test_loss_is_half_the_two_cosine_terms_plus_half_squared_rows(run_config, mo
 def test_training_graph_drops_edges_at_a_random_rate_and_rescales(run_config):
     _, _, model = build(run_config)
     torch.manual_seed(0)
-    full_nnz, full_sum = model.full_adjacency._nnz(), model.edge_values.sum().item()
+    full_nnz, full_sum = model.full_adjacency._nnz(), model.edges.values.sum().item()
     kept_shares, sums = [], []
     for _ in range(30):
         matrix = model.dropped_adjacency().matrix

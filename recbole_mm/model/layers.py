@@ -80,6 +80,13 @@ class FrozenSparse:
             self.matrix = matrix.to_sparse_csr()
             self.transposed = self.matrix if symmetric else matrix.t().coalesce().to_sparse_csr()
 
+    @classmethod
+    def from_csr(cls, matrix, transposed):
+        """From A and :math:`A^\top`, both already CSR (:class:`DroppedEdges`)."""
+        frozen = cls.__new__(cls)
+        frozen.shape, frozen.matrix, frozen.transposed = matrix.shape, matrix, transposed
+        return frozen
+
     def mm(self, dense):
         """:math:`A X` for a dense (m x d) X, differentiable in X; (n x d)."""
         return _FrozenSparseProduct.apply(dense, self)
@@ -151,6 +158,44 @@ def _csr_rows(rows, n_rows):
     """CSR row pointers (n_rows + 1,) of sorted row indices (E,)."""
     counts = torch.bincount(rows, minlength=n_rows)
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class DroppedEdges:
+    r"""Sub-matrices of a fixed sparse (n x m) matrix A that keep some of its stored entries
+    (edge dropout drawn per batch: SelfCF), as :class:`FrozenSparse`, without sorting.
+
+    ``FrozenSparse`` of a masked COO matrix sorts it twice (A and :math:`A^\top`); here A's
+    entries are sorted by row once and by column once, a mask keeps both orders sorted, and the
+    two CSR matrices follow from row counts (a third of a SelfCF step was the two sorts).
+
+    Args:
+        matrix: sparse COO (n x m) tensor.
+    """
+
+    def __init__(self, matrix):
+        matrix = matrix.coalesce()
+        self.shape = tuple(matrix.shape)
+        self.rows, self.columns = matrix.indices()
+        self.values = matrix.values()
+        self.by_column = torch.argsort(self.columns * self.shape[0] + self.rows)
+
+    def frozen(self, keep, scale=1.0):
+        """A with the entries where ``keep`` (bool (E,), in coalesced order) holds, times ``scale``."""
+        values = self.values * scale
+        transposed_order = self.by_column[keep[self.by_column]]
+        n_rows, n_columns = self.shape
+        with warnings.catch_warnings():  # torch's "Sparse CSR tensor support is in beta state"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            matrix = torch.sparse_csr_tensor(_csr_rows(self.rows[keep], n_rows), self.columns[keep], values[keep],
+                                             self.shape, check_invariants=False)
+            transposed = torch.sparse_csr_tensor(_csr_rows(self.columns[transposed_order], n_columns),
+                                                 self.rows[transposed_order], values[transposed_order],
+                                                 (n_columns, n_rows), check_invariants=False)
+        return FrozenSparse.from_csr(matrix, transposed)
+
+    def __deepcopy__(self, memo):
+        """Shared, not copied: never changed in place."""
+        return self
 
 
 class EdgeGraph:

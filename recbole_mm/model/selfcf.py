@@ -32,7 +32,7 @@ from recbole.utils import InputType
 
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.layers import FrozenSparse, propagate
+from recbole_mm.model.layers import DroppedEdges, FrozenSparse, propagate
 from recbole_mm.model.loss import cosine_loss
 
 
@@ -53,17 +53,15 @@ class SelfCF(MultiModalRecommender):
         self.predictor = nn.Linear(d, d)
         del self.bpr_loss  # no BPR: denoise: tce | rce | bod raise a clear error
         adjacency = self.normalized_adjacency()
-        self.edge_indices, self.edge_values = adjacency.indices(), adjacency.values()
+        self.edges = DroppedEdges(adjacency)
         self.full_adjacency = FrozenSparse(adjacency, symmetric=True)
 
     def dropped_adjacency(self):
         r""":math:`\hat A` with each stored entry kept with probability 1 − r, r ~ U[0, 1) drawn
         per call, the kept values scaled by 1 / (1 − r) (MMRec's ``sparse_dropout``)."""
         rate = torch.rand(1).item()
-        keep = torch.rand(len(self.edge_values), device=self.edge_values.device) >= rate
-        matrix = torch.sparse_coo_tensor(self.edge_indices[:, keep], self.edge_values[keep] / (1.0 - rate),
-                                         self.full_adjacency.shape)
-        return FrozenSparse(matrix)
+        keep = torch.rand(len(self.edges.values), device=self.edges.values.device) >= rate
+        return self.edges.frozen(keep, 1.0 / (1.0 - rate))
 
     def online_embeddings(self, adjacency):
         """(h_U, h_I): LightGCN mean over layers 0..L on ``adjacency``."""
