@@ -6,10 +6,11 @@ import numpy as np
 import torch
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation as recbole_data_preparation
+from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.data.utils import get_dataloader, load_split_dataloaders, save_split_dataloaders
 from recbole.utils import ModelType, set_color
 
-from recbole_mm.data.dataloader import UserSampledTrainDataLoader
+from recbole_mm.data.dataloader import UserSampledTrainDataLoader, VectorisedFullSortEvalDataLoader
 from recbole_mm.data.dataset import DatasetNotFoundError, MultiModalDataset
 from recbole_mm.data.modality import FeatureFileError
 from recbole_mm.data.sampler import create_samplers
@@ -74,8 +75,8 @@ def data_preparation(config, dataset):
             train_sampler.exclude_from_negatives(np.unique(np.concatenate(excluded)))
         train_sampler.vectorise_rejection()
     train_data = train_loader(config, train_dataset, train_sampler)
-    valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
-    test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
+    valid_data = _eval_loader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
+    test_data = _eval_loader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
     if protocol == "mmrec":
         mask_train_history_only(test_data, train_users, train_items, train_dataset.user_num)
     if config["save_dataloaders"]:
@@ -101,6 +102,13 @@ def train_loader(config, train_dataset, train_sampler):
     return get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
 
 
+def _eval_loader(config, phase):
+    """RecBole's evaluation loader class for ``phase``; its full-sort one collated without a
+    loop over the users (:class:`~recbole_mm.data.dataloader.VectorisedFullSortEvalDataLoader`)."""
+    loader = get_dataloader(config, phase)
+    return VectorisedFullSortEvalDataLoader if loader is FullSortEvalDataLoader else loader
+
+
 def mask_train_history_only(eval_data, train_users, train_items, n_users):
     """Make a full-sort evaluation loader mask each user's train items only (MMRec's test
     ranking), in place of RecBole's history (every earlier split of the user).
@@ -118,6 +126,8 @@ def mask_train_history_only(eval_data, train_users, train_items, n_users):
     history = np.empty(len(users), dtype=object)
     history[:] = [torch.from_numpy(per_user[u]) for u in users]
     eval_data.uid2history_item[users] = history
+    if hasattr(eval_data, "forget_tables"):
+        eval_data.forget_tables()
 
 
 __all__ = [

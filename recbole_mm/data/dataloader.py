@@ -1,8 +1,11 @@
-"""Train loaders beyond RecBole's: ``train_sampling: user`` draws batches of users, not of
-interactions (the per-user sampler of the LATTICE / MICRO authors' code)."""
+"""Loaders beyond RecBole's: ``train_sampling: user`` draws batches of users, not of
+interactions (the per-user sampler of the LATTICE / MICRO authors' code); full-sort evaluation
+batches collated without a loop over their users."""
 import numpy as np
 import torch
-from recbole.data.dataloader import TrainDataLoader
+from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
+
+from recbole_mm.data.graphs import ragged_rows
 
 from recbole_mm.errors import ConfigError
 from recbole_mm.options import TRAIN_SAMPLINGS  # noqa: F401  (importable from here too)
@@ -61,3 +64,42 @@ class UserSampledTrainDataLoader(TrainDataLoader):
     def __iter__(self):
         for _ in range(len(self)):
             yield self.collate_fn(self.batch_rows().numpy())
+
+
+def _ragged_table(per_user):
+    """CSR (pointers (U + 1,), values) of an object array of per-user int64 tensors (``None``
+    for users without any)."""
+    lengths = torch.tensor([0 if items is None else len(items) for items in per_user], dtype=torch.int64)
+    pointers = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    chunks = [items for items in per_user if items is not None and len(items)]
+    values = torch.cat(chunks).to(torch.int64) if chunks else torch.zeros(0, dtype=torch.int64)
+    return pointers, values
+
+
+class VectorisedFullSortEvalDataLoader(FullSortEvalDataLoader):
+    """RecBole's full-sort evaluation loader, its batches collated without a loop over their
+    users: RecBole's ``collate_fn`` builds each user's history and positive index tensors one
+    by one (about 0.9 s of a 6 s evaluation on the Sports graph, 35,598 users); here both tables
+    are CSR arrays, built at the first batch, and a batch's entries come from one gather
+    (:func:`~recbole_mm.data.graphs.ragged_rows`). Same tensors, same order.
+
+    ``uid2history_item`` / ``uid2positive_item`` changed after the first batch need
+    :meth:`forget_tables` (:func:`~recbole_mm.data.mask_train_history_only` calls it).
+    """
+
+    _tables = None
+
+    def forget_tables(self):
+        self._tables = None
+
+    def collate_fn(self, index):
+        if self.is_sequential:
+            return super().collate_fn(index)
+        if self._tables is None:
+            self._tables = (_ragged_table(self.uid2history_item), _ragged_table(self.uid2positive_item))
+        user_df = self.user_df[np.array(index)]
+        users = user_df[self.uid_field].to(torch.int64)
+        (history_pointers, history_items), (positive_pointers, positive_items) = self._tables
+        history_u, history_i = ragged_rows(history_pointers, history_items, users)
+        positive_u, positive_i = ragged_rows(positive_pointers, positive_items, users)
+        return user_df, (history_u, history_i), positive_u, positive_i

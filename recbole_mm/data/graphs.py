@@ -34,6 +34,22 @@ def interaction_edges(inter_matrix):
     return torch.from_numpy(binary.row.astype(np.int64)), torch.from_numpy(binary.col.astype(np.int64))
 
 
+def ragged_rows(pointers, values, rows):
+    """The entries of the given rows of a ragged table (CSR: row r holds
+    ``values[pointers[r]:pointers[r + 1]]``), flattened, without a loop over the rows.
+
+    Args:
+        pointers: (R + 1,) int64; values: (nnz,); rows: (B,) int64 row ids.
+
+    Returns:
+        (position in ``rows`` (n,), value (n,)): for each asked row in order, its entries in order.
+    """
+    starts, counts = pointers[rows], pointers[rows + 1] - pointers[rows]
+    positions = torch.arange(len(rows), device=rows.device).repeat_interleave(counts)
+    offsets = torch.arange(int(counts.sum()), device=rows.device) - (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+    return positions, values[starts.repeat_interleave(counts) + offsets]
+
+
 def bipartite_adjacency(users, items, n_users, n_items):
     r"""Symmetric-normalised bipartite adjacency :math:`\hat A = D^{-1/2} A D^{-1/2}`.
 

@@ -23,7 +23,7 @@ transposed, as the dense side).
 import torch
 import torch.nn as nn
 
-from recbole_mm.data.graphs import interaction_edges, knn_neighbours
+from recbole_mm.data.graphs import interaction_edges, knn_neighbours, ragged_rows
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 
@@ -52,11 +52,7 @@ class ItemKNNCBF(MultiModalRecommender):
     def score_batch(self, users):
         r""":math:`R_{users} W`, (B x I): row b gets :math:`s_{ij}` at each neighbour j of each
         train item i of user b (repeats add up)."""
-        starts, ends = self.history_pointers[users], self.history_pointers[users + 1]
-        lengths = ends - starts
-        rows = torch.arange(len(users), device=users.device).repeat_interleave(lengths)
-        offsets = torch.arange(int(lengths.sum()), device=users.device) - (torch.cumsum(lengths, 0) - lengths).repeat_interleave(lengths)
-        items = self.history_items[starts.repeat_interleave(lengths) + offsets]
+        rows, items = ragged_rows(self.history_pointers, self.history_items, users)
         scores = torch.zeros(len(users), self.n_items, device=users.device, dtype=self.similarities.dtype)
         scores.index_put_((rows.repeat_interleave(self.knn_k), self.neighbours[items].reshape(-1)),
                           self.similarities[items].reshape(-1), accumulate=True)
