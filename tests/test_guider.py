@@ -528,22 +528,27 @@ def test_a_student_stronger_than_its_teacher_keeps_its_plain_score_under_the_def
     """A teacher that never learns (learning rate 1e-9, no pre-training: its rankings are
     random) under a VBPR student, 20 epochs, best valid Recall@20. The paper's fixed weight 1
     pulls the student towards the random rankings (measured 0.207 against 0.235 alone); the
-    packaged defaults (auto KD weight, fallback to the student alone) keep it at its plain score."""
+    packaged defaults (auto KD weight, fallback to the student alone) keep it at its plain
+    level (0.232), and so does the fallback alone under that harmful fixed weight (0.229)."""
     from recbole_mm.quick_start import run_recbole_mm
 
     common = {"data_path": data_root, "checkpoint_dir": str(tmp_path), "state": "WARNING", "epochs": 20,
               "seed": 2020}
     weak_teacher = {"guider": True, "guider_teacher_pretrain_epochs": 0, "guider_teacher_learning_rate": 1e-9}
-    valid = {}
+    valid, trainers = {}, {}
     for name, extra in (("plain", {}), ("default", weak_teacher),
-                        ("fixed 1", {**weak_teacher, "guider_kd_weight": 1.0, "guider_fallback": False})):
+                        ("fixed 1", {**weak_teacher, "guider_kd_weight": 1.0, "guider_fallback": False}),
+                        ("fixed 1, fallback", {**weak_teacher, "guider_kd_weight": 1.0})):
         run = run_recbole_mm("VBPR", "synthetic", config_dict={**common, **extra})
-        valid[name] = run["best_valid_result"]["recall@20"]
-        if name == "default":
-            trainer = run["trainer"]
-    assert valid["default"] >= valid["plain"] - 0.005, valid
+        valid[name], trainers[name] = run["best_valid_result"]["recall@20"], run["trainer"]
+    # the fallback's plain run draws other negatives than the plain run above: 0.229 against 0.235
+    same_level = 0.01
     assert valid["fixed 1"] < valid["plain"] - 0.015, valid
-    assert trainer.fallback_history is not None
+    assert valid["default"] >= valid["plain"] - same_level, valid
+    assert valid["fixed 1, fallback"] >= valid["plain"] - same_level, valid
+    assert valid["fixed 1, fallback"] > valid["fixed 1"] + 0.015, valid
+    assert trainers["fixed 1, fallback"].fallback_history["kept"] == "plain"
+
 
 def test_precomputed_user_pairs_give_the_same_amsc_split_as_the_direct_scoring():
     generator = torch.Generator().manual_seed(0)
