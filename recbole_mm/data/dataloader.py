@@ -6,7 +6,6 @@ import torch
 from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
 
 from recbole_mm.data.graphs import ragged_rows
-
 from recbole_mm.errors import ConfigError
 from recbole_mm.options import TRAIN_SAMPLINGS  # noqa: F401  (importable from here too)
 

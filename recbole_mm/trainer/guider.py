@@ -83,6 +83,14 @@ from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
 from recbole_mm.utils import get_model
 
 
+def _drop_full_sort_cache(model):
+    """Forget the user / item vectors RecBole's own models (LightGCN, ...) keep between
+    ``full_sort_predict`` calls, stale once their weights change outside training."""
+    for cache in ("restore_user_e", "restore_item_e"):
+        if hasattr(model, cache):
+            setattr(model, cache, None)
+
+
 class _MemoisedForward:
     """Within a ``with`` block, ``model.forward()`` (no arguments) runs once per graph mode
     (training graph, or the full graph of ``score_rows``) and is reused: the loss and the KD
@@ -377,9 +385,7 @@ class GUIDERTrainer(MultiModalTrainer):
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.model.train()  # drops the plugin models' evaluation cache
-        for cache in ("restore_user_e", "restore_item_e"):  # RecBole models' full-sort cache
-            if hasattr(self.model, cache):
-                setattr(self.model, cache, None)
+        _drop_full_sort_cache(self.model)
 
     def pretrain_teacher(self, train_data):
         """``guider_teacher_pretrain_epochs`` teacher epochs (with their calibrations, on the
@@ -514,9 +520,7 @@ class GUIDERTrainer(MultiModalTrainer):
     def evaluate_teacher(self, eval_data, show_progress=False):
         """The teacher's result on ``eval_data`` as it is now (logged, kept in :attr:`teacher_results`)."""
         student = self.model
-        for cache in ("restore_user_e", "restore_item_e"):  # RecBole models' stale full-sort cache
-            if hasattr(self.teacher, cache):
-                setattr(self.teacher, cache, None)
+        _drop_full_sort_cache(self.teacher)
         try:
             self.model = self.teacher
             teacher_result = MultiModalTrainer.evaluate(self, eval_data, load_best_model=False,
