@@ -77,13 +77,13 @@ def sampled_knn(measured_chunks, timings):
     is extrapolated from the measured chunks. Never cache such a graph."""
     import torch
 
-    def stand_in(features, k, budget_elements=2 ** 26):
+    def stand_in(features, k, budget_elements=2 ** 26, shrink=0.0):
         n = features.shape[0]
         chunk = max(1, budget_elements // n)
         measured = min(n, chunk * measured_chunks)
         split = {"matmul": 0.0, "topk": 0.0}
         start = time.perf_counter()
-        neighbours, similarities = _partial_knn(features, k, measured, chunk, split)
+        neighbours, similarities = _partial_knn(features, k, measured, chunk, split, shrink)
         timings.append({"dim": int(features.shape[1]), "rows": measured, "total_rows": n,
                         "seconds": time.perf_counter() - start,
                         "matmul_seconds": round(split["matmul"], 1), "topk_seconds": round(split["topk"], 1)})
@@ -93,17 +93,22 @@ def sampled_knn(measured_chunks, timings):
         return (torch.cat([neighbours, random_neighbours.to(neighbours.device)]),
                 torch.cat([similarities, torch.zeros(rest, k, device=similarities.device)]))
 
-    def _partial_knn(features, k, rows, chunk, split):
-        """The real top-k of the first ``rows`` rows against all rows (knn_neighbours' arithmetic)."""
+    def _partial_knn(features, k, rows, chunk, split, shrink):
+        """The real top-k of the first ``rows`` rows against all rows (knn_neighbours' arithmetic,
+        the shrunk cosine of ItemKNNCBF with ``shrink`` > 0)."""
         features = features.float()
         norms = features.norm(dim=1).clamp_min(1e-12)
         neighbours, similarities = [], []
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
             began = time.perf_counter()
-            sims = (features[start:stop] / norms[start:stop, None]) @ features.T
+            if shrink:
+                sims = (features[start:stop] @ features.T).div_(torch.outer(norms[start:stop], norms).add_(shrink))
+            else:
+                sims = (features[start:stop] / norms[start:stop, None]) @ features.T
+                sims.div_(norms)
             matmul = time.perf_counter()
-            top = torch.topk(sims.div_(norms), k, dim=1)
+            top = torch.topk(sims, k, dim=1)
             split["matmul"] += matmul - began
             split["topk"] += time.perf_counter() - matmul
             neighbours.append(top.indices)
@@ -130,6 +135,7 @@ def run(model_name, data_path, max_batches=None, eval_users=None, knn_chunks=Non
     """Build, train one epoch and evaluate ``model_name`` on the scale dataset; figures as a dict."""
     import recbole_mm.data.graphs as graphs
     import recbole_mm.model.abstract_recommender as base
+    import recbole_mm.model.itemknncbf as itemknncbf
 
     scratch = os.path.abspath(data_path)
     config_dict = {
@@ -151,7 +157,8 @@ def run(model_name, data_path, max_batches=None, eval_users=None, knn_chunks=Non
     real_knn_neighbours, real_item_knn = graphs.knn_neighbours, base.item_knn_graph
     if knn_chunks:  # a stand-in graph: never written to (or read from) the shared cache
         config_dict["cache_dir"] = None
-        graphs.knn_neighbours = sampled_knn(knn_chunks, knn_timings)
+        # ItemKNNCBF imports the function by name: its binding is replaced too
+        graphs.knn_neighbours = itemknncbf.knn_neighbours = sampled_knn(knn_chunks, knn_timings)
 
     def timed_item_knn(*args, **kwargs):
         start = time.perf_counter()
@@ -164,7 +171,8 @@ def run(model_name, data_path, max_batches=None, eval_users=None, knn_chunks=Non
     try:
         return _measure(model_name, dataset_name, config_dict, max_batches, eval_users, knn_seconds, knn_timings)
     finally:
-        graphs.knn_neighbours, base.item_knn_graph = real_knn_neighbours, real_item_knn
+        graphs.knn_neighbours = itemknncbf.knn_neighbours = real_knn_neighbours
+        base.item_knn_graph = real_item_knn
 
 
 def _measure(model_name, dataset_name, config_dict, max_batches, eval_users, knn_seconds, knn_timings):

@@ -145,3 +145,25 @@ def test_scale_benchmark_measures_a_truncated_epoch_and_restores_the_knn(scale_m
     assert figures["n_items"] < whole["n_items"] == 600  # items without interactions indexed too
     row = scale_module.table([figures]).splitlines()[-1]
     assert row.startswith("| FREEDOM |") and "~" in row  # extrapolated kNN marked
+
+
+def test_scale_benchmark_stands_in_for_itemknncbf_similarity_too(scale_module, tmp_path):
+    """ItemKNNCBF imports ``knn_neighbours`` by name: the stand-in must reach it (the 100k run
+    would otherwise build the real graph for 20 minutes) and give it the real shrunk cosine on
+    the measured rows, and the binding must come back afterwards."""
+    import recbole_mm.model.itemknncbf as itemknncbf
+    from recbole_mm.data.graphs import knn_neighbours
+
+    real = itemknncbf.knn_neighbours
+    figures = scale_module.run("ItemKNNCBF", str(tmp_path), eval_users=10, knn_chunks=1,
+                               overrides={"state": "WARNING", "shrink": 10.0},
+                               generator=SMALL_SCALE, dataset_name="scale")
+    assert itemknncbf.knn_neighbours is real
+    assert [t["dim"] for t in figures["knn_measured"]] == [52]  # one concatenated text + image table
+
+    features = torch.randn(300, 8).abs()
+    stand_in = scale_module.sampled_knn(1, [])
+    neighbours, similarities = stand_in(features, 5, budget_elements=300 * 100, shrink=10.0)
+    expected_neighbours, expected_similarities = knn_neighbours(features, 5, budget_elements=300 * 100, shrink=10.0)
+    torch.testing.assert_close(similarities[:100], expected_similarities[:100])
+    assert torch.equal(neighbours[:100], expected_neighbours[:100])
