@@ -3,6 +3,7 @@
 FREEDOM, DRAGON and LIRDRec, and ``benchmarks/scale.py`` at a tiny size."""
 import os
 import sys
+import time
 import tracemalloc
 
 import numpy as np
@@ -139,6 +140,7 @@ def test_scale_benchmark_measures_a_truncated_epoch_and_restores_the_knn(scale_m
     assert figures["epoch_extrapolated"] == (figures["epoch_batches"] > 1)
     assert [t["dim"] for t in figures["knn_measured"]] == [40, 12]
     assert figures["peak_rss_gb"] >= figures["rss_after_data_gb"] > 0
+    assert figures["pre_epoch_seconds"] > 0  # FREEDOM prunes its graph before the epoch
     assert not os.path.isdir(tmp_path / "knn_cache")  # a stand-in graph is never cached
     whole = scale_module.run("VBPR", str(tmp_path), max_batches=1, eval_users=10, overrides={"state": "WARNING"},
                              generator=SMALL_SCALE, dataset_name="scale", whole_catalogue=True)
@@ -167,3 +169,19 @@ def test_scale_benchmark_stands_in_for_itemknncbf_similarity_too(scale_module, t
     expected_neighbours, expected_similarities = knn_neighbours(features, 5, budget_elements=300 * 100, shrink=10.0)
     torch.testing.assert_close(similarities[:100], expected_similarities[:100])
     assert torch.equal(neighbours[:100], expected_neighbours[:100])
+
+
+def test_scale_benchmark_counts_the_per_epoch_hook_once(scale_module, tmp_path, monkeypatch):
+    """Edge pruning runs once per epoch: an epoch extrapolated from a few batches must not scale
+    it with the batches (a 0.5 s hook, one batch of many, adds 0.5 s to the epoch)."""
+    from recbole_mm.model.freedom import FREEDOM
+
+    pruning = FREEDOM.pre_epoch_processing
+    monkeypatch.setattr(FREEDOM, "pre_epoch_processing", lambda self: (time.sleep(0.5), pruning(self))[1])
+    figures = scale_module.run("FREEDOM", str(tmp_path), max_batches=1, eval_users=10, knn_chunks=1,
+                               overrides={"state": "WARNING", "train_batch_size": 256},
+                               generator=SMALL_SCALE, dataset_name="scale")
+    assert figures["epoch_batches"] >= 4 and figures["pre_epoch_seconds"] >= 0.5
+    batch = figures["train_seconds"] - figures["pre_epoch_seconds"]
+    assert figures["epoch_seconds"] < 0.5 + batch * figures["epoch_batches"] + 0.1 + figures["epoch_batches"] * 0.05
+    assert figures["epoch_seconds"] < 0.5 * figures["epoch_batches"]
