@@ -12,15 +12,26 @@ std over the seeds of valid / test Recall and NDCG @5 and @20; for the GUIDER va
 the share of train interactions in I_false at the last calibration with its precision and
 recall on the injected pairs, and the teacher's test Recall@20 at the end of training; and
 the recovery (R_method - R_noisy) / (R_clean - R_noisy) of test Recall@20 at each noise
-level, R_clean being the plain student without injected noise.
+level, R_clean being the plain student without injected noise. Each record also keeps the mean
+seconds per training epoch (a GUIDER epoch: teacher epoch + calibration + distilling student
+epoch), and the table gives it as a multiple of the plain student's epoch.
+
+On a real interaction graph with generated features (the paper's Table 2 students at 10%
+injected noise; two processes at a time, one thread each, a fixed epoch budget):
+
+    OMP_NUM_THREADS=1 python benchmarks/guider_noise.py --dataset sports --data-path <scratch folder> \
+        --inter ../shared/data/interactions/sports.inter --epochs 10 --noise 0.1 --seeds 2020 \
+        --models VBPR MGCN --methods plain GUIDER GUIDER-DBPR BOD
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 
 import numpy as np
+import yaml
 from ablation_table import REPO
 
 METHODS = {
@@ -37,21 +48,54 @@ METHODS = {
 METRICS = ("recall@5", "ndcg@5", "recall@20", "ndcg@20")
 
 
+@contextlib.contextmanager
+def timed_epochs():
+    """Seconds of every training epoch of the runs inside (a list it yields): the outermost
+    ``_train_epoch`` call of the trainer, so a GUIDER epoch counts its teacher epoch,
+    calibration and distilling student epoch, and a plain epoch only the student's."""
+    from recbole_mm.trainer.trainer import MultiModalTrainer
+
+    seconds, depth, original = [], [0], MultiModalTrainer._train_epoch
+
+    def timed(self, *args, **kwargs):
+        depth[0] += 1
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            depth[0] -= 1
+            if not depth[0]:
+                seconds.append(time.perf_counter() - start)
+
+    MultiModalTrainer._train_epoch = timed
+    try:
+        yield seconds
+    finally:
+        MultiModalTrainer._train_epoch = original
+
+
 def run_one(model, dataset, noise, method, seed, args, switches=None):
     """One run of ``model`` with the switches of ``method`` (or ``switches``); returns its record."""
     from recbole_mm.quick_start import run_recbole_mm
 
     start = time.perf_counter()
-    result = run_recbole_mm(model, dataset, None, config_dict={
-        "state": "WARNING", "epochs": args.epochs, "data_path": args.data_path, "seed": seed,
-        "checkpoint_dir": os.path.join(args.out, "saved", str(os.getpid())), "noise_ratio": noise,
-        **(METHODS[method] if switches is None else switches)})
+    with timed_epochs() as epoch_seconds:
+        result = run_recbole_mm(model, dataset, None, config_dict={
+            "state": "WARNING", "epochs": args.epochs, "data_path": args.data_path, "seed": seed,
+            "checkpoint_dir": os.path.join(args.out, "saved", str(os.getpid())), "noise_ratio": noise,
+            **(METHODS[method] if switches is None else switches), **args.overrides})
     os.remove(result["saved_model_file"])
     trainer = result["trainer"]
     record = {"model": model, "noise": noise, "method": method, "seed": seed,
               "valid": {m: result["best_valid_result"][m] for m in METRICS},
               "test": {m: result["test_result"][m] for m in METRICS},
-              "seconds": time.perf_counter() - start}
+              "seconds": time.perf_counter() - start,
+              "epochs_run": len(epoch_seconds), "epoch_seconds": float(np.mean(epoch_seconds)),
+              "threads": torch_threads()}
+    if args.overrides:
+        record["overrides"] = args.overrides
+    if getattr(trainer, "teacher_epochs", None) is not None:
+        record["teacher_epochs"] = trainer.teacher_epochs
     calibrations = getattr(trainer, "calibration_history", None)
     if calibrations:
         last = calibrations[-1]
@@ -61,6 +105,17 @@ def run_one(model, dataset, noise, method, seed, args, switches=None):
     if getattr(trainer, "teacher_results", None):
         record["teacher_test_recall@20"] = trainer.teacher_results[-1]["recall@20"]
     return record
+
+
+def torch_threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
+def run_key(model, noise, method, seed, overrides):
+    """What makes a run the same run: a rerun with the same key is skipped."""
+    return model, noise, method, seed, json.dumps(overrides or {}, sort_keys=True)
 
 
 def load_runs(path):
@@ -77,13 +132,30 @@ def mean_std(values):
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
+def epoch_cell(group):
+    """Mean seconds per training epoch over the runs that recorded it ('' for older records)."""
+    values = [r["epoch_seconds"] for r in group if "epoch_seconds" in r]
+    return f"{np.mean(values):.1f}" if values else ""
+
+
+def epoch_ratio_cell(group, plain_seconds):
+    """A method's epoch as a multiple of the plain student's epoch (same student, noise)."""
+    values = [r["epoch_seconds"] for r in group if "epoch_seconds" in r]
+    if not values or plain_seconds is None or not np.isfinite(plain_seconds):
+        return ""
+    return f"{np.mean(values) / plain_seconds:.2f}x"
+
+
 def summarise(runs, title, command):
     groups = {}
     for run in runs:
         groups.setdefault((run["model"], run["noise"], run["method"]), []).append(run)
     lines = [f"# {title}\n", "| student | noise | method | seeds | valid R@20 | valid N@20 | test R@5 | test N@5 | "
-             "test R@20 | test N@20 | I_false share | precision | recall | teacher test R@20 | s / run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "test R@20 | test N@20 | I_false share | precision | recall | teacher test R@20 | s / run | "
+             "s / epoch | epoch / plain epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    plain_epoch = {(model, noise): np.mean([r["epoch_seconds"] for r in group if "epoch_seconds" in r] or [np.nan])
+                   for (model, noise, method), group in groups.items() if method == "plain"}
     for (model, noise, method), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                                  list(METHODS).index(kv[0][2]))):
         cell = lambda split, metric: mean_std([r[split][metric] for r in group])  # noqa: E731
@@ -92,7 +164,8 @@ def summarise(runs, title, command):
                      f"{cell('valid', 'ndcg@20')} | {cell('test', 'recall@5')} | {cell('test', 'ndcg@5')} | "
                      f"{cell('test', 'recall@20')} | {cell('test', 'ndcg@20')} | {extra('false_share')} | "
                      f"{extra('precision')} | {extra('recall')} | {extra('teacher_test_recall@20')} | "
-                     f"{np.mean([r['seconds'] for r in group]):.0f} |")
+                     f"{np.mean([r['seconds'] for r in group]):.0f} | {epoch_cell(group)} | "
+                     f"{epoch_ratio_cell(group, plain_epoch.get((model, noise)))} |")
     lines += ["", "Recovery of test Recall@20, (R_method - R_noisy) / (R_clean - R_noisy), means over seeds:", "",
               "| student | noise | method | recovery |", "|---|---|---|---|"]
     mean_recall = {key: np.mean([r["test"]["recall@20"] for r in group]) for key, group in groups.items()}
@@ -118,22 +191,35 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[2020, 2021, 2022])
     parser.add_argument("--out", default=os.path.join(REPO, "results"))
     parser.add_argument("--summarise-only", action="store_true", help="rewrite the table from the jsonl")
+    parser.add_argument("--inter", default=None, metavar="FILE",
+                        help="an MMRec interaction file (e.g. ../shared/data/interactions/sports.inter): the "
+                             "dataset folder <data-path>/<dataset> is made from it with generated 4096-d image "
+                             "and 384-d text features (once; kept for later runs)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run (yaml values), e.g. guider_teacher_pretrain_epochs=10")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
+    args.overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    if args.inter:
+        from sports_speed import make_sports_folder
+
+        make_sports_folder(args.inter, root=args.data_path, name=args.dataset)
     jsonl = os.path.join(args.out, f"guider_noise_{args.dataset}.jsonl")
-    done = {(r["model"], r["noise"], r["method"], r["seed"]) for r in load_runs(jsonl)}
+    done = {run_key(r["model"], r["noise"], r["method"], r["seed"], r.get("overrides")) for r in load_runs(jsonl)}
     for model in args.models:
         for noise in args.noise:
             for method in args.methods:
                 for seed in args.seeds:
-                    if args.summarise_only or (model, noise, method, seed) in done:
+                    if args.summarise_only or run_key(model, noise, method, seed, args.overrides) in done:
                         continue
                     record = run_one(model, args.dataset, noise, method, seed, args)
                     with open(jsonl, "a") as handle:
                         handle.write(json.dumps(record) + "\n")
                     print(json.dumps(record), flush=True)
-    command = (f"python benchmarks/guider_noise.py --dataset {args.dataset} --epochs {args.epochs} "
-               "(runs accumulated from several invocations, see the jsonl)")
+    command = (f"python benchmarks/guider_noise.py --dataset {args.dataset} --epochs {args.epochs}"
+               + (f" --inter {args.inter}" if args.inter else "")
+               + (f" --set {' '.join(args.set)}" if args.set else "")
+               + " (runs accumulated from several invocations, see the jsonl)")
     with open(os.path.join(args.out, f"guider_noise_{args.dataset}.md"), "w") as handle:
         handle.write(summarise(load_runs(jsonl), f"GUIDER and the denoising baselines on {args.dataset} "
                                f"(at most {args.epochs} epochs, packaged defaults)", command))

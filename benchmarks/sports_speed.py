@@ -55,17 +55,27 @@ def reset_peak_rss():
         handle.write("5")
 
 
-def make_sports_folder(inter_path, image_dim=4096):
-    """A temporary MMRec folder: the real sports.inter with generated image (``image_dim``)
-    and 384-d text features."""
-    root = tempfile.mkdtemp(prefix="bench-sports-")
-    folder = os.path.join(root, "sports")
-    os.makedirs(folder)
-    shutil.copy(inter_path, os.path.join(folder, "sports.inter"))
+def make_sports_folder(inter_path, image_dim=4096, root=None, name="sports"):
+    """An MMRec folder ``<root>/<name>``: the real interaction file (``sports.inter``) with
+    generated image (``image_dim``, uniform) and 384-d text (Gaussian) features, seed 0.
+    ``root`` defaults to a new temporary directory; an existing complete folder is kept as it is
+    (several benchmark processes can share one). Returns ``root``."""
+    root = root or tempfile.mkdtemp(prefix="bench-sports-")
+    folder = os.path.join(root, name)
+    files = [os.path.join(folder, f) for f in (f"{name}.inter", "image_feat.npy", "text_feat.npy")]
+    if all(os.path.exists(f) for f in files):
+        return root
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
+    shutil.copy(inter_path, os.path.join(staging, f"{name}.inter"))
     n_items = int(np.loadtxt(inter_path, skiprows=1, usecols=1, dtype=np.int64).max()) + 1
     rng = np.random.default_rng(0)
-    np.save(os.path.join(folder, "image_feat.npy"), rng.random((n_items, image_dim), dtype=np.float32))
-    np.save(os.path.join(folder, "text_feat.npy"), rng.standard_normal((n_items, 384), dtype=np.float32))
+    np.save(os.path.join(staging, "image_feat.npy"), rng.random((n_items, image_dim), dtype=np.float32))
+    np.save(os.path.join(staging, "text_feat.npy"), rng.standard_normal((n_items, 384), dtype=np.float32))
+    try:
+        os.rename(staging, folder)  # atomic: another process sees the whole folder or none
+    except OSError:  # another process made it first
+        shutil.rmtree(staging)
     return root
 
 
