@@ -44,6 +44,11 @@ METHODS = {
     # GUIDER's own result: the fallback to the student alone (on by default) would hide it
     "GUIDER-DBPR": {"guider": True, "guider_dbpr": False, "guider_eval_teacher": True, "guider_fallback": False},
     "GUIDER": {"guider": True, "guider_eval_teacher": True, "guider_fallback": False},
+    # the paper's DBPR term on (packaged: guider_dbpr_weight 0), at the two weights of the search
+    "GUIDER+DBPR0.1": {"guider": True, "guider_eval_teacher": True, "guider_fallback": False,
+                       "guider_dbpr_weight": 0.1},
+    "GUIDER+DBPR1": {"guider": True, "guider_eval_teacher": True, "guider_fallback": False,
+                     "guider_dbpr_weight": 1.0},
 }
 METRICS = ("recall@5", "ndcg@5", "recall@20", "ndcg@20")
 
@@ -195,6 +200,8 @@ def main():
                         help="an MMRec interaction file (e.g. ../shared/data/interactions/sports.inter): the "
                              "dataset folder <data-path>/<dataset> is made from it with generated 4096-d image "
                              "and 384-d text features (once; kept for later runs)")
+    parser.add_argument("--table", default="guider_noise",
+                        help="the output's name: <out>/<table>_<dataset>.jsonl and .md")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every run (yaml values), e.g. guider_teacher_pretrain_epochs=10")
     args = parser.parse_args()
@@ -204,7 +211,7 @@ def main():
         from sports_speed import make_sports_folder
 
         make_sports_folder(args.inter, root=args.data_path, name=args.dataset)
-    jsonl = os.path.join(args.out, f"guider_noise_{args.dataset}.jsonl")
+    jsonl = os.path.join(args.out, f"{args.table}_{args.dataset}.jsonl")
     done = {run_key(r["model"], r["noise"], r["method"], r["seed"], r.get("overrides")) for r in load_runs(jsonl)}
     for model in args.models:
         for noise in args.noise:
@@ -217,10 +224,11 @@ def main():
                         handle.write(json.dumps(record) + "\n")
                     print(json.dumps(record), flush=True)
     command = (f"python benchmarks/guider_noise.py --dataset {args.dataset} --epochs {args.epochs}"
+               + (f" --table {args.table}" if args.table != "guider_noise" else "")
                + (f" --inter {args.inter}" if args.inter else "")
                + (f" --set {' '.join(args.set)}" if args.set else "")
                + " (runs accumulated from several invocations, see the jsonl)")
-    with open(os.path.join(args.out, f"guider_noise_{args.dataset}.md"), "w") as handle:
+    with open(os.path.join(args.out, f"{args.table}_{args.dataset}.md"), "w") as handle:
         handle.write(summarise(load_runs(jsonl), f"GUIDER and the denoising baselines on {args.dataset} "
                                f"(at most {args.epochs} epochs, packaged defaults)", command))
 
