@@ -134,6 +134,46 @@ def time_pre_epoch_hook(model):
     return seconds
 
 
+def sampled_consistent_knn(measured_chunks, timings):
+    """The stand-in of :func:`sampled_knn` for DA-MRS's
+    :func:`recbole_mm.data.graphs.consistent_knn_neighbours`: the first ``measured_chunks`` row
+    chunks are scored for real (its arithmetic: per-modality cosine, kept where every modality is
+    at or above its mean similarity; timed into ``timings``), every other row gets ``k`` random
+    neighbours, the same in each modality."""
+    import torch
+    import torch.nn.functional as F
+
+    def stand_in(features, k, budget_elements=2 ** 26):
+        names = sorted(features)
+        n = features[names[0]].shape[0]
+        chunk = max(1, budget_elements // (n * len(names)))
+        measured = min(n, chunk * measured_chunks)
+        start = time.perf_counter()
+        units = {name: F.normalize(features[name].float(), dim=1) for name in names}
+        means = {name: float(units[name].double().sum(0).square().sum() / n ** 2) for name in names}
+        rows, columns = [], {name: [] for name in names}
+        for first in range(0, measured, chunk):
+            stop = min(first + chunk, measured)
+            sims = {name: units[name][first:stop] @ units[name].T for name in names}
+            consistent = torch.stack([sims[name] >= means[name] for name in names]).all(dim=0)
+            kept = consistent.sum(dim=1).clamp_max(k)
+            take = torch.arange(k) < kept[:, None]
+            for name in names:
+                columns[name].append(torch.topk(sims[name].masked_fill_(~consistent, float("-inf")), k, dim=1)
+                                     .indices[take])
+            rows.append((torch.arange(stop - first) + first).repeat_interleave(kept))
+        timings.append({"dim": sum(int(features[name].shape[1]) for name in names), "rows": measured,
+                        "total_rows": n, "seconds": time.perf_counter() - start})
+        rest = n - measured
+        random_columns = torch.randint(0, n, (rest * k,), generator=torch.Generator().manual_seed(0))
+        rows.append(torch.arange(measured, n).repeat_interleave(k))
+        rows = torch.cat(rows)
+        return ({name: rows for name in names},
+                {name: torch.cat(columns[name] + [random_columns]) for name in names})
+
+    return stand_in
+
+
 def write_item_index(folder, token, n_items):
     """``<token>.item``: a RecBole atomic item file listing every catalogue item (tokens
     0..n_items-1, the feature rows). With ``load_col: {item: [item_id]}`` RecBole then indexes
@@ -171,10 +211,12 @@ def run(model_name, data_path, max_batches=None, eval_users=None, knn_chunks=Non
     config_dict.update(overrides or {})
     knn_timings, knn_seconds = [], []
     real_knn_neighbours, real_item_knn = graphs.knn_neighbours, base.item_knn_graph
+    real_consistent_knn = graphs.consistent_knn_neighbours
     if knn_chunks:  # a stand-in graph: never written to (or read from) the shared cache
         config_dict["cache_dir"] = None
         # ItemKNNCBF imports the function by name: its binding is replaced too
         graphs.knn_neighbours = itemknncbf.knn_neighbours = sampled_knn(knn_chunks, knn_timings)
+        graphs.consistent_knn_neighbours = sampled_consistent_knn(knn_chunks, knn_timings)
 
     def timed_item_knn(*args, **kwargs):
         start = time.perf_counter()
@@ -188,6 +230,7 @@ def run(model_name, data_path, max_batches=None, eval_users=None, knn_chunks=Non
         return _measure(model_name, dataset_name, config_dict, max_batches, eval_users, knn_seconds, knn_timings)
     finally:
         graphs.knn_neighbours = itemknncbf.knn_neighbours = real_knn_neighbours
+        graphs.consistent_knn_neighbours = real_consistent_knn
         base.item_knn_graph = real_item_knn
 
 
