@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from recbole_mm.data.graphs import consistent_knn_graphs, cooccurrence_item_graph
 from recbole_mm.errors import ConfigError
-from recbole_mm.model.damrs import (DAMRS, feedback_weights, neighbour_discrimination, pseudo_positives,
-                                    symmetric_bernoulli_kl, weighted_bpr)
+from recbole_mm.model.damrs import (DAMRS, feedback_weights, label_distributions, neighbour_discrimination,
+                                    pseudo_positives, symmetric_bernoulli_kl, weighted_bpr)
 from tests.conftest import build_model, train_steps
 
 
@@ -311,3 +311,22 @@ def test_needs_both_modalities(run_config):
 def test_bad_values_are_refused(run_config, key, value):
     with pytest.raises(ConfigError, match=key):
         build(run_config, **{key: value})
+
+
+def test_pseudo_positives_in_anchor_chunks_equal_the_whole_batch():
+    """The label distributions are computed a few anchors at a time (memory): every chunking
+    gives the positives of the whole batch at once."""
+    from recbole_mm.model.damrs import VIEWS, view_pseudo_positives
+
+    generator = torch.Generator().manual_seed(0)
+    tables = {name: torch.randn(60, 8, generator=generator) for name in VIEWS}
+    anchors = {name: tables[name][torch.arange(0, 60, 3)] for name in VIEWS}
+    whole = view_pseudo_positives(anchors, tables, 5)
+    for budget in (60, 7 * 60):  # one anchor per chunk; 7 anchors per chunk (a ragged last chunk)
+        chunked = view_pseudo_positives(anchors, tables, 5, budget_elements=budget)
+        for name in VIEWS:
+            assert torch.equal(chunked[name][0], whole[name][0]) and torch.equal(chunked[name][1], whole[name][1])
+    others = [name for name in VIEWS if name != "image"]
+    labels = {name: label_distributions(anchors[name], tables[name]) for name in VIEWS}
+    expected = pseudo_positives(labels["image"], labels[others[0]], labels[others[1]], 5)
+    assert torch.equal(whole["image"][0], expected[0]) and torch.equal(whole["image"][1], expected[1])

@@ -97,11 +97,39 @@ def pseudo_positives(own, other_a, other_b, count):
     return multi, single
 
 
+@torch.no_grad()
+def view_pseudo_positives(anchors, tables, count, budget_elements=2 ** 24):
+    """Each view's :func:`pseudo_positives` for the anchors, from the three views' label
+    distributions, computed for ``budget_elements // N`` anchors at a time: the (B x N)
+    distributions of the whole batch are never held at once (3 x 1.6 GB at 4,096 anchors and
+    100k items).
+
+    Args:
+        anchors: dict view -> (B x d) the anchors' rows in that view.
+        tables: dict view -> (N x d) every item's row in that view.
+
+    Returns:
+        dict view -> (multi, single), two (B x count) index tensors into the tables.
+    """
+    n_anchors, n_items = len(anchors[VIEWS[0]]), len(tables[VIEWS[0]])
+    chunk = max(1, budget_elements // max(n_items, 1))
+    found = {name: ([], []) for name in VIEWS}
+    for start in range(0, n_anchors, chunk):
+        labels = {name: label_distributions(anchors[name][start:start + chunk], tables[name]) for name in VIEWS}
+        for name in VIEWS:
+            multi, single = pseudo_positives(labels[name], *(labels[o] for o in VIEWS if o != name), count)
+            found[name][0].append(multi)
+            found[name][1].append(single)
+        del labels
+    return {name: (torch.cat(multi), torch.cat(single)) for name, (multi, single) in found.items()}
+
+
 def neighbour_discrimination(anchors, table, multi, single, temperature=TEMPERATURE):
     r"""DA-MRS's :math:`L_{AI}` for one view: anchors (B x d), all items (N x d), positive indices
     (B x k) into ``table``; mean over the anchors (see the module docstring)."""
     anchors, table = F.normalize(anchors, dim=1), F.normalize(table, dim=1)
-    every = torch.exp(anchors @ table.T / temperature).sum(dim=1)
+    # one (B x N) block, scaled and exponentiated in place (autograd keeps that block only)
+    every = (anchors @ table.T).div_(temperature).exp_().sum(dim=1)
     multi_sum = torch.exp(torch.einsum("bd,bkd->bk", anchors, table[multi]) / temperature).sum(dim=1)
     single_sum = torch.exp(torch.einsum("bd,bkd->bk", anchors, table[single]) / temperature).sum(dim=1)
     loss = -torch.log(multi_sum / every + LOG_EPS) - torch.log(single_sum / (every - multi_sum) + LOG_EPS)
@@ -208,13 +236,10 @@ class DAMRS(MultiModalRecommender):
     def item_relation_alignment(self, views, batch_items):
         """:math:`L_{AI}`: the neighbour discrimination of each view, averaged (padding item excluded)."""
         tables = {name: view[1:] for name, view in views.items()}
-        with torch.no_grad():
-            labels = {name: label_distributions(view[batch_items], tables[name]) for name, view in views.items()}
-        losses = []
-        for name in VIEWS:
-            others = [labels[other] for other in VIEWS if other != name]
-            multi, single = pseudo_positives(labels[name], *others, self.pseudo_count)
-            losses.append(neighbour_discrimination(views[name][batch_items], tables[name], multi, single))
+        positives = view_pseudo_positives({name: view[batch_items] for name, view in views.items()}, tables,
+                                          self.pseudo_count)
+        losses = [neighbour_discrimination(views[name][batch_items], tables[name], *positives[name])
+                  for name in VIEWS]
         return sum(losses) / len(losses)
 
     def calculate_loss(self, interaction):
