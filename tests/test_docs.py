@@ -125,6 +125,8 @@ NOT_HERE = {
     "python benchmarks/zoo.py --jobs 1 --set epochs=30": BENCH,
     "python benchmarks/guider_noise.py --dataset synthetic --epochs 40 --models VBPR FREEDOM --methods plain GUIDER": BENCH,
     "python benchmarks/guider_ablation.py --dataset synthetic --epochs 40": BENCH,
+    "python benchmarks/guider_noise.py --dataset synthetic --epochs 40 --models VBPR FREEDOM --noise 0.1 --seeds 2020 "
+    "2021 2022 --methods plain GUIDER-DBPR GUIDER GUIDER+DBPR0.1 GUIDER+DBPR1 --table guider_ladder": BENCH,
     "python benchmarks/guider_any_student.py --set epochs=30 --jobs 2": BENCH,
     "python benchmarks/nfvlm_paper.py": BENCH,
 }
