@@ -55,9 +55,17 @@ def reset_peak_rss():
         handle.write("5")
 
 
+CLIP_DIM = 512
+# config overrides that add the generated CLIP table to the folder's image and text files
+CLIP_FILES = {"modality_files": {"text": "text_feat.npy", "image": "image_feat.npy", "clip": "clip_feat.npy"},
+              "modality_dims": {"text": 384, "image": 4096, "clip": CLIP_DIM}}
+
+
 def make_sports_folder(inter_path, image_dim=4096, root=None, name="sports"):
     """An MMRec folder ``<root>/<name>``: the real interaction file (``sports.inter``) with
-    generated image (``image_dim``, uniform) and 384-d text (Gaussian) features, seed 0.
+    generated image (``image_dim``, uniform) and 384-d text (Gaussian) features, seed 0, and a
+    512-d ``clip_feat.npy`` (unit rows) for the models that score a CLIP embedding (read only
+    where a config lists it in ``modality_files``: :data:`CLIP_FILES`).
     ``root`` defaults to a new temporary directory; an existing complete folder is kept as it is
     (several benchmark processes can share one). Returns ``root``."""
     root = root or tempfile.mkdtemp(prefix="bench-sports-")
@@ -72,6 +80,8 @@ def make_sports_folder(inter_path, image_dim=4096, root=None, name="sports"):
     rng = np.random.default_rng(0)
     np.save(os.path.join(staging, "image_feat.npy"), rng.random((n_items, image_dim), dtype=np.float32))
     np.save(os.path.join(staging, "text_feat.npy"), rng.standard_normal((n_items, 384), dtype=np.float32))
+    clip = rng.standard_normal((n_items, CLIP_DIM), dtype=np.float32)
+    np.save(os.path.join(staging, "clip_feat.npy"), clip / np.linalg.norm(clip, axis=1, keepdims=True))
     try:
         os.rename(staging, folder)  # atomic: another process sees the whole folder or none
     except OSError:  # another process made it first
@@ -81,7 +91,9 @@ def make_sports_folder(inter_path, image_dim=4096, root=None, name="sports"):
 
 def train_batches(model, trainer, loader, max_batches):
     """Seconds for the first ``max_batches`` batches of one epoch, and the loader's batch count."""
-    model.pre_epoch_processing()
+    hook = getattr(model, "pre_epoch_processing", None)  # RecBole's own models have none
+    if callable(hook):
+        hook()
     start = time.perf_counter()
     for index, batch in enumerate(loader):
         if index == max_batches:

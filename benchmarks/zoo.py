@@ -81,14 +81,31 @@ def run_once(model, dataset, seed, data_path, workdir, overrides):
     return record
 
 
+def packaged_modalities(model):
+    """The ``modalities`` of a plugin model's yaml (``[]`` for RecBole's models)."""
+    import yaml
+
+    path = os.path.join(REPO, "recbole_mm", "properties", "model", f"{model}.yaml")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as handle:
+        return list((yaml.safe_load(handle) or {}).get("modalities") or [])
+
+
 def run_sports(model, inter, max_batches, overrides):
-    """``sports_speed.py`` for one model in a child process; returns the record."""
+    """``sports_speed.py`` for one model in a child process; returns the record. A model that
+    scores a CLIP embedding (CLIPMLP, NFVLM) also gets the folder's generated CLIP table."""
+    settings = overrides
+    if "clip" in packaged_modalities(model):
+        from sports_speed import CLIP_FILES
+
+        settings = {**CLIP_FILES, **overrides}
     command = [sys.executable, os.path.join(HERE, "sports_speed.py"), "--inter", inter, "--models", model,
                "--epochs", "1", "--skip-knn", "--device", "cpu"]
     if max_batches:
         command += ["--max-batches", str(max_batches)]
-    if overrides:
-        command += ["--set", *(f"{key}={json.dumps(value)}" for key, value in overrides.items())]
+    if settings:
+        command += ["--set", *(f"{key}={json.dumps(value)}" for key, value in settings.items())]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=child_env())
     lines = [line for line in done.stdout.splitlines() if line.startswith("sports: ")]
     record = {"model": model, "dataset": "sports", "seed": None, "overrides": overrides}

@@ -60,3 +60,25 @@ def test_the_guider_page_keeps_every_model_it_has_records_for(tmp_path):
     any_student.write_markdown(out, records, ["VBPR"], [0.0], "python benchmarks/guider_any_student.py", {})
     rows = [line.split("|")[1].strip() for line in open(out) if line.startswith("| ") and "model" not in line]
     assert rows == ["VBPR", "MGCN"]
+
+
+def test_zoo_on_sports_gives_the_clip_models_the_generated_clip_table(monkeypatch):
+    """CLIPMLP and NF-VLM score a CLIP embedding, which the Sports folder gets generated beside
+    its image and text tables: their runs name it, the others' do not, and the record keeps
+    the command line's settings (so that a finished run is recognised as done)."""
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        return type("Done", (), {"returncode": 0, "stderr": "", "stdout": "sports: " + repr({
+            "epoch_s": 1.0, "full_sort_eval_s": 2.0, "peak_rss_mb": 3, "epoch_timing": "full epoch",
+            "items": 4, "users": 5})})()
+
+    monkeypatch.setattr(zoo.subprocess, "run", fake_run)
+    assert "clip" in zoo.packaged_modalities("CLIPMLP") and zoo.packaged_modalities("BPR") == []
+    clip_record = zoo.run_sports("NFVLM", "sports.inter", 10, {"epochs": 1})
+    plain_record = zoo.run_sports("VBPR", "sports.inter", 10, {"epochs": 1})
+    assert any("clip_feat.npy" in part for part in commands[0]) and "epochs=1" in commands[0]
+    assert not any("clip" in part for part in commands[1])
+    assert clip_record["overrides"] == plain_record["overrides"] == {"epochs": 1}
+    assert clip_record["status"] == "ok"
