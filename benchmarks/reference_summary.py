@@ -25,6 +25,7 @@ def switches(record):
     command = record["command"]
     pairs = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
     pairs += [f"ours: {command[i + 1]}" for i, word in enumerate(command) if word == "--ours-set"]
+    pairs += [f"stopping-step={command[i + 1]}" for i, word in enumerate(command) if word == "--stopping-step"]
     return " ".join(pairs + [f"ref-branch={command[i + 1]}" for i, word in enumerate(command) if word == "--ref-branch"])
 
 

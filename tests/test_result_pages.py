@@ -82,3 +82,12 @@ def test_zoo_on_sports_gives_the_clip_models_the_generated_clip_table(monkeypatc
     assert not any("clip" in part for part in commands[1])
     assert clip_record["overrides"] == plain_record["overrides"] == {"epochs": 1}
     assert clip_record["status"] == "ok"
+
+
+def test_reference_summary_keeps_runs_with_another_stopping_step_apart():
+    """A run with early stopping off (``--stopping-step``) is another setting: the summary's
+    switches name it, so it gets its own row instead of replacing the early-stopped run."""
+    summary = load("reference_summary")
+    command = ["compare_reference.py", "--model", "MMGCN", "--set", "reg_weight=0.0001", "--stopping-step", "1000"]
+    assert summary.switches({"command": command}) == "reg_weight=0.0001 stopping-step=1000"
+    assert summary.switches({"command": command[:5]}) == "reg_weight=0.0001"
