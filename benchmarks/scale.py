@@ -26,6 +26,9 @@ import resource
 import sys
 import time
 
+# this checkout's recbole_mm, not whichever one an editable install points at
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 DATASET = "scale100k"
 GENERATOR = {
     "seed": 2026,
