@@ -282,7 +282,7 @@ def _measure(model_name, dataset_name, config_dict, max_batches, eval_users, knn
     ran = len(loader)
     once = sum(hook_seconds)  # once per epoch: not scaled with the batches
     figures.update(train_batches=ran, epoch_batches=batches, train_seconds=round(seconds, 1),
-                   pre_epoch_seconds=round(once, 3),
+                   pre_epoch_seconds=round(once, 6),
                    epoch_seconds=round(once + (seconds - once) * batches / ran, 1), epoch_extrapolated=ran < batches,
                    loss=float(loss if not isinstance(loss, tuple) else sum(loss)),
                    rss_after_train_gb=round(peak_rss_gb(), 2))
