@@ -8,6 +8,8 @@
 reads ``configs/`` from the working directory, or into its parent for a fork that reads
 ``src/configs/``, dangkh/VIRAL); ``CONFIG_JSON`` is MMRec's ``config_dict``.
 ``CODES_DIR`` is MICRO's ``codes/`` (a temporary copy), whose ``main.py`` runs with ``ARG...``.
+With ``RECBOLE_MM_MAX_BATCHES=N`` in the environment (``compare_reference.py --max-batches``),
+MMRec's ``Trainer.fit`` trains every epoch on the first N batches only (MICRO: not supported).
 
 Compatibility shims, applied here at run time (MMRec's files are never edited):
 - names numpy 2 removed (``np.float`` / ``np.int`` / ``np.bool`` / ``np.object``, ``np.float_``,
@@ -226,11 +228,19 @@ def main(src_dir, model, dataset, config_json):
     alias_models_common(src_dir)
     quick_start = importlib.import_module(f"{package}.quick_start")
     quick_start.get_model = cuda_parity(quick_start.get_model)
+    if os.environ.get("RECBOLE_MM_MAX_BATCHES"):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from truncated_loader import truncate_training
+
+        truncate_training(importlib.import_module("common.trainer").Trainer, int(os.environ["RECBOLE_MM_MAX_BATCHES"]))
     quick_start.quick_start(model=model, dataset=dataset, config_dict=config_dict, save_model=False)
 
 
 def main_micro(codes_dir, *argv):
     import runpy
+
+    if os.environ.get("RECBOLE_MM_MAX_BATCHES"):
+        raise SystemExit("--max-batches: MICRO's own training loop cannot be truncated")
 
     import multiprocessing
 

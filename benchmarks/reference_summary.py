@@ -26,6 +26,7 @@ def switches(record):
     pairs = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
     pairs += [f"ours: {command[i + 1]}" for i, word in enumerate(command) if word == "--ours-set"]
     pairs += [f"stopping-step={command[i + 1]}" for i, word in enumerate(command) if word == "--stopping-step"]
+    pairs += [f"max-batches={command[i + 1]}" for i, word in enumerate(command) if word == "--max-batches"]
     return " ".join(pairs + [f"ref-branch={command[i + 1]}" for i, word in enumerate(command) if word == "--ref-branch"])
 
 

@@ -18,8 +18,6 @@ each kNN graph for real (timed and extrapolated) and gives the other rows random
 finish). ``table LOG...`` prints the markdown table of ``results/scale.md`` from run logs.
 """
 import argparse
-import copy
-import itertools
 import json
 import os
 import resource
@@ -28,6 +26,9 @@ import time
 
 # this checkout's recbole_mm, not whichever one an editable install points at
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from truncated_loader import truncated  # noqa: E402
 
 DATASET = "scale100k"
 GENERATOR = {
@@ -56,20 +57,6 @@ def generate(data_path, dataset=DATASET, arguments=None):
     start = time.perf_counter()
     made = ensure_synthetic_dataset(os.path.join(data_path, dataset), dataset, arguments or GENERATOR)
     return {"generated": made, "seconds": round(time.perf_counter() - start, 1), "peak_rss_gb": round(peak_rss_gb(), 2)}
-
-
-def truncated(loader, n):
-    """A shallow copy of a RecBole data loader that yields only its first ``n`` batches, for
-    timing part of an epoch or of an evaluation. It stays an instance of the loader's class
-    (the trainer tells full-sort evaluation apart by ``isinstance``)."""
-    cls = type(loader)
-    subclass = type(f"Truncated{cls.__name__}", (cls,), {
-        "__iter__": lambda self: itertools.islice(cls.__iter__(self), n),
-        "__len__": lambda self: min(n, cls.__len__(self)),
-    })
-    clone = copy.copy(loader)
-    clone.__class__ = subclass
-    return clone
 
 
 def sampled_knn(measured_chunks, timings):

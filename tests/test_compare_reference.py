@@ -163,3 +163,88 @@ def test_reference_layouts_and_data_folder(tmp_path):
     np.save(folder / "text_feat.npy", np.ones((3, 2), dtype=np.float32))
     root, name = compare.link_data(str(folder), str(tmp_path / "w3"), False, seed=0, modalities=("text",))[:2]
     assert sorted(os.listdir(os.path.join(root, name))) == ["text_feat.npy", "tiny.inter"]
+
+
+def _truncation_module():
+    path = os.path.join(os.path.dirname(PATH), "truncated_loader.py")
+    spec = importlib.util.spec_from_file_location("truncated_loader", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _RecBoleStyleLoader:
+    """A fresh iterator per epoch, as RecBole's torch-based loaders."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+    def __len__(self):
+        return self.n
+
+
+class _MMRecStyleLoader:
+    """Its own iterator, its position in ``pr``, reset (and StopIteration) at the end of an
+    epoch, as MMRec's ``AbstractDataLoader``."""
+
+    def __init__(self, n):
+        self.n, self.pr = n, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.pr >= self.n:
+            self.pr = 0
+            raise StopIteration()
+        self.pr += 1
+        return self.pr - 1
+
+    def __len__(self):
+        return self.n
+
+
+@pytest.mark.parametrize("loader_cls", [_RecBoleStyleLoader, _MMRecStyleLoader])
+def test_truncated_loader_yields_the_first_batches_of_every_epoch(loader_cls):
+    """``--max-batches``: every epoch (not only the first) trains on the first N batches; the
+    truncated loader stays an instance of the loader's class; N beyond the loader is harmless."""
+    truncation = _truncation_module()
+    loader = truncation.truncated(loader_cls(10), 3)
+    assert isinstance(loader, loader_cls) and len(loader) == 3
+    assert [list(loader) for _ in range(4)] == [[0, 1, 2]] * 4
+    assert list(truncation.truncated(loader_cls(2), 5)) == [0, 1]
+
+
+def test_truncate_training_wraps_the_train_loader_of_fit_once():
+    """The patched ``fit`` hands the original a loader cut to N batches; with a subclass's
+    ``fit`` patched too (it calls ``super().fit``), the loader is cut once, not twice."""
+    truncation = _truncation_module()
+    seen = []
+
+    class Trainer:
+        def fit(self, train_data, valid_data=None):
+            seen.append((type(train_data).__name__, list(train_data), valid_data))
+            return "done"
+
+    class GuiderLike(Trainer):
+        def fit(self, train_data, valid_data=None):
+            return super().fit(train_data, valid_data)
+
+    original = truncation.truncate_training(Trainer, 2)
+    own = truncation.truncate_training(GuiderLike, 2)
+    try:
+        assert GuiderLike().fit(_RecBoleStyleLoader(6), "valid") == "done"
+        assert seen == [("Truncated_RecBoleStyleLoader", [0, 1], "valid")]
+    finally:
+        Trainer.fit, GuiderLike.fit = original, own
+
+
+def test_max_batches_reaches_both_runners_through_the_environment(monkeypatch):
+    """Both sides learn ``--max-batches`` from the same variable; without it, a value left in
+    the caller's environment does not leak into the runs."""
+    monkeypatch.setenv(compare.MAX_BATCHES_ENV, "7")
+    assert compare.MAX_BATCHES_ENV not in compare.child_env()
+    assert compare.child_env(3)[compare.MAX_BATCHES_ENV] == "3"

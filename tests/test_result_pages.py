@@ -91,3 +91,5 @@ def test_reference_summary_keeps_runs_with_another_stopping_step_apart():
     command = ["compare_reference.py", "--model", "MMGCN", "--set", "reg_weight=0.0001", "--stopping-step", "1000"]
     assert summary.switches({"command": command}) == "reg_weight=0.0001 stopping-step=1000"
     assert summary.switches({"command": command[:5]}) == "reg_weight=0.0001"
+    partial = ["compare_reference.py", "--model", "MENTOR", "--epochs", "1", "--max-batches", "3"]
+    assert summary.switches({"command": partial}) == "max-batches=3"
