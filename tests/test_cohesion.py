@@ -6,9 +6,10 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recbole_mm.model.cohesion import COHESION, adaptive_block_scores
-from recbole_mm.model.layers import layer_refined_propagate
+from recbole_mm.model.layers import layer_refined_propagate, row_cosine
 from recbole_mm.trainer import GUIDERTrainer
 from tests.conftest import REPO_ROOT, SMALL_SYNTHETIC, build_model, train_each, train_steps
 
@@ -61,6 +62,25 @@ def test_layer_refined_propagation_matches_a_dense_rewrite_in_value_and_gradient
     # the rescaling matters: plain LightGCN sums differ
     plain = sum(torch.linalg.matrix_power(adjacency, k) @ ego for k in range(0 if include_ego else 1, n_layers + 1))
     assert not torch.allclose(results[0][0], plain, atol=1e-3)
+
+
+def test_row_cosine_equals_torchs_cosine_similarity_in_value_and_gradient():
+    """The propagation's cosine is ``F.cosine_similarity``'s, zero rows (a node without an
+    edge after propagation) included: value 0 and finite gradients."""
+    generator = torch.Generator().manual_seed(3)
+    x, y = torch.randn(9, 6, generator=generator), torch.randn(9, 6, generator=generator)
+    x[2], y[4] = 0.0, 0.0
+    probe = torch.randn(9, generator=generator)
+    grads = []
+    for cosine in (row_cosine, lambda a, b: F.cosine_similarity(a, b, dim=-1)):
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        value = cosine(a, b)
+        (value * probe).sum().backward()
+        grads.append((value.detach(), a.grad, b.grad))
+    for ours, torchs in zip(*grads):
+        assert torch.isfinite(ours).all()
+        assert torch.allclose(ours, torchs, atol=1e-6)
+    assert grads[0][0][2] == 0 and grads[0][0][4] == 0
 
 
 def test_branch_is_early_fusion_then_layer_refined_gcn_on_the_dense_graph(run_config):
