@@ -66,6 +66,36 @@ class _InBatchNCE(torch.autograd.Function):
         return (softmax @ positive - positive) * scale, (softmax.T @ anchor - anchor) * scale, None
 
 
+class _TableNCE(torch.autograd.Function):
+    r""":math:`\sum_i [\log \sum_j \exp(a_i^\top t_j) - a_i^\top t_{y_i}]` over a whole table of
+    candidates (B anchors x N rows), with its gradient written out as :class:`_InBatchNCE`'s:
+    :math:`\partial/\partial a_i = \sum_j s_{ij} t_j - t_{y_i}`,
+    :math:`\partial/\partial t_j = \sum_i s_{ij} a_i - \sum_{i: y_i = j} a_i`, s the row softmax.
+    Against ``F.cross_entropy`` it skips the zero-filled (B x N) target gradient and the
+    log-softmax backward (LGMRec's all-users term: B x 35,598 on Sports). ``bound`` as there."""
+
+    @staticmethod
+    def forward(ctx, anchor, table, targets, bound):
+        logits = anchor @ table.T
+        if bound is None or bound > _EXP_SAFE_BOUND:
+            logits.sub_(logits.max(dim=1, keepdim=True).values)
+        positive = logits.gather(1, targets.unsqueeze(1)).squeeze(1)  # shifted alike: the shift cancels
+        softmax = logits.exp_()
+        total = softmax.sum(dim=1, keepdim=True)
+        loss = (total.log().squeeze(1) - positive).sum()
+        softmax.div_(total)
+        ctx.save_for_backward(anchor, table, targets, softmax)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        anchor, table, targets, softmax = ctx.saved_tensors
+        grad_anchor = softmax @ table - table[targets]
+        grad_table = (softmax.T @ anchor).index_add_(0, targets, anchor, alpha=-1.0)
+        return grad_anchor * grad, grad_table * grad, None, None
+
+
 def info_nce(anchor, positive, temperature=0.2, symmetric=False, normalize=True):
     r"""In-batch InfoNCE: row i of ``positive`` is the positive of row i of ``anchor``, the
     other rows are its negatives.
@@ -296,8 +326,12 @@ def table_info_nce(anchor, table, targets, temperature=0.2, reduction="sum"):
     Returns:
         scalar tensor.
     """
-    logits = (F.normalize(anchor, dim=1) / temperature) @ F.normalize(table, dim=1).T
-    return F.cross_entropy(logits, targets, reduction=reduction)
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"table_info_nce: reduction must be 'sum' or 'mean', got {reduction!r}")
+    # unit rows, the anchors scaled by 1/τ: every logit lies in [-1/τ, 1/τ]
+    loss = _TableNCE.apply(F.normalize(anchor, dim=1) / temperature, F.normalize(table, dim=1), targets,
+                           1.0 / temperature)
+    return loss / anchor.shape[0] if reduction == "mean" else loss
 
 
 __all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss",
