@@ -42,6 +42,24 @@ def test_grace_loss_equals_the_authors_formula_in_value_and_gradient(chunk_size)
     assert aligned < reference, "aligned views give a smaller loss"
 
 
+@pytest.mark.parametrize("chunk_size", [4096, 7])
+def test_grace_loss_at_a_small_temperature_takes_the_shifted_path(chunk_size):
+    """τ = 0.01: logits up to 100, past the unshifted bound; the max-shifted exps give the
+    formula as log-sum-exps (the authors' exp-sums cancel to -inf here: their anchor's own
+    e^100 swamps the rest in float64 too)."""
+    generator = torch.Generator().manual_seed(1)
+    z1 = torch.randn(20, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(20, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    ours = grace_info_nce(z1, z2, 0.01, chunk_size=chunk_size)
+    a, p = F.normalize(z1), F.normalize(z2)
+    own = (a @ a.T / 0.01).masked_fill(torch.eye(20, dtype=torch.bool), float("-inf"))
+    between = a @ p.T / 0.01
+    reference = (torch.logsumexp(torch.cat([own, between], dim=1), dim=1) - between.diag()).mean()
+    assert torch.isfinite(ours) and torch.allclose(ours, reference, rtol=1e-9)
+    for got, want in zip(torch.autograd.grad(ours, [z1, z2]), torch.autograd.grad(reference, [z1, z2])):
+        assert torch.allclose(got, want, rtol=1e-7, atol=1e-9)
+
+
 def test_each_modality_has_its_own_mixed_graph_and_items_fuse_by_attention(run_config):
     _, _, model = build(run_config)
     assert not hasattr(model, "modal_weight"), "no global modality weight in MICRO"

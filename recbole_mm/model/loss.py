@@ -122,15 +122,51 @@ def info_nce(anchor, positive, temperature=0.2, symmetric=False, normalize=True)
     return loss
 
 
+class _GraceNCE(torch.autograd.Function):
+    r"""GRACE's per-row losses, summed, of the anchors ``scaled`` (B x d: rows ``rows`` of the
+    unit-row ``anchor``, times 1/τ) against every row of the unit-row ``anchor`` and ``positive``
+    (n x d), the anchor itself left out of the first view, with its gradient written out:
+    :math:`\partial/\partial s_i = \sum_j (q_{ij} a_j + r_{ij} p_j) - p_{y_i}`,
+    :math:`\partial/\partial a_j = \sum_i q_{ij} s_i`,
+    :math:`\partial/\partial p_j = \sum_i r_{ij} s_i - \sum_{i: y_i = j} s_i`, (q | r) the
+    softmax over both views' logits. Every logit lies in [-1/τ, 1/τ] (``bound``): the exps are
+    taken without a max shift (:class:`_InBatchNCE`'s rule), in place, and kept as the softmax,
+    where autograd's logsumexps took a max, a shift, a division by τ and their backward passes
+    over each (B x n) block (over half of a MICRO epoch)."""
+
+    @staticmethod
+    def forward(ctx, scaled, rows, anchor, positive, bound):
+        intra, inter = scaled @ anchor.T, scaled @ positive.T
+        local = torch.arange(len(rows), device=rows.device)
+        positives = inter[local, rows]
+        shift = None
+        if bound is None or bound > _EXP_SAFE_BOUND:
+            shift = torch.maximum(intra.max(dim=1).values, inter.max(dim=1).values).unsqueeze(1)
+            intra.sub_(shift)
+            inter.sub_(shift)
+        intra.exp_()
+        intra[local, rows] = 0.0  # the anchor itself is no negative
+        inter.exp_()
+        total = (intra.sum(dim=1) + inter.sum(dim=1)).unsqueeze(1)
+        loss = total.log().squeeze(1) - positives
+        if shift is not None:
+            loss = loss + shift.squeeze(1)
+        ctx.save_for_backward(scaled, rows, anchor, positive, intra.div_(total), inter.div_(total))
+        return loss.sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        scaled, rows, anchor, positive, intra, inter = ctx.saved_tensors
+        grad_scaled = intra @ anchor + inter @ positive - positive[rows]
+        grad_positive = (inter.T @ scaled).index_add_(0, rows, scaled, alpha=-1.0)
+        return grad_scaled * grad, None, intra.T @ scaled * grad, grad_positive * grad, None
+
+
 def _grace_rows(anchor_rows, rows, anchor, positive, temperature):
-    """GRACE's per-row loss of the L2-normalised anchors ``anchor_rows`` (B x d), rows ``rows``
+    """GRACE's loss summed over the L2-normalised anchors ``anchor_rows`` (B x d), rows ``rows``
     (B,) of the L2-normalised ``anchor`` (n x d); see :func:`grace_info_nce`."""
-    intra = anchor_rows @ anchor.T / temperature
-    inter = anchor_rows @ positive.T / temperature
-    local = torch.arange(len(rows), device=rows.device)
-    intra[local, rows] = float("-inf")  # the anchor itself is no negative
-    positives = inter[local, rows]
-    return torch.logaddexp(torch.logsumexp(intra, dim=1), torch.logsumexp(inter, dim=1)) - positives
+    return _GraceNCE.apply(anchor_rows / temperature, rows, anchor, positive, 1.0 / temperature)
 
 
 def grace_info_nce(anchor, positive, temperature=0.5, chunk_size=4096):
@@ -158,13 +194,12 @@ def grace_info_nce(anchor, positive, temperature=0.5, chunk_size=4096):
     n_rows = anchor.shape[0]
     rows = torch.arange(n_rows, device=anchor.device)
     if n_rows <= chunk_size:
-        return _grace_rows(anchor, rows, anchor, positive, temperature).mean()
+        return _grace_rows(anchor, rows, anchor, positive, temperature) / n_rows
     total = anchor.new_zeros(())
     for start in range(0, n_rows, chunk_size):
         stop = min(start + chunk_size, n_rows)
-        losses = checkpoint(_grace_rows, anchor[start:stop], rows[start:stop], anchor, positive, temperature,
-                            use_reentrant=False)
-        total = total + losses.sum()
+        total = total + checkpoint(_grace_rows, anchor[start:stop], rows[start:stop], anchor, positive, temperature,
+                                   use_reentrant=False)
     return total / n_rows
 
 
