@@ -116,11 +116,16 @@ def view_pseudo_positives(anchors, tables, count, budget_elements=2 ** 24):
     found = {name: ([], []) for name in VIEWS}
     for start in range(0, n_anchors, chunk):
         labels = {name: label_distributions(anchors[name][start:start + chunk], tables[name]) for name in VIEWS}
+        # pseudo_positives of each view, with the views' sum taken once: others + 2 own = all + own;
+        # a view's own distribution is then zeroed in place (the sum already holds it)
+        every_view = labels[VIEWS[0]] + labels[VIEWS[1]]
+        every_view += labels[VIEWS[2]]
         for name in VIEWS:
-            multi, single = pseudo_positives(labels[name], *(labels[o] for o in VIEWS if o != name), count)
+            multi = torch.topk(every_view + labels[name], count, dim=1).indices
+            single = torch.topk(labels[name].scatter_(1, multi, 0.0), count, dim=1).indices
             found[name][0].append(multi)
             found[name][1].append(single)
-        del labels
+        del labels, every_view
     return {name: (torch.cat(multi), torch.cat(single)) for name, (multi, single) in found.items()}
 
 
