@@ -6,11 +6,12 @@ import numpy as np
 import torch
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation as recbole_data_preparation
-from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
 from recbole.data.utils import get_dataloader, load_split_dataloaders, save_split_dataloaders
 from recbole.utils import ModelType, set_color
 
-from recbole_mm.data.dataloader import UserSampledTrainDataLoader, VectorisedFullSortEvalDataLoader
+from recbole_mm.data.dataloader import (DirectTrainDataLoader, UserSampledTrainDataLoader,
+                                       VectorisedFullSortEvalDataLoader)
 from recbole_mm.data.dataset import DatasetNotFoundError, MultiModalDataset
 from recbole_mm.data.modality import FeatureFileError
 from recbole_mm.data.sampler import create_samplers
@@ -99,7 +100,9 @@ def train_loader(config, train_dataset, train_sampler):
         raise ConfigError(f"train_sampling must be one of {list(TRAIN_SAMPLINGS)}, got {sampling!r}")
     if sampling == "user":
         return UserSampledTrainDataLoader(config, train_dataset, train_sampler, shuffle=True)
-    return get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
+    loader = get_dataloader(config, "train")
+    loader = DirectTrainDataLoader if loader is TrainDataLoader else loader
+    return loader(config, train_dataset, train_sampler, shuffle=config["shuffle"])
 
 
 def _eval_loader(config, phase):

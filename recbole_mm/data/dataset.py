@@ -251,6 +251,18 @@ class MultiModalDataset(Dataset):
                                     "name it in feature_id_map (and the files in modality_files)")
         return files
 
+    def __getitem__(self, index, join=True):
+        """RecBole's rows ``index`` of the interactions (joined with user / item features), a
+        numpy or tensor index applied to each field as one tensor: RecBole's ``Interaction``
+        turns it into a Python list first, about 1 ms of every 2,048-row train batch."""
+        if isinstance(index, (np.ndarray, torch.Tensor)):
+            index = torch.as_tensor(index, device=self.inter_feat[self.uid_field].device)
+            frame = self.inter_feat
+            df = type(frame)({field: values[index] for field, values in frame.interaction.items()})
+        else:
+            df = self.inter_feat[index]
+        return self.join(df) if join else df
+
     def __str__(self):
         info = [super().__str__()]
         for name, matrix in getattr(self, "modality_features", {}).items():
