@@ -83,6 +83,10 @@ Reference bugs, as switches (default ``False`` = fixed):
 - ``mvgae_item_offset_quirk``: MMRec indexes the node matrix z with the raw item ids of the
   batch, which are **user** rows (items start at row U), so its reconstruction loss scores users
   against users. ``True`` reproduces it; by default items are rows U + i.
+- ``mvgae_stale_eval_quirk``: MMRec ranks with ``result_embed``, the sigmoid of the fused means of
+  the last training forward (dropout on, before that step's update); ``True`` keeps and ranks
+  with them (:meth:`~recbole_mm.model.abstract_recommender.MultiModalRecommender.setup_stale_evaluation`);
+  by default evaluation takes a fresh, dropout-free forward.
 
 Other departures: message passing is a sparse product with :math:`D^{-1}(A + I)` (no PyG); with
 ``modalities`` given as one modality (MMRec's forward calls both the image and the text encoder
@@ -230,6 +234,7 @@ class MVGAE(MultiModalRecommender):
         self.frozen_quirk = bool(config["mvgae_frozen_quirk"])
         self.item_offset_quirk = bool(config["mvgae_item_offset_quirk"])
         self.sigmoid_latent = bool(config["sigmoid_latent"])
+        self.setup_stale_evaluation(config["mvgae_stale_eval_quirk"], self.embedding_size, self.embedding_size)
         del self.bpr_loss  # MMRec's own loss (hardest batch negative, log2): denoise cannot replace it
 
         users, items = interaction_edges(self.interaction_matrix)
@@ -264,13 +269,18 @@ class MVGAE(MultiModalRecommender):
             return mu
         return mu + torch.randn_like(mu) * SAMPLE_SCALE * (0.5 * logvar.clamp(max=MAX_LOGVAR)).exp()
 
-    def forward(self):
-        (mu, _), _ = self.encode()
+    def scored_nodes(self, mu):
+        """The users' and items' scored rows from the fused means: (U x d), (I x d)."""
         nodes = torch.sigmoid(mu) if self.sigmoid_latent else mu
         return torch.split(nodes, [self.n_users, self.n_items])
 
+    def forward(self):
+        (mu, _), _ = self.encode()
+        return self.scored_nodes(mu)
+
     def calculate_loss(self, interaction):
         fused, experts = self.encode()
+        self.remember_representations(*self.scored_nodes(fused[0]))
         users = interaction[self.USER_ID]
         offset = 0 if self.item_offset_quirk else self.n_users
         pos_nodes, neg_nodes = interaction[self.ITEM_ID] + offset, interaction[self.NEG_ITEM_ID] + offset
