@@ -340,17 +340,17 @@ def chunked_info_nce(anchor, positive, temperature=0.2, chunk_size=4096):
     for start in range(0, n_rows, chunk_size):  # each chunk: table_info_nce against all rows
         stop = min(start + chunk_size, n_rows)
         total = total + checkpoint(table_info_nce, anchor[start:stop], positive, rows[start:stop], temperature,
-                                   "sum", use_reentrant=False)
+                                   use_reentrant=False)
     return total / n_rows
 
 
-def table_info_nce(anchor, table, targets, temperature=0.2, reduction="sum"):
+def table_info_nce(anchor, table, targets, temperature=0.2):
     r"""InfoNCE of a batch of anchors against a whole table of candidates: the positive of
     anchor i is ``table[targets[i]]``, and every row of ``table`` (the positive included) is in
     its denominator (LGMRec's triple loss: negatives are all users / all items, not the batch).
 
     :math:`\mathcal L = -\sum_i \log \frac{\exp(\cos(a_i, t_{y_i})/\tau)}{\sum_j \exp(\cos(a_i, t_j)/\tau)}`
-    (``reduction="sum"``; ``"mean"`` divides by B).
+    (summed over the B anchors).
 
     Args:
         anchor: (B x d) tensor.
@@ -361,12 +361,9 @@ def table_info_nce(anchor, table, targets, temperature=0.2, reduction="sum"):
     Returns:
         scalar tensor.
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"table_info_nce: reduction must be 'sum' or 'mean', got {reduction!r}")
     # unit rows, the anchors scaled by 1/τ: every logit lies in [-1/τ, 1/τ]
-    loss = _TableNCE.apply(F.normalize(anchor, dim=1) / temperature, F.normalize(table, dim=1), targets,
+    return _TableNCE.apply(F.normalize(anchor, dim=1) / temperature, F.normalize(table, dim=1), targets,
                            1.0 / temperature)
-    return loss / anchor.shape[0] if reduction == "mean" else loss
 
 
 __all__ = ["BPRLoss", "EmbLoss", "info_nce", "node_rows_l2", "grace_info_nce", "DenoisingBPRLoss", "install_denoising_loss",
