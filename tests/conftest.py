@@ -89,6 +89,35 @@ def train_steps_one_thread(model, batch, steps, lr=1e-3):
         torch.set_num_threads(threads)
 
 
+def check_stale_eval_quirk(build, quirk_key, **overrides):
+    """A ``<model>_stale_eval_quirk`` switch: ``True`` scores evaluation with the representations
+    of the last training step, computed before its update (MMRec's ``result_embed``), ``False``
+    with a fresh forward; training is the same either way and only the three stale buffers are
+    added to the state. ``build(**config) -> (config, dataset, loaders, model)``; ``overrides``
+    make the training forward reproducible (no dropout)."""
+    results = {}
+    for quirk in (False, True):
+        _, _, loaders, model = build(**{quirk_key: quirk}, **overrides)
+        users = torch.arange(model.n_users)
+        model.train()
+        with torch.no_grad():
+            before = model.forward()
+        loss = train_steps_one_thread(model, next(iter(loaders[0])), 1, lr=0.05)
+        model.eval()
+        scores = model.full_sort_predict({model.USER_ID: users}).view(model.n_users, -1)
+        with torch.no_grad():
+            after = model.forward()
+        results[quirk] = (loss, scores, before, after, [p.detach().clone() for p in model.parameters()],
+                          set(model.state_dict()))
+    for quirk, (_, scores, before, after, _, _) in results.items():
+        stale, fresh = before[0] @ before[1].T, after[0] @ after[1].T
+        assert torch.allclose(scores, stale if quirk else fresh, atol=1e-5)
+        assert not torch.allclose(scores, fresh if quirk else stale, atol=1e-4)
+    assert results[False][0] == results[True][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[False][4], results[True][4])), "same updates"
+    assert results[True][5] - results[False][5] == {"stale_users", "stale_items", "stale_ready"}
+
+
 def check_frozen_tables(model, tables, frozen, batch, trained, lr=1e-3):
     """Three Adam steps on ``batch``, then: each of ``tables`` (name -> tensor) is a parameter that
     moved (``frozen`` False) or a buffer that did not (``frozen`` True; a reference's plain tensor

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from recbole.data.interaction import Interaction
 
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.dualgnn import DualGNN
 from recbole_mm.model.layers import propagate
-from tests.conftest import build_model, train_steps, train_steps_one_thread
+from tests.conftest import build_model, check_stale_eval_quirk, train_steps
 
 
 def build(run_config, **overrides):
@@ -164,26 +163,7 @@ def test_padding_quirk_reweights_only_short_lists_and_redraws_each_epoch(run_con
 def test_stale_eval_quirk_ranks_with_the_last_training_forward(run_config):
     """True: evaluation scores with the representations of the last training step, before its
     update (MMRec's result_embed); False: a fresh forward. Training is the same either way."""
-    results = {}
-    for quirk in (False, True):
-        _, _, loaders, model = build(run_config, dualgnn_stale_eval_quirk=quirk)
-        users = Interaction({model.USER_ID: torch.arange(model.n_users)})
-        with torch.no_grad():
-            before = model.forward()
-        loss = train_steps_one_thread(model, first_batch(loaders), 1, lr=0.05)
-        model.eval()
-        scores = model.full_sort_predict(users).view(model.n_users, -1)
-        with torch.no_grad():
-            after = model.forward()
-        results[quirk] = (loss, scores, before, after, [p.detach().clone() for p in model.parameters()],
-                          set(model.state_dict()))
-    for quirk, (_, scores, before, after, _, _) in results.items():
-        stale, fresh = before[0] @ before[1].T, after[0] @ after[1].T
-        assert torch.allclose(scores, stale if quirk else fresh, atol=1e-5)
-        assert not torch.allclose(scores, fresh if quirk else stale, atol=1e-4)
-    assert results[False][0] == results[True][0]
-    assert all(torch.equal(a, b) for a, b in zip(results[False][4], results[True][4])), "same updates"
-    assert results[True][5] - results[False][5] == {"stale_users", "stale_items", "stale_ready"}
+    check_stale_eval_quirk(lambda **config: build(run_config, **config), "dualgnn_stale_eval_quirk")
 
 
 def test_mean_aggregation_uses_the_mean_adjacency(run_config):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from recbole_mm.model import layers
 from recbole_mm.model.grcn import GRCN, attention_conv
 from recbole_mm.model.layers import EdgeGraph, scatter_max, scatter_softmax, scatter_sum
-from tests.conftest import build_model, train_each, train_steps
+from tests.conftest import build_model, check_stale_eval_quirk, train_each, train_steps
 
 
 def build(run_config, **overrides):
@@ -158,6 +158,12 @@ def test_routing_quirk_makes_routing_a_no_op_and_changes_nothing_else(run_config
         # run on the same edges: same graph, only the routed user preferences differ
         assert torch.equal(quirk.sources, fixed.sources) and torch.equal(quirk.targets, fixed.targets)
         assert not torch.allclose(fixed.forward()[0], quirk.forward()[0], atol=1e-4)
+
+
+def test_stale_eval_quirk_ranks_with_the_last_training_forward(run_config):
+    """True: evaluation scores with the representations of the last training step, before its
+    update (MMRec's ``self.result``); False: a fresh forward. Training is the same either way."""
+    check_stale_eval_quirk(lambda **config: build(run_config, **config), "grcn_stale_eval_quirk")
 
 
 def test_loss_is_bpr_plus_mmrec_regularisation(run_config):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.mvgae import MVGAE, kl_divergence, product_of_experts
-from tests.conftest import build_model, check_frozen_tables, train_steps
+from tests.conftest import build_model, check_frozen_tables, check_stale_eval_quirk, train_steps
 
 
 def build(run_config, **overrides):
@@ -220,29 +220,7 @@ def test_stale_eval_quirk_ranks_with_the_last_training_forward(run_config):
     """True: evaluation scores with the sigmoid means of the last training forward, before its
     update (MMRec's result_embed); False: a fresh forward. Training is the same either way
     (dropout off here, so that the training forward's means are reproducible)."""
-    from tests.conftest import train_steps_one_thread
-
-    results = {}
-    for quirk in (False, True):
-        _, _, loaders, model = build(run_config, mvgae_stale_eval_quirk=quirk, dropout_rate=0.0)
-        users = torch.arange(model.n_users)
-        model.train()
-        with torch.no_grad():
-            before = model.forward()
-        loss = train_steps_one_thread(model, first_batch(loaders), 1, lr=0.05)
-        model.eval()
-        scores = model.full_sort_predict({model.USER_ID: users}).view(model.n_users, -1)
-        with torch.no_grad():
-            after = model.forward()
-        results[quirk] = (loss, scores, before, after, [p.detach().clone() for p in model.parameters()],
-                          set(model.state_dict()))
-    for quirk, (_, scores, before, after, _, _) in results.items():
-        stale, fresh = before[0] @ before[1].T, after[0] @ after[1].T
-        assert torch.allclose(scores, stale if quirk else fresh, atol=1e-5)
-        assert not torch.allclose(scores, fresh if quirk else stale, atol=1e-4)
-    assert results[False][0] == results[True][0]
-    assert all(torch.equal(a, b) for a, b in zip(results[False][4], results[True][4])), "same updates"
-    assert results[True][5] - results[False][5] == {"stale_users", "stale_items", "stale_ready"}
+    check_stale_eval_quirk(lambda **config: build(run_config, **config), "mvgae_stale_eval_quirk", dropout_rate=0.0)
 
 
 def test_sigmoid_latent_switch_scores_raw_means(run_config):

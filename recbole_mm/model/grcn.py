@@ -44,7 +44,9 @@ Message passing is one CSR product per convolution on a fixed
 it), with :func:`~recbole_mm.model.layers.scatter_softmax` (torch-scatter when installed) for
 the attention normalisation; not PyG.
 MMRec's edge dropout is 0 and its ``has_act`` False: neither is offered. MMRec scores
-evaluation from the last training batch's output; we run a fresh forward pass per evaluation.
+evaluation from the last training batch's output (one optimiser step stale); we run a fresh
+forward pass per evaluation, and ``grcn_stale_eval_quirk: True`` ranks as MMRec
+(:meth:`~recbole_mm.model.abstract_recommender.MultiModalRecommender.setup_stale_evaluation`).
 """
 import torch
 import torch.nn as nn
@@ -143,6 +145,8 @@ class GRCN(MultiModalRecommender):
         })
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, self.embedding_size)))
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, len(self.branches))))
+        width = self.embedding_size + content_dim * len(self.branches)
+        self.setup_stale_evaluation(config["grcn_stale_eval_quirk"], width, width)
 
     def content_outputs(self):
         """dict modality -> ((U + I) x d_c representations, (2E,) edge attention)."""
@@ -180,5 +184,6 @@ class GRCN(MultiModalRecommender):
 
     def calculate_loss(self, interaction):
         user_all, item_all = self.forward()
+        self.remember_representations(user_all, item_all)
         loss, _ = self.bpr_on_batch(interaction, user_all, item_all)
         return loss + self.regularisation(interaction)
