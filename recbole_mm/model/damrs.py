@@ -92,8 +92,15 @@ def label_distributions(anchors, table):
 def pseudo_positives(own, other_a, other_b, count):
     """The anchors' multi-modal positives (top ``count`` of ``other_a + other_b + 2 own``) and
     single-modal positives (top ``count`` of ``own`` once those are zeroed): two (B x count) index tensors."""
-    multi = torch.topk(other_a + other_b + 2 * own, count, dim=1).indices
-    single = torch.topk(own.scatter(1, multi, 0.0), count, dim=1).indices
+    return _positives_given_sum(own.clone(), other_a + other_b + own, count)
+
+
+def _positives_given_sum(own, every_view, count):
+    """:func:`pseudo_positives` from ``every_view``, the sum of the three views' distributions
+    (others + 2 own = every_view + own), computed once for the three views; ``own`` is spent:
+    zeroed in place at the multi-modal positives."""
+    multi = torch.topk(every_view + own, count, dim=1).indices
+    single = torch.topk(own.scatter_(1, multi, 0.0), count, dim=1).indices
     return multi, single
 
 
@@ -116,13 +123,10 @@ def view_pseudo_positives(anchors, tables, count, budget_elements=2 ** 24):
     found = {name: ([], []) for name in VIEWS}
     for start in range(0, n_anchors, chunk):
         labels = {name: label_distributions(anchors[name][start:start + chunk], tables[name]) for name in VIEWS}
-        # pseudo_positives of each view, with the views' sum taken once: others + 2 own = all + own;
-        # a view's own distribution is then zeroed in place (the sum already holds it)
         every_view = labels[VIEWS[0]] + labels[VIEWS[1]]
         every_view += labels[VIEWS[2]]
-        for name in VIEWS:
-            multi = torch.topk(every_view + labels[name], count, dim=1).indices
-            single = torch.topk(labels[name].scatter_(1, multi, 0.0), count, dim=1).indices
+        for name in VIEWS:  # each view's distribution is spent once the sum holds it
+            multi, single = _positives_given_sum(labels[name], every_view, count)
             found[name][0].append(multi)
             found[name][1].append(single)
         del labels, every_view

@@ -445,8 +445,13 @@ def row_cosine(x, y, y_norm=None, eps=1e-8):
         (N,) tensor.
     """
     if y_norm is None:
-        y_norm = torch.linalg.vector_norm(y, dim=-1).clamp_min(eps)
-    return (x * y).sum(-1) / (torch.linalg.vector_norm(x, dim=-1).clamp_min(eps) * y_norm)
+        y_norm = clamped_row_norms(y, eps)
+    return (x * y).sum(-1) / (clamped_row_norms(x, eps) * y_norm)
+
+
+def clamped_row_norms(x, eps=1e-8):
+    """:math:`\max(\|x_r\|, \epsilon)` of each row of an (N x d) tensor: (N,)."""
+    return torch.linalg.vector_norm(x, dim=-1).clamp_min(eps)
 
 
 def layer_refined_propagate(adjacency, ego, n_layers, include_ego=True):
@@ -472,7 +477,7 @@ def layer_refined_propagate(adjacency, ego, n_layers, include_ego=True):
     product = adjacency.mm if isinstance(adjacency, FrozenSparse) else lambda x: torch.sparse.mm(adjacency, x)
     layer = ego
     total = ego if include_ego else torch.zeros_like(ego)
-    ego_norm = torch.linalg.vector_norm(ego, dim=-1).clamp_min(1e-8)
+    ego_norm = clamped_row_norms(ego)
     for _ in range(n_layers):
         layer = product(layer)
         layer = row_cosine(layer, ego, ego_norm).unsqueeze(1) * layer

@@ -25,6 +25,22 @@ def cosine_loss(online, target):
 _EXP_SAFE_BOUND = 50.0  # e^50 * 2^31 rows < 3.4e38, float32's largest value
 
 
+def _exp_in_place(blocks, bound):
+    """Exponentiate the (B x ·) logit blocks in place. Up to ``_EXP_SAFE_BOUND`` for ``bound`` (a
+    number no logit exceeds in absolute value) the exps are taken as they are: no extra pass over
+    the blocks; above it, or with ``None``, each row's maximum over all blocks is subtracted first.
+    Returns the (B,) shift subtracted (0.0 without one): log Σ exp(logits) = log Σ blocks + shift."""
+    if bound is not None and bound <= _EXP_SAFE_BOUND:
+        shift = 0.0
+    else:
+        shift = torch.stack([block.max(dim=1).values for block in blocks]).max(dim=0).values
+        for block in blocks:
+            block.sub_(shift.unsqueeze(1))
+    for block in blocks:
+        block.exp_()
+    return shift
+
+
 class _InBatchNCE(torch.autograd.Function):
     r""":math:`\frac1B \sum_i [\log \sum_j \exp(a_i^\top p_j) - a_i^\top p_i]` with its gradient
     written out: :math:`\partial/\partial a_i = \frac1B(\sum_j s_{ij} p_j - p_i)`,
@@ -36,22 +52,15 @@ class _InBatchNCE(torch.autograd.Function):
     (B x B) block (about 2x the time on the CPU at B = 2048, where in-batch InfoNCE was
     two thirds of an MGCN / SMORE epoch).
 
-    ``bound``: a number no logit exceeds in absolute value (1/τ for cosine logits); up to
-    ``_EXP_SAFE_BOUND`` the exp is taken as it is (row sums stay far below float32's range for
-    any batch), above it or with ``None`` (unbounded dot products) each row's maximum is
-    subtracted first.
+    ``bound``: a number no logit exceeds in absolute value (1/τ for cosine logits, ``None`` for
+    unbounded dot products), which decides whether the exps need a max shift
+    (:func:`_exp_in_place`).
     """
 
     @staticmethod
     def forward(ctx, anchor, positive, bound):
-        logits = anchor @ positive.T
-        if bound is None or bound > _EXP_SAFE_BOUND:
-            shift = logits.max(dim=1, keepdim=True).values
-            logits.sub_(shift)
-            shift = shift.squeeze(1)
-        else:  # every exp(logit) <= e^bound: no shift needed (and no extra pass over the block)
-            shift = 0.0
-        softmax = logits.exp_()
+        softmax = anchor @ positive.T
+        shift = _exp_in_place([softmax], bound)
         total = softmax.sum(dim=1, keepdim=True)
         loss = (total.log().squeeze(1) + shift - (anchor * positive).sum(dim=1)).mean()
         softmax.div_(total)
@@ -76,13 +85,11 @@ class _TableNCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, anchor, table, targets, bound):
-        logits = anchor @ table.T
-        if bound is None or bound > _EXP_SAFE_BOUND:
-            logits.sub_(logits.max(dim=1, keepdim=True).values)
-        positive = logits.gather(1, targets.unsqueeze(1)).squeeze(1)  # shifted alike: the shift cancels
-        softmax = logits.exp_()
+        softmax = anchor @ table.T
+        positive = softmax.gather(1, targets.unsqueeze(1)).squeeze(1)
+        shift = _exp_in_place([softmax], bound)
         total = softmax.sum(dim=1, keepdim=True)
-        loss = (total.log().squeeze(1) - positive).sum()
+        loss = (total.log().squeeze(1) + shift - positive).sum()
         softmax.div_(total)
         ctx.save_for_backward(anchor, table, targets, softmax)
         return loss
@@ -130,7 +137,7 @@ class _GraceNCE(torch.autograd.Function):
     :math:`\partial/\partial a_j = \sum_i q_{ij} s_i`,
     :math:`\partial/\partial p_j = \sum_i r_{ij} s_i - \sum_{i: y_i = j} s_i`, (q | r) the
     softmax over both views' logits. Every logit lies in [-1/τ, 1/τ] (``bound``): the exps are
-    taken without a max shift (:class:`_InBatchNCE`'s rule), in place, and kept as the softmax,
+    taken in place (:func:`_exp_in_place`: no max shift up to e^50) and kept as the softmax,
     where autograd's logsumexps took a max, a shift, a division by τ and their backward passes
     over each (B x n) block (over half of a MICRO epoch)."""
 
@@ -139,18 +146,10 @@ class _GraceNCE(torch.autograd.Function):
         intra, inter = scaled @ anchor.T, scaled @ positive.T
         local = torch.arange(len(rows), device=rows.device)
         positives = inter[local, rows]
-        shift = None
-        if bound is None or bound > _EXP_SAFE_BOUND:
-            shift = torch.maximum(intra.max(dim=1).values, inter.max(dim=1).values).unsqueeze(1)
-            intra.sub_(shift)
-            inter.sub_(shift)
-        intra.exp_()
+        shift = _exp_in_place([intra, inter], bound)
         intra[local, rows] = 0.0  # the anchor itself is no negative
-        inter.exp_()
         total = (intra.sum(dim=1) + inter.sum(dim=1)).unsqueeze(1)
-        loss = total.log().squeeze(1) - positives
-        if shift is not None:
-            loss = loss + shift.squeeze(1)
+        loss = total.log().squeeze(1) + shift - positives
         ctx.save_for_backward(scaled, rows, anchor, positive, intra.div_(total), inter.div_(total))
         return loss.sum()
 
