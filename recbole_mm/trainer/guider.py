@@ -66,6 +66,7 @@ representations from ``forward()`` (LightGCN, NGCF, the plugin's models, ...).
 """
 import copy
 import os
+import random
 import time
 from logging import getLogger
 
@@ -118,6 +119,27 @@ class _MemoisedForward:
         del self.model.forward
         self.results = {}
         return False
+
+
+def random_streams(train_data, device):
+    """The state of every random stream a training run draws from: torch's (CPU, and the
+    device's when it is a GPU), numpy's (RecBole's negative sampler), Python's and the train
+    loader's own generator (its shuffles)."""
+    device = torch.device(device)
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "loader": train_data.generator.get_state() if getattr(train_data, "generator", None) is not None else None}
+
+
+def restore_random_streams(state, train_data, device):
+    """Set every stream :func:`random_streams` read back to the state it returned."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], torch.device(device))
+    if state["loader"] is not None:
+        train_data.generator.set_state(state["loader"])
 
 
 class GUIDERTrainer(MultiModalTrainer):
@@ -308,8 +330,10 @@ class GUIDERTrainer(MultiModalTrainer):
             self._resumed_state = None
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        # before the teacher draws anything: the fallback replays the plain run's random streams
+        streams = random_streams(train_data, self.device) if self._fallback_due(valid_data) else None
         self._setup(train_data)
-        start = self._training_state() if self._fallback_due(valid_data) else None
+        start = None if streams is None else dict(self._training_state(), random_streams=streams)
         self.pretrain_teacher(train_data)
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         if start is not None:
@@ -324,10 +348,11 @@ class GUIDERTrainer(MultiModalTrainer):
     def fall_back_to_plain(self, start, guider_result, train_data, valid_data, verbose=True, saved=True,
                            show_progress=False, callback_fn=None):
         """``guider_fallback``: the student alone, from the weights, optimiser and schedule it
-        started GUIDER with, for the same ``epochs`` and early stopping; then the run with the
-        better best valid score is kept: its checkpoint in :attr:`saved_model_file`, its best
-        weights in the model (its last ones when ``saved`` is off), its (score, result) returned.
-        Ties go to GUIDER.
+        started GUIDER with and the random streams as they stood before the teacher was built
+        (so it is, draw for draw, the run ``guider: false`` gives), for the same ``epochs`` and
+        early stopping; then the run with the better best valid score is kept: its checkpoint
+        in :attr:`saved_model_file`, its best weights in the model (its last ones when ``saved``
+        is off), its (score, result) returned. Ties go to GUIDER.
 
         Why: whether a teacher helps a given student is known only by trying. A teacher weaker
         than its student pulls it down, and no early signal told which students those are on the
@@ -344,6 +369,7 @@ class GUIDERTrainer(MultiModalTrainer):
         self.saved_model_file = f"{root}-alone{extension}"
         kept_guider = (self.best_valid_score, self.best_valid_result, self.cur_step, dict(self.train_loss_dict))
         self._load_training_state(start)
+        restore_random_streams(start["random_streams"], train_data, self.device)
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
         self.best_valid_result, self.cur_step, self.start_epoch = None, 0, 0
         self._alone = True
