@@ -50,9 +50,16 @@ def run_job(model, dataset, noise, method, seed, data_path, overrides):
     return record
 
 
+def kept_cell(guider_runs):
+    """On how many seeds the fallback kept GUIDER's run (not the student alone), e.g. ``2/3``;
+    ``-`` for runs recorded without it."""
+    known = [r["fallback"]["kept"] for r in guider_runs if r.get("fallback")]
+    return f"{known.count('guider')}/{len(known)}" if known else "-"
+
+
 def table(records, models, noises):
     head = ["model", "noise", "seeds", "plain valid R@20", "GUIDER valid R@20", "plain test R@20",
-            "GUIDER test R@20", "GUIDER - plain (test)", "s / run plain, GUIDER"]
+            "GUIDER test R@20", "GUIDER - plain (test)", "GUIDER's run kept", "s / run plain, GUIDER"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model in models:
         for noise in noises:
@@ -67,7 +74,7 @@ def table(records, models, noises):
             lines.append("| " + " | ".join([
                 model, f"{noise:g}", seeds, mean_std([r["valid_recall@20"] for r in runs["plain"]]),
                 mean_std([r["valid_recall@20"] for r in runs["GUIDER"]]), mean_std(test["plain"]),
-                mean_std(test["GUIDER"]), diff, seconds]) + " |")
+                mean_std(test["GUIDER"]), diff, kept_cell(runs["GUIDER"]), seconds]) + " |")
     failed = [f"{r['model']} {r['method']} noise {r['noise']:g} seed {r['seed']}: {r['status']}"
               for r in records if r["status"] != "ok"]
     if failed:

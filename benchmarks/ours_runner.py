@@ -29,8 +29,10 @@ def main(model, dataset, config_json):
 
     result = run_recbole_mm(model, dataset, None, json.loads(config_json))
     as_floats = lambda metrics: {key: float(value) for key, value in metrics.items()}  # noqa: E731
+    fallback = getattr(result["trainer"], "fallback_history", None)  # GUIDER: which run was kept
     print("RESULT " + json.dumps({"best_valid_result": as_floats(result["best_valid_result"]),
-                                  "test_result": as_floats(result["test_result"])}), flush=True)
+                                  "test_result": as_floats(result["test_result"]),
+                                  **({"fallback": fallback} if fallback else {})}), flush=True)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,22 @@ def test_the_guider_page_keeps_every_model_it_has_records_for(tmp_path):
     assert rows == ["VBPR", "MGCN"]
 
 
+def test_the_guider_page_counts_the_seeds_whose_guider_run_was_kept(tmp_path):
+    def record(method, seed, kept=None):
+        return {"model": "VBPR", "noise": 0.0, "method": method, "seed": seed, "status": "ok", "seconds": 10,
+                "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {},
+                **({"fallback": {"guider": 0.3, "plain": 0.2, "kept": kept}} if kept else {})}
+
+    out = str(tmp_path / "page.md")
+    records = [record("plain", 1), record("plain", 2), record("plain", 3),
+               record("GUIDER", 1, "guider"), record("GUIDER", 2, "plain"), record("GUIDER", 3, "guider")]
+    any_student.write_markdown(out, records, ["VBPR"], [0.0], "python benchmarks/guider_any_student.py", {})
+    row = next(line for line in open(out) if line.startswith("| VBPR"))
+    assert "| 2/3 |" in row, row
+    any_student.write_markdown(out, records[:4] + [record("GUIDER", 2)], ["VBPR"], [0.0], "cmd", {})
+    assert "| 1/1 |" in next(line for line in open(out) if line.startswith("| VBPR"))
+
+
 def test_zoo_on_sports_gives_the_clip_models_the_generated_clip_table(monkeypatch):
     """CLIPMLP and NF-VLM score a CLIP embedding, which the Sports folder gets generated beside
     its image and text tables: their runs name it, the others' do not, and the record keeps
