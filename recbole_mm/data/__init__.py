@@ -120,6 +120,9 @@ def mask_train_history_only(eval_data, train_users, train_items, n_users):
     user ``u``; it becomes the train items of ``u`` (``train_users``/``train_items``: (E,)
     arrays of the train split), grouped by user with one stable sort.
     """
+    if hasattr(eval_data, "set_history"):  # VectorisedFullSortEvalDataLoader: no per-user tensors
+        eval_data.set_history(train_users, train_items)
+        return
     if getattr(eval_data, "uid2history_item", None) is None:
         raise ConfigError("eval_protocol: mmrec needs full-sort evaluation (eval_args mode: full)")
     order = np.argsort(train_users, kind="stable")

@@ -2,11 +2,16 @@
 interactions (the per-user sampler of the LATTICE / MICRO authors' code); RecBole's train
 batches without torch's per-index machinery; full-sort evaluation batches collated without a
 loop over their users."""
+from logging import getLogger
+
 import numpy as np
 import torch
-from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
+from recbole.data.dataloader import AbstractDataLoader, FullSortEvalDataLoader, TrainDataLoader
+from recbole.data.interaction import Interaction
+from recbole.utils import ModelType
 
 from recbole_mm.data.graphs import ragged_rows
+from recbole_mm.data.sampler import UsedPairs
 from recbole_mm.errors import ConfigError
 from recbole_mm.options import TRAIN_SAMPLINGS  # noqa: F401  (importable from here too)
 
@@ -106,27 +111,111 @@ def _ragged_table(per_user):
     return pointers, values
 
 
-class VectorisedFullSortEvalDataLoader(FullSortEvalDataLoader):
-    """RecBole's full-sort evaluation loader, its batches collated without a loop over their
-    users: RecBole's ``collate_fn`` builds each user's history and positive index tensors one
-    by one (about 0.9 s of a 6 s evaluation on the Sports graph, 35,598 users); here both tables
-    are CSR arrays, built at the first batch, and a batch's entries come from one gather
-    (:func:`~recbole_mm.data.graphs.ragged_rows`). Same tensors, same order.
+def _codes_table(codes, width, n_users):
+    """CSR (pointers (n_users + 1,), items) of sorted unique ``user * width + item`` codes."""
+    codes = np.asarray(codes, dtype=np.int64)
+    pointers = np.searchsorted(codes, np.arange(n_users + 1, dtype=np.int64) * int(width))
+    return torch.from_numpy(pointers), torch.from_numpy(codes % int(width))
 
-    ``uid2history_item`` / ``uid2positive_item`` changed after the first batch need
-    :meth:`forget_tables` (:func:`~recbole_mm.data.mask_train_history_only` calls it).
+
+def _per_user_tensors(table, users, n_users):
+    """RecBole's object array (index: user id) of per-user int64 tensors, from a CSR table;
+    ``None`` for the users not in ``users``."""
+    pointers, items = table
+    per_user = np.array([None] * n_users)
+    for user in users.tolist():
+        per_user[user] = items[pointers[user]:pointers[user + 1]].clone()
+    return per_user
+
+
+class VectorisedFullSortEvalDataLoader(FullSortEvalDataLoader):
+    """RecBole's full-sort evaluation loader without a Python object per user.
+
+    RecBole builds, in a loop over every interaction, an int64 tensor per user for its positive
+    items and one for its history (the sampler's used items minus the positives), and its
+    ``collate_fn`` concatenates them user by user (about 0.9 s of a 6 s evaluation on the Sports
+    graph, 35,598 users; the two tables of the valid and test loaders hold about 80 MB there).
+    Here both tables are CSR arrays built with a few sorts (:func:`_codes_table`), and a batch's
+    entries come from one gather (:func:`~recbole_mm.data.graphs.ragged_rows`). The batches
+    hold RecBole's (user, item) entries, each user's items in ascending order (RecBole: the
+    order of a Python set); the metrics do not depend on that order.
+
+    ``uid2history_item`` / ``uid2positive_item`` are RecBole's per-user tensors, built when
+    read; changes made to them count after :meth:`forget_tables`.
     """
 
     _tables = None
+    _per_user = None
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        if config["MODEL_TYPE"] == ModelType.SEQUENTIAL or not isinstance(getattr(sampler, "used_ids", None),
+                                                                           UsedPairs):
+            super().__init__(config, dataset, sampler, shuffle=shuffle)  # sets the per-user tables
+            if not self.is_sequential:
+                self.forget_tables()
+            return
+        self.logger = getLogger()
+        self.uid_field, self.iid_field = dataset.uid_field, dataset.iid_field
+        self.is_sequential = False
+        dataset.sort(by=self.uid_field, ascending=True)  # as RecBole: its rows in user order
+        width, n_users = int(dataset.item_num), int(dataset.user_num)
+        users = dataset.inter_feat[self.uid_field].numpy().astype(np.int64)
+        positive = np.unique(users * width + dataset.inter_feat[self.iid_field].numpy())
+        self.uid_list = torch.from_numpy(np.unique(users))
+        self.uid2items_num = np.bincount(positive // width, minlength=n_users).astype(np.int64)
+        used = sampler.used_ids.codes
+        history = np.setdiff1d(used[np.isin(used // width, self.uid_list.numpy())], positive, assume_unique=True)
+        self._tables = (_codes_table(history, width, n_users), _codes_table(positive, width, n_users))
+        self.user_df = dataset.join(Interaction({self.uid_field: self.uid_list}))
+        self.sample_size = len(self.user_df)
+        if shuffle:
+            self.logger.warning("FullSortEvalDataLoader can't shuffle")
+        AbstractDataLoader.__init__(self, config, dataset, sampler, shuffle=False)
+
+    @property
+    def uid2history_item(self):
+        return self._per_user_table("history", 0)
+
+    @uid2history_item.setter
+    def uid2history_item(self, per_user):
+        self._per_user = {**(self._per_user or {}), "history": per_user}
+
+    @property
+    def uid2positive_item(self):
+        return self._per_user_table("positive", 1)
+
+    @uid2positive_item.setter
+    def uid2positive_item(self, per_user):
+        self._per_user = {**(self._per_user or {}), "positive": per_user}
+
+    def _per_user_table(self, name, position):
+        if self._per_user is None:
+            self._per_user = {}
+        if name not in self._per_user:
+            self._per_user[name] = _per_user_tensors(self._tables[position], self.uid_list, self._dataset.user_num)
+        return self._per_user[name]
 
     def forget_tables(self):
-        self._tables = None
+        """Rebuild the CSR tables from the per-user tensors read (and perhaps changed) since."""
+        tables = list(self._tables or (None, None))
+        for position, name in enumerate(("history", "positive")):
+            if self._per_user and name in self._per_user:
+                tables[position] = _ragged_table(self._per_user[name])
+        self._tables = tuple(tables)
+
+    def set_history(self, users, items):
+        """Mask exactly the given pairs: ``users``, ``items`` (E,) arrays (duplicates allowed)
+        become the history table (see :func:`~recbole_mm.data.mask_train_history_only`)."""
+        width, n_users = int(self._dataset.item_num), int(self._dataset.user_num)
+        codes = np.unique(np.asarray(users, dtype=np.int64) * width + np.asarray(items, dtype=np.int64))
+        codes = codes[np.isin(codes // width, self.uid_list.numpy())]
+        self._tables = (_codes_table(codes, width, n_users), self._tables[1])
+        if self._per_user:
+            self._per_user.pop("history", None)
 
     def collate_fn(self, index):
         if self.is_sequential:
             return super().collate_fn(index)
-        if self._tables is None:
-            self._tables = (_ragged_table(self.uid2history_item), _ragged_table(self.uid2positive_item))
         user_df = self.user_df[np.array(index)]
         users = user_df[self.uid_field].to(torch.int64)
         (history_pointers, history_items), (positive_pointers, positive_items) = self._tables
