@@ -2,6 +2,7 @@
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -475,8 +476,9 @@ def test_fallback_keeps_the_run_with_the_better_best_valid_score(run_config, tmp
                                                                  kept):
     """``guider_fallback``: after GUIDER's 2 epochs the student trains alone 2 epochs from the
     weights it started with (no teacher epoch); the run with the better best valid score is the
-    result: its score, its checkpoint (one file), its weights in the model."""
-    _, loaders, model, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"))
+    result: its score, its checkpoint (one file), its weights in the model. (``guider_fallback_z:
+    0``: the better score decides; the paired test is checked below.)"""
+    _, loaders, model, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"), guider_fallback_z=0)
     initial = _student_weights(model)
     scores = iter(guider_scores + plain_scores)
     trainer.evaluate = lambda *args, **kwargs: {"recall@20": next(scores)}
@@ -535,6 +537,54 @@ def test_the_fallbacks_run_is_the_plain_run_draw_for_draw(run_config, tmp_path, 
     alone, reference = _student_weights(guided["trainer"].model), _student_weights(plain["trainer"].model)
     assert alone.keys() == reference.keys()
     assert all(torch.allclose(alone[name], reference[name], rtol=0, atol=1e-4) for name in alone)
+
+
+def test_clearly_better_is_a_one_sided_paired_z_test():
+    rng = np.random.default_rng(0)
+    reference = rng.random(400)
+    noise = rng.normal(0, 0.1, 400)
+    noise -= noise.mean()  # mean difference exactly the shift below, std 0.1
+    standard_error = np.std(noise, ddof=1) / np.sqrt(400)  # 0.005
+    assert ops.clearly_better(reference + noise + 3 * standard_error, reference, z=2)
+    assert not ops.clearly_better(reference + noise + 1.5 * standard_error, reference, z=2)
+    assert ops.clearly_better(reference + noise + 1.5 * standard_error, reference, z=1)
+    assert ops.clearly_better(reference + noise + 1e-6, reference, z=0)
+    assert not ops.clearly_better(reference + noise - 1e-6, reference, z=0)
+    assert not ops.clearly_better(reference, reference, z=0), "a tie is not better"
+
+
+def test_per_user_metric_averages_to_recboles_figure(run_config):
+    """The per-user values of the valid metric, read from one evaluation's data struct, have
+    RecBole's reported value as their mean (Recall and NDCG at two cut-offs)."""
+    _, loaders, _, trainer = guider_setup(run_config)
+    captured, evaluate = [], trainer.evaluator.evaluate
+    trainer.evaluator.evaluate = lambda struct: captured.append(struct) or evaluate(struct)
+    result = trainer.evaluate(loaders[1], load_best_model=False)
+    for metric in ("recall@20", "ndcg@20", "recall@10", "ndcg@10"):
+        values = ops.per_user_metric(trainer.evaluator, captured[0], metric)
+        assert values.shape == (len(loaders[1].uid_list),)
+        assert round(float(values.mean()), 4) == pytest.approx(result[metric], abs=1e-4)
+    assert ops.per_user_metric(trainer.evaluator, captured[0], "gauc") is None
+
+
+@pytest.mark.parametrize("shift, kept", [(0.002, "plain"), (0.2, "guider")])
+def test_fallback_keeps_guiders_run_only_when_it_is_clearly_better(run_config, tmp_path, monkeypatch, shift, kept):
+    """Under the packaged ``guider_fallback_z: 2`` the two runs' best checkpoints are evaluated
+    again per valid user: GUIDER's run, higher on valid by a margin inside the seed noise of the
+    per-user difference, gives way to the student alone; clearly higher, it is kept."""
+    _, loaders, _, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"), epochs=1)
+    assert trainer.fallback_z == 2.0
+    rng = np.random.default_rng(1)
+    alone = rng.random(300)
+    per_user = {"guider": alone + shift + rng.normal(0, 0.1, 300), "plain": alone}
+    monkeypatch.setattr(trainer, "_per_user_valid",
+                        lambda valid, model_file: per_user["plain" if model_file.endswith("-alone.pth") else "guider"])
+    scores = iter([0.31, 0.30])  # GUIDER's best valid above the run alone's
+    trainer.evaluate = lambda *args, **kwargs: {"recall@20": next(scores)}
+    trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": 0.9}
+    trainer.fit(loaders[0], loaders[1], verbose=False)
+    assert trainer.fallback_history["kept"] == kept, trainer.fallback_test
+    assert trainer.fallback_test["mean_difference"] == pytest.approx(float(np.mean(per_user["guider"] - alone)))
 
 
 def test_no_fallback_when_switched_off_or_resumed(run_config, tmp_path):

@@ -162,6 +162,10 @@ class GUIDERTrainer(MultiModalTrainer):
         self.mgda_sum_quirk = bool(config["guider_mgda_sum_quirk"])
         self._student_parameters = None
         self.fallback = bool(config["guider_fallback"])
+        self.fallback_z = float(config["guider_fallback_z"] or 0.0)
+        if self.fallback_z < 0:
+            raise ConfigError(f"guider_fallback_z must be >= 0, got {config['guider_fallback_z']!r}")
+        self.fallback_test = None  # the paired test's mean difference and standard error (guider_fallback_z > 0)
         self._alone = False  # the fallback's run: the student's own loss, no teacher, no KD schedule
         self.fallback_history = None  # {"guider": best valid score, "plain": best valid score, "kept": ...}
         self.kd_pairs = config["guider_kd_pairs"]
@@ -352,7 +356,8 @@ class GUIDERTrainer(MultiModalTrainer):
         (so it is, draw for draw, the run ``guider: false`` gives), for the same ``epochs`` and
         early stopping; then the run with the better best valid score is kept: its checkpoint
         in :attr:`saved_model_file`, its best weights in the model (its last ones when ``saved``
-        is off), its (score, result) returned. Ties go to GUIDER.
+        is off), its (score, result) returned. Which run is kept: :meth:`_run_to_keep` (under the
+        packaged ``guider_fallback_z: 2``, GUIDER's only when it is clearly better on valid).
 
         Why: whether a teacher helps a given student is known only by trying. A teacher weaker
         than its student pulls it down, and no early signal told which students those are on the
@@ -379,13 +384,12 @@ class GUIDERTrainer(MultiModalTrainer):
                                                               show_progress, callback_fn)
         finally:
             self._alone = False
-        sign = 1.0 if self.valid_metric_bigger else -1.0
-        kept = "plain" if sign * plain_score > sign * guider_score else "guider"
+        alone_file, self.saved_model_file = self.saved_model_file, guider_file
+        kept = self._run_to_keep(guider_score, plain_score, valid_data, guider_file, alone_file, saved)
         self.fallback_history = {"guider": float(guider_score), "plain": float(plain_score), "kept": kept}
         self.logger.info(set_color("GUIDER ", "blue") + f"fallback: best valid {guider_score:.4f} under GUIDER, "
                          f"{plain_score:.4f} alone ({time.perf_counter() - clock:.1f} s): "
                          + ("GUIDER's student kept" if kept == "guider" else "the student alone kept"))
-        alone_file, self.saved_model_file = self.saved_model_file, guider_file
         if saved and collectives.global_rank(self.config) == 0:
             if kept == "plain":
                 os.replace(alone_file, guider_file)
@@ -399,6 +403,38 @@ class GUIDERTrainer(MultiModalTrainer):
         elif kept == "guider":
             self._load_training_state(guider_state)
         return (plain_score, plain_result) if kept == "plain" else (guider_score, self.best_valid_result)
+
+    def _run_to_keep(self, guider_score, plain_score, valid_data, guider_file, alone_file, saved):
+        """``"guider"`` or ``"plain"``. With ``guider_fallback_z`` > 0 and a top-k valid metric,
+        both runs' best checkpoints are evaluated again on valid and GUIDER's is kept only when
+        it beats the student alone by more than z standard errors of the per-user difference
+        (:func:`~recbole_mm.trainer.guider_ops.clearly_better`); else (z = 0, another metric,
+        or no checkpoints) the better best valid score, ties to GUIDER."""
+        sign = 1.0 if self.valid_metric_bigger else -1.0
+        by_score = "plain" if sign * plain_score > sign * guider_score else "guider"
+        if self.fallback_z <= 0 or not saved:
+            return by_score
+        guider_values = self._per_user_valid(valid_data, guider_file)
+        plain_values = self._per_user_valid(valid_data, alone_file)
+        if guider_values is None or plain_values is None or len(guider_values) != len(plain_values):
+            return by_score
+        self.fallback_test = {"mean_difference": float(np.mean(guider_values - plain_values)),
+                              "standard_error": float(np.std(guider_values - plain_values, ddof=1)
+                                                      / np.sqrt(max(len(guider_values), 1))) if len(guider_values) > 1
+                              else 0.0}
+        better = ops.clearly_better(sign * guider_values, sign * plain_values, self.fallback_z)
+        return "guider" if better else "plain"
+
+    def _per_user_valid(self, valid_data, model_file):
+        """Each valid user's value of the valid metric under the checkpoint ``model_file``, or
+        None when the metric is not a top-k one."""
+        captured, evaluate = [], self.evaluator.evaluate
+        self.evaluator.evaluate = lambda struct: captured.append(struct) or evaluate(struct)
+        try:
+            MultiModalTrainer.evaluate(self, valid_data, load_best_model=True, model_file=model_file)  # no teacher
+        finally:
+            self.evaluator.evaluate = evaluate
+        return ops.per_user_metric(self.evaluator, captured[-1], self.valid_metric) if captured else None
 
     def _training_state(self):
         """A copy of the student's weights (and other parameters), optimiser and LR schedule."""

@@ -16,6 +16,7 @@ POT (``ot``) is imported by the two functions that call its Sinkhorn, not here: 
 scikit-learn and ``scipy.stats`` (about 70 MB resident), which a run without transport
 (``guider_kd: matched``, the default, or no GUIDER at all) never needs.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -597,6 +598,38 @@ def flat_gradient(loss, parameters):
     gradients = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g.to_dense() if g.is_sparse else g).reshape(-1)
                       for p, g in zip(parameters, gradients)])
+
+
+def per_user_metric(evaluator, struct, metric):
+    """Each evaluated user's value of a top-k metric (``"recall@20"``, ``"ndcg@10"``, ...), whose
+    mean is RecBole's figure, from an evaluation's data struct; None for any other metric.
+
+    Args:
+        evaluator: RecBole's ``Evaluator`` (its metric objects); struct: the collector's
+            ``DataStruct`` of one evaluation.
+
+    Returns:
+        (n_users,) float64 array, or None.
+    """
+    name, _, k = metric.lower().partition("@")
+    scorer = evaluator.metric_class.get(name)
+    if scorer is None or not k.isdigit() or not hasattr(scorer, "metric_info"):
+        return None
+    return np.asarray(scorer.metric_info(*scorer.used_info(struct))[:, int(k) - 1], dtype=np.float64)
+
+
+def clearly_better(candidate, reference, z):
+    """Whether per-user values ``candidate`` beat ``reference`` (same users, same order) by more
+    than ``z`` standard errors of the mean paired difference: a one-sided paired z-test,
+    mean(d) > z * std(d) / sqrt(n) with d = candidate - reference.
+
+    Args:
+        candidate, reference: (n,) arrays; z: float >= 0 (0: the larger mean wins).
+    """
+    difference = np.asarray(candidate, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    if len(difference) < 2:
+        return bool(difference.sum() > 0)
+    return bool(difference.mean() > z * difference.std(ddof=1) / np.sqrt(len(difference)))
 
 
 class SafeKDWeight:
