@@ -167,7 +167,7 @@ class GUIDERTrainer(MultiModalTrainer):
             raise ConfigError(f"guider_fallback_z must be >= 0, got {config['guider_fallback_z']!r}")
         self.fallback_test = None  # the paired test's mean difference and standard error (guider_fallback_z > 0)
         self._alone = False  # the fallback's run: the student's own loss, no teacher, no KD schedule
-        self.fallback_history = None  # {"guider": best valid score, "plain": best valid score, "kept": ...}
+        self.fallback_history = None  # {"guider": best valid score, "plain": ..., "kept": ..., + fallback_test}
         self.kd_pairs = config["guider_kd_pairs"]
         self.kd_users = int(config["guider_kd_users"] or 0)
         self.kd_items = int(config["guider_kd_items"] or 0)
@@ -386,7 +386,8 @@ class GUIDERTrainer(MultiModalTrainer):
             self._alone = False
         alone_file, self.saved_model_file = self.saved_model_file, guider_file
         kept = self._run_to_keep(guider_score, plain_score, valid_data, guider_file, alone_file, saved)
-        self.fallback_history = {"guider": float(guider_score), "plain": float(plain_score), "kept": kept}
+        self.fallback_history = {"guider": float(guider_score), "plain": float(plain_score), "kept": kept,
+                                 **(self.fallback_test or {})}
         self.logger.info(set_color("GUIDER ", "blue") + f"fallback: best valid {guider_score:.4f} under GUIDER, "
                          f"{plain_score:.4f} alone ({time.perf_counter() - clock:.1f} s): "
                          + ("GUIDER's student kept" if kept == "guider" else "the student alone kept"))
