@@ -142,6 +142,7 @@ class MultiModalSampler(Sampler):
             raise DataError("some users have interacted with every item, which leaves no negative item to sample "
                             "for them; filter them out with user_inter_num_interval")
         return used
+
     def _get_candidates_list(self):
         return super()._get_candidates_list() if self.candidates is None else self.candidates
 

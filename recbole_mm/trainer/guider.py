@@ -419,10 +419,9 @@ class GUIDERTrainer(MultiModalTrainer):
         plain_values = self._per_user_valid(valid_data, alone_file)
         if guider_values is None or plain_values is None or len(guider_values) != len(plain_values):
             return by_score
-        self.fallback_test = {"mean_difference": float(np.mean(guider_values - plain_values)),
-                              "standard_error": float(np.std(guider_values - plain_values, ddof=1)
-                                                      / np.sqrt(max(len(guider_values), 1))) if len(guider_values) > 1
-                              else 0.0}
+        difference = guider_values - plain_values
+        self.fallback_test = {"mean_difference": float(difference.mean()), "standard_error": float(
+            difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0}
         better = ops.clearly_better(sign * guider_values, sign * plain_values, self.fallback_z)
         return "guider" if better else "plain"
 
