@@ -87,7 +87,13 @@ def write_markdown(path, records, models, noises, command, overrides):
     header = ("Each model with its packaged defaults (plain) and with `guider: true` and GUIDER's packaged "
               "defaults (nothing set per model), at each injected-noise ratio (valid and test untouched); test "
               "Recall@20 at the best valid epoch, mean ± std over the seeds (sample std); one CPU thread per run. "
-              f"Overrides for every run: {budget}.\n\nCommand: `{command}`\n\n{machine_line()} "
+              f"Overrides for every run: {budget}.\n\nGUIDER's packaged defaults include its fallback: after "
+              "GUIDER's run the student trains alone, replaying the plain run's random draws (so that run is the "
+              "plain run), and GUIDER's run is kept only when it beats the run alone on valid by more than 2 "
+              "standard errors of the per-user difference (`guider_fallback_z`); the column \"GUIDER's run kept\" "
+              "counts the seeds where it was (`-`: runs recorded before the column). A GUIDER run costs GUIDER "
+              "plus one plain run (the seconds column).\n\n"
+              f"Command: `{command}`\n\n{machine_line()} "
               "Runs shared the CPUs with other jobs: the seconds are indicative only.")
     models = models_in_table(models, records)
     write_page(path, "GUIDER with any student: plain vs GUIDER, bundled synthetic dataset", header,

@@ -123,6 +123,19 @@ def run_key(model, noise, method, seed, overrides):
     return model, noise, method, seed, json.dumps(overrides or {}, sort_keys=True)
 
 
+def run_or_not_applicable(model, dataset, noise, method, seed, args):
+    """:func:`run_one`, or, when the student cannot take the method (the config refuses it, e.g.
+    BOD's reweighted BPR on BM3, which has no BPR loss), a record saying so, so that the other
+    runs go on."""
+    from recbole_mm.errors import ConfigError
+
+    try:
+        return run_one(model, dataset, noise, method, seed, args)
+    except ConfigError as error:
+        return {"model": model, "noise": noise, "method": method, "seed": seed,
+                "not_applicable": str(error), **({"overrides": args.overrides} if args.overrides else {})}
+
+
 def load_runs(path):
     if not os.path.exists(path):
         return []
@@ -152,6 +165,8 @@ def epoch_ratio_cell(group, plain_seconds):
 
 
 def summarise(runs, title, command):
+    refused = sorted({(r["model"], r["method"], r["not_applicable"]) for r in runs if "not_applicable" in r})
+    runs = [r for r in runs if "not_applicable" not in r]
     groups = {}
     for run in runs:
         groups.setdefault((run["model"], run["noise"], run["method"]), []).append(run)
@@ -178,6 +193,9 @@ def summarise(runs, title, command):
         clean, noisy = mean_recall.get((model, 0.0, "plain")), mean_recall.get((model, noise, "plain"))
         if noise and method != "plain" and clean is not None and noisy is not None and clean != noisy:
             lines.append(f"| {model} | {noise:g} | {method} | {(value - noisy) / (clean - noisy):.2f} |")
+    if refused:
+        lines += ["", "Not applicable (the config refuses the combination):", ""]
+        lines += [f"- {model} + {method}: {reason}" for model, method, reason in refused]
     lines += ["", f"Command: `{command}`", "",
               "Machine: 2 CPU cores, no GPU, torch 2.13.0+cpu, one run per core (OMP_NUM_THREADS=1). "
               "Test at the best valid epoch; std over seeds (population). The teacher's Recall@20 is "
@@ -219,7 +237,7 @@ def main():
                 for seed in args.seeds:
                     if args.summarise_only or run_key(model, noise, method, seed, args.overrides) in done:
                         continue
-                    record = run_one(model, args.dataset, noise, method, seed, args)
+                    record = run_or_not_applicable(model, args.dataset, noise, method, seed, args)
                     with open(jsonl, "a") as handle:
                         handle.write(json.dumps(record) + "\n")
                     print(json.dumps(record), flush=True)

@@ -109,3 +109,25 @@ def test_reference_summary_keeps_runs_with_another_stopping_step_apart():
     assert summary.switches({"command": command[:5]}) == "reg_weight=0.0001"
     partial = ["compare_reference.py", "--model", "MENTOR", "--epochs", "1", "--max-batches", "3"]
     assert summary.switches({"command": partial}) == "max-batches=3"
+
+
+def test_a_method_the_student_cannot_take_is_recorded_and_listed_not_fatal(monkeypatch):
+    """BOD reweights a BPR loss; BM3 has none, and the config refuses the pair. The denoising
+    table records that and goes on with the other runs (it used to end the whole process), and
+    its page lists the refusal under the table."""
+    from recbole_mm.errors import ConfigError
+
+    noise_table = load("guider_noise")
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("BM3 computes its loss without a BPRLoss module")
+
+    monkeypatch.setattr(noise_table, "run_one", refuse)
+    args = type("Args", (), {"overrides": {}})()
+    record = noise_table.run_or_not_applicable("BM3", "sports", 0.1, "BOD", 2020, args)
+    assert record["not_applicable"].startswith("BM3 computes") and record["method"] == "BOD"
+    run = {"model": "BM3", "noise": 0.1, "method": "plain", "seed": 2020, "seconds": 5.0, "epoch_seconds": 1.0,
+           "valid": dict.fromkeys(noise_table.METRICS, 0.1), "test": dict.fromkeys(noise_table.METRICS, 0.1)}
+    page = noise_table.summarise([run, record], "title", "cmd")
+    assert "| BM3 | 0.1 | plain | 1 |" in page and "| BM3 | 0.1 | BOD |" not in page
+    assert "- BM3 + BOD: BM3 computes its loss without a BPRLoss module" in page
