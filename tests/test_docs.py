@@ -129,6 +129,9 @@ NOT_HERE = {
     "2021 2022 --methods plain GUIDER-DBPR GUIDER GUIDER+DBPR0.1 GUIDER+DBPR1 --table guider_ladder": BENCH,
     "python benchmarks/guider_any_student.py --set epochs=30 --jobs 2": BENCH,
     "python benchmarks/nfvlm_paper.py": BENCH,
+    "OMP_NUM_THREADS=1 python benchmarks/guider_noise.py --dataset sports --data-path <scratch> --inter "
+    "../shared/data/interactions/sports.inter --epochs 6 --noise 0.1 --seeds 2020 --models MGCN FREEDOM --methods "
+    "plain GUIDER GUIDER-DBPR BOD --table guider_table2": "needs MMRec's Sports interactions; hours on two cores",
 }
 
 
