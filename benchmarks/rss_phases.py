@@ -57,7 +57,7 @@ def ours(args):
     report("model")
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     report("trainer")
-    train_batches(lambda loader, epoch: trainer._train_epoch(loader, epoch), train, args.batches, truncated)
+    train_batches(trainer._train_epoch, train, args.batches, truncated)
     trainer.evaluate(valid, load_best_model=False)
     report("valid evaluation")
 
@@ -104,7 +104,7 @@ def mmrec(args):
     report("model")
     trainer = get_trainer()(config, model, False)
     report("trainer")
-    train_batches(lambda loader, epoch: trainer._train_epoch(loader, epoch), train, args.batches, truncated)
+    train_batches(trainer._train_epoch, train, args.batches, truncated)
     trainer._valid_epoch(valid)
     report("valid evaluation")
 

@@ -132,8 +132,6 @@ def mask_train_history_only(eval_data, train_users, train_items, n_users):
     history = np.empty(len(users), dtype=object)
     history[:] = [torch.from_numpy(per_user[u]) for u in users]
     eval_data.uid2history_item[users] = history
-    if hasattr(eval_data, "forget_tables"):
-        eval_data.forget_tables()
 
 
 __all__ = [

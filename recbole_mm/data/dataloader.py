@@ -111,9 +111,12 @@ def _ragged_table(per_user):
     return pointers, values
 
 
-def _codes_table(codes, width, n_users):
-    """CSR (pointers (n_users + 1,), items) of sorted unique ``user * width + item`` codes."""
+def _codes_table(codes, width, n_users, users=None):
+    """CSR (pointers (n_users + 1,), items) of sorted unique ``user * width + item`` codes; with
+    ``users`` ((U',) tensor), of those users' codes only."""
     codes = np.asarray(codes, dtype=np.int64)
+    if users is not None:
+        codes = codes[np.isin(codes // int(width), users.numpy())]
     pointers = np.searchsorted(codes, np.arange(n_users + 1, dtype=np.int64) * int(width))
     return torch.from_numpy(pointers), torch.from_numpy(codes % int(width))
 
@@ -126,6 +129,30 @@ def _per_user_tensors(table, users, n_users):
     for user in users.tolist():
         per_user[user] = items[pointers[user]:pointers[user + 1]].clone()
     return per_user
+
+
+class _PerUserTable:
+    """RecBole's per-user table attribute (``uid2history_item`` / ``uid2positive_item``) of a
+    :class:`VectorisedFullSortEvalDataLoader`: read, the object array of per-user tensors built
+    from CSR table ``position`` (once, then kept, so that changes to it persist until
+    :meth:`~VectorisedFullSortEvalDataLoader.forget_tables`); assigned (RecBole's own
+    ``__init__``), kept as given."""
+
+    def __init__(self, name, position):
+        self.name, self.position = name, position
+
+    def __get__(self, loader, owner=None):
+        if loader is None:
+            return self
+        if loader._per_user is None:
+            loader._per_user = {}
+        if self.name not in loader._per_user:
+            loader._per_user[self.name] = _per_user_tensors(loader._tables[self.position], loader.uid_list,
+                                                            loader._dataset.user_num)
+        return loader._per_user[self.name]
+
+    def __set__(self, loader, per_user):
+        loader._per_user = {**(loader._per_user or {}), self.name: per_user}
 
 
 class VectorisedFullSortEvalDataLoader(FullSortEvalDataLoader):
@@ -163,37 +190,16 @@ class VectorisedFullSortEvalDataLoader(FullSortEvalDataLoader):
         positive = np.unique(users * width + dataset.inter_feat[self.iid_field].numpy())
         self.uid_list = torch.from_numpy(np.unique(users))
         self.uid2items_num = np.bincount(positive // width, minlength=n_users).astype(np.int64)
-        used = sampler.used_ids.codes
-        history = np.setdiff1d(used[np.isin(used // width, self.uid_list.numpy())], positive, assume_unique=True)
-        self._tables = (_codes_table(history, width, n_users), _codes_table(positive, width, n_users))
+        history = np.setdiff1d(sampler.used_ids.codes, positive, assume_unique=True)
+        self._tables = (_codes_table(history, width, n_users, self.uid_list), _codes_table(positive, width, n_users))
         self.user_df = dataset.join(Interaction({self.uid_field: self.uid_list}))
         self.sample_size = len(self.user_df)
         if shuffle:
             self.logger.warning("FullSortEvalDataLoader can't shuffle")
         AbstractDataLoader.__init__(self, config, dataset, sampler, shuffle=False)
 
-    @property
-    def uid2history_item(self):
-        return self._per_user_table("history", 0)
-
-    @uid2history_item.setter
-    def uid2history_item(self, per_user):
-        self._per_user = {**(self._per_user or {}), "history": per_user}
-
-    @property
-    def uid2positive_item(self):
-        return self._per_user_table("positive", 1)
-
-    @uid2positive_item.setter
-    def uid2positive_item(self, per_user):
-        self._per_user = {**(self._per_user or {}), "positive": per_user}
-
-    def _per_user_table(self, name, position):
-        if self._per_user is None:
-            self._per_user = {}
-        if name not in self._per_user:
-            self._per_user[name] = _per_user_tensors(self._tables[position], self.uid_list, self._dataset.user_num)
-        return self._per_user[name]
+    uid2history_item = _PerUserTable("history", 0)
+    uid2positive_item = _PerUserTable("positive", 1)
 
     def forget_tables(self):
         """Rebuild the CSR tables from the per-user tensors read (and perhaps changed) since."""
@@ -208,8 +214,7 @@ class VectorisedFullSortEvalDataLoader(FullSortEvalDataLoader):
         become the history table (see :func:`~recbole_mm.data.mask_train_history_only`)."""
         width, n_users = int(self._dataset.item_num), int(self._dataset.user_num)
         codes = np.unique(np.asarray(users, dtype=np.int64) * width + np.asarray(items, dtype=np.int64))
-        codes = codes[np.isin(codes // width, self.uid_list.numpy())]
-        self._tables = (_codes_table(codes, width, n_users), self._tables[1])
+        self._tables = (_codes_table(codes, width, n_users, self.uid_list), self._tables[1])
         if self._per_user:
             self._per_user.pop("history", None)
 

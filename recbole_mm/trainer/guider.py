@@ -419,9 +419,8 @@ class GUIDERTrainer(MultiModalTrainer):
         plain_values = self._per_user_valid(valid_data, alone_file)
         if guider_values is None or plain_values is None or len(guider_values) != len(plain_values):
             return by_score
-        difference = guider_values - plain_values
-        self.fallback_test = {"mean_difference": float(difference.mean()), "standard_error": float(
-            difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0}
+        mean, standard_error = ops.paired_difference(guider_values, plain_values)
+        self.fallback_test = {"mean_difference": mean, "standard_error": standard_error}
         better = ops.clearly_better(sign * guider_values, sign * plain_values, self.fallback_z)
         return "guider" if better else "plain"
 

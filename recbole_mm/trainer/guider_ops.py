@@ -618,18 +618,25 @@ def per_user_metric(evaluator, struct, metric):
     return np.asarray(scorer.metric_info(*scorer.used_info(struct))[:, int(k) - 1], dtype=np.float64)
 
 
+def paired_difference(candidate, reference):
+    """Mean of the per-user differences d = candidate - reference (same users, same order) and
+    its standard error std(d) / sqrt(n) (0 below two users; mean 0 for none)."""
+    difference = np.asarray(candidate, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    if len(difference) < 2:
+        return float(difference.sum()), 0.0
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
+
+
 def clearly_better(candidate, reference, z):
-    """Whether per-user values ``candidate`` beat ``reference`` (same users, same order) by more
-    than ``z`` standard errors of the mean paired difference: a one-sided paired z-test,
-    mean(d) > z * std(d) / sqrt(n) with d = candidate - reference.
+    """Whether per-user values ``candidate`` beat ``reference`` by more than ``z`` standard
+    errors of the mean paired difference (:func:`paired_difference`): a one-sided paired
+    z-test, mean(d) > z * se(d).
 
     Args:
         candidate, reference: (n,) arrays; z: float >= 0 (0: the larger mean wins).
     """
-    difference = np.asarray(candidate, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
-    if len(difference) < 2:
-        return bool(difference.sum() > 0)
-    return bool(difference.mean() > z * difference.std(ddof=1) / np.sqrt(len(difference)))
+    mean, standard_error = paired_difference(candidate, reference)
+    return mean > z * standard_error
 
 
 class SafeKDWeight:
