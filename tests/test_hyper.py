@@ -346,12 +346,14 @@ def test_guider_keys_in_a_search_space_reach_the_guider_trainer(search_setup, tm
     """``guider: true`` with two values of a ``guider_*`` key in the space: both trials finish,
     and they differ. The key acts only inside GUIDER's trainer (a plain VBPR ignores it, and
     every trial has the same seed), so different metrics show that the trials trained under
-    GUIDER with the value the search gave them."""
+    GUIDER with the value the search gave them. The fallback is off: on two epochs it would keep
+    the plain run in both trials, and the plain run ignores ``guider_kd``."""
     from recbole_mm.config import Config
 
     _, exp, _ = search_setup
     overrides = Config._convert_config_dict(None, {"epochs": "2", "guider": "True", "guider_warmup_epochs": "0",
-                                                   "guider_teacher_pretrain_epochs": "1"})
+                                                   "guider_teacher_pretrain_epochs": "1",
+                                                   "guider_fallback": "False"})
     _, records = hyper.run_hyper("VBPR", "synthetic", [exp], overrides,
                                  hyper_parameters={"guider_kd": ["matched", "none"]}, workers=2,
                                  results_dir=str(tmp_path))
