@@ -310,11 +310,37 @@ def export_reference(path, workdir, branch=None):
     raise ValueError(f"--reference {path}: no src/utils/quick_start.py (MMRec) or codes/main.py (MICRO) in it")
 
 
-def link_data(folder, workdir, fake_features, seed, modalities=("image", "text")):
+def keep_interacted_items(target, name):
+    """Rewrite the linked folder ``target`` to the items of its ``<name>.inter``: the feature
+    rows of items without a single interaction are dropped and the item ids renumbered in id
+    order (the files are replaced, never written through the links). MMRec's layout makes every
+    feature row an item, ranked and put in the item graphs although nobody interacted with it;
+    RecBole knows the items of the interaction file only, so on such a folder the two sides rank
+    different catalogues. Returns the number of items dropped."""
+    inter = os.path.join(target, f"{name}.inter")
+    frame = pd.read_csv(inter, sep="\t")
+    items = np.unique(frame.itemID.to_numpy())
+    features = sorted(entry for entry in os.listdir(target) if entry.endswith(".npy") and "_feat" in entry)
+    rows = {entry: np.load(os.path.join(target, entry), mmap_mode="r") for entry in features}
+    n_rows = max([matrix.shape[0] for matrix in rows.values()], default=int(items[-1]) + 1)
+    for entry, matrix in rows.items():
+        if matrix.shape[0] <= items[-1]:
+            raise ValueError(f"{entry}: {matrix.shape[0]} rows, but {name}.inter has item id {items[-1]}")
+        kept = np.ascontiguousarray(matrix[items])
+        os.remove(os.path.join(target, entry))
+        np.save(os.path.join(target, entry), kept)
+    frame["itemID"] = np.searchsorted(items, frame.itemID.to_numpy())
+    os.remove(inter)
+    frame.to_csv(inter, sep="\t", index=False)
+    return n_rows - len(items)
+
+
+def link_data(folder, workdir, fake_features, seed, modalities=("image", "text"), interacted_items_only=False):
     """``workdir/data/<name>/`` with every file of ``folder`` linked, but the feature files of the
     modalities not in ``modalities`` (both sides then see a one-modality dataset: MMRec leaves
-    ``v_feat`` / ``t_feat`` None for an absent file); returns (data root, name, train users,
-    train items, n_users)."""
+    ``v_feat`` / ``t_feat`` None for an absent file); with ``interacted_items_only``, rewritten
+    to the items with interactions (:func:`keep_interacted_items`). Returns (data root, name,
+    train users, train items, n_users)."""
     folder = os.path.abspath(folder.rstrip("/"))
     name = os.path.basename(folder)
     inter = os.path.join(folder, f"{name}.inter")
@@ -326,6 +352,10 @@ def link_data(folder, workdir, fake_features, seed, modalities=("image", "text")
     for entry in os.listdir(folder):
         if os.path.isfile(os.path.join(folder, entry)) and entry not in left_out:
             os.symlink(os.path.join(folder, entry), os.path.join(target, entry))
+    if interacted_items_only:
+        dropped = keep_interacted_items(target, name)
+        print(f"--interacted-items-only: {dropped} feature rows without interactions dropped, item ids renumbered")
+        inter = os.path.join(target, f"{name}.inter")
     frame = pd.read_csv(inter, sep="\t", usecols=["userID", "itemID", "x_label"])
     n_users, n_items = int(frame.userID.max()) + 1, int(frame.itemID.max()) + 1
     missing = [f"{m}_feat.npy" for m in modalities if not os.path.isfile(os.path.join(target, f"{m}_feat.npy"))]
@@ -528,7 +558,7 @@ def run(args):
     fixed = parse_sets(args.set)
     workdir = tempfile.mkdtemp(prefix="compare_reference_")
     sides = ("reference", "ours") if args.only == "both" else (args.only,)
-    data = link_data(args.data, workdir, args.fake_features, args.seed, args.modalities)
+    data = link_data(args.data, workdir, args.fake_features, args.seed, args.modalities, args.interacted_items_only)
     args.feature_files = {modality: f"{modality}_feat.npy" for modality in args.modalities}
     if args.model in FEATURE_WIDTHS:
         args.feature_files = fixed_width_features(os.path.join(data[0], data[1]), FEATURE_WIDTHS[args.model], args.seed)
@@ -655,6 +685,9 @@ def main(argv=None):
     parser.add_argument("--modalities", nargs="+", choices=("image", "text"), default=["image", "text"],
                         help="feature files both sides get (default both): 'text' alone runs a text-only dataset, "
                              "the image file left out (MMRec's v_feat None; ours with modality_files {text: ...})")
+    parser.add_argument("--interacted-items-only", action="store_true",
+                        help="drop the feature rows of items nobody interacted with (both sides then rank "
+                             "the same catalogue: RecBole, hence ours, never sees those items)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before both runs are killed")
     parser.add_argument("--max-batches", type=int, default=None,
                         help="train only the first N batches of every epoch, both sides (speed and memory only)")

@@ -165,6 +165,31 @@ def test_reference_layouts_and_data_folder(tmp_path):
     assert sorted(os.listdir(os.path.join(root, name))) == ["text_feat.npy", "tiny.inter"]
 
 
+def test_interacted_items_only_drops_the_rows_nobody_interacted_with(tmp_path):
+    """Items 1 and 3 of five have no interaction: their feature rows go, the others keep their
+    rows under renumbered ids, the extra columns survive, and the user's folder is untouched."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    inter = "userID\titemID\tx_label\ttimestamp\n0\t0\t0\t5\n0\t2\t1\t6\n1\t4\t0\t7\n1\t0\t2\t8\n"
+    (folder / "tiny.inter").write_text(inter)
+    image = np.arange(10, dtype=np.float32).reshape(5, 2)
+    np.save(folder / "image_feat.npy", image)
+    np.save(folder / "text_feat.npy", -image)
+    root, name, users, items, n_users = compare.link_data(str(folder), str(tmp_path / "w"), False, seed=0,
+                                                          interacted_items_only=True)
+    assert users.tolist() == [0, 1] and items.tolist() == [0, 2] and n_users == 2  # train rows: items 0 and 4
+    copy = os.path.join(root, name)
+    assert np.array_equal(np.load(os.path.join(copy, "image_feat.npy")), image[[0, 2, 4]])
+    assert np.array_equal(np.load(os.path.join(copy, "text_feat.npy")), -image[[0, 2, 4]])
+    lines = open(os.path.join(copy, "tiny.inter")).read().splitlines()
+    assert lines == ["userID\titemID\tx_label\ttimestamp", "0\t0\t0\t5", "0\t1\t1\t6", "1\t2\t0\t7", "1\t0\t2\t8"]
+    assert (folder / "tiny.inter").read_text() == inter  # the links were replaced, not written through
+    assert np.array_equal(np.load(folder / "image_feat.npy"), image)
+    np.save(folder / "text_feat.npy", -image[:4])  # a feature file too short for the interactions
+    with pytest.raises(ValueError, match="text_feat.npy: 4 rows, but tiny.inter has item id 4"):
+        compare.link_data(str(folder), str(tmp_path / "w2"), False, seed=0, interacted_items_only=True)
+
+
 def _truncation_module():
     path = os.path.join(os.path.dirname(PATH), "truncated_loader.py")
     spec = importlib.util.spec_from_file_location("truncated_loader", path)
