@@ -164,7 +164,7 @@ def epoch_ratio_cell(group, plain_seconds):
     return f"{np.mean(values) / plain_seconds:.2f}x"
 
 
-def summarise(runs, title, command):
+def summarise(runs, title, command, note=None):
     refused = sorted({(r["model"], r["method"], r["not_applicable"]) for r in runs if "not_applicable" in r})
     runs = [r for r in runs if "not_applicable" not in r]
     groups = {}
@@ -200,6 +200,8 @@ def summarise(runs, title, command):
               "Machine: 2 CPU cores, no GPU, torch 2.13.0+cpu, one run per core (OMP_NUM_THREADS=1). "
               "Test at the best valid epoch; std over seeds (population). The teacher's Recall@20 is "
               "at the end of training. I_false at the last calibration."]
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -220,6 +222,8 @@ def main():
                              "and 384-d text features (once; kept for later runs)")
     parser.add_argument("--table", default="guider_noise",
                         help="the output's name: <out>/<table>_<dataset>.jsonl and .md")
+    parser.add_argument("--note", default=None,
+                        help="a paragraph for the page's end (e.g. how loaded the machine was: the seconds depend on it)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every run (yaml values), e.g. guider_teacher_pretrain_epochs=10")
     args = parser.parse_args()
@@ -248,7 +252,7 @@ def main():
                + " (runs accumulated from several invocations, see the jsonl)")
     with open(os.path.join(args.out, f"{args.table}_{args.dataset}.md"), "w") as handle:
         handle.write(summarise(load_runs(jsonl), f"GUIDER and the denoising baselines on {args.dataset} "
-                               f"(at most {args.epochs} epochs, packaged defaults)", command))
+                               f"(at most {args.epochs} epochs, packaged defaults)", command, args.note))
 
 
 if __name__ == "__main__":

@@ -131,3 +131,5 @@ def test_a_method_the_student_cannot_take_is_recorded_and_listed_not_fatal(monke
     page = noise_table.summarise([run, record], "title", "cmd")
     assert "| BM3 | 0.1 | plain | 1 |" in page and "| BM3 | 0.1 | BOD |" not in page
     assert "- BM3 + BOD: BM3 computes its loss without a BPRLoss module" in page
+    assert noise_table.summarise([run], "title", "cmd", note="Five jobs shared the cores.").endswith(
+        "\n\nFive jobs shared the cores.\n")  # --note: the page says how loaded the machine was
