@@ -792,3 +792,78 @@ def test_guider_state_waits_for_the_teacher_when_resumed_before_fit(run_config):
     assert unbuilt.teacher_epochs == 1
     for key, value in trainer.teacher.state_dict().items():
         assert torch.equal(unbuilt.teacher.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("model_name", MULTIMODAL_MODELS)
+def test_one_forward_serves_loss_and_kd_only_when_it_is_the_same_computation(run_config, monkeypatch, model_name):
+    """Under GUIDER the loss's forward and the KD rows' forward are one pass when the model has
+    no pruned training graph and its forward draws no random numbers. The student's loss and
+    gradient are then those of two separate passes (to float rounding), for every student;
+    DRAGON pays one pass per batch, FREEDOM (a pruned graph each epoch) still two."""
+    overrides = {"modalities": ["clip"]} if model_name in ("NFVLM", "CLIPMLP") else {}
+    _, loaders, model, trainer = guider_setup(run_config, get_model(model_name), **overrides)
+    batch = next(iter(loaders[0]))
+    trainer._teacher_embeddings = tuple(t.detach() for t in trainer.teacher.forward())
+    model.train()
+    calls = []
+    original = type(model).forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(bool(args or kwargs))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", counted)
+
+    start = {key: value.clone() for key, value in model.state_dict().items()}
+
+    def loss_and_gradients():
+        calls.clear()
+        model.load_state_dict(start)  # the same state for both runs (LIRDRec's buffers move in a pass)
+        torch.manual_seed(7)
+        model.pre_epoch_processing()  # (LATTICE rebuilds its graph at an epoch's first pass)
+        torch.manual_seed(8)
+        model.zero_grad()
+        loss = trainer._student_loss(batch)
+        loss.backward()
+        return loss.detach(), [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+    shared_loss, shared_gradients = loss_and_gradients()
+    shared_calls = calls.count(False)
+    monkeypatch.setattr(type(model), "scoring_changes_forward", lambda self: True)  # two passes, always
+    separate_loss, separate_gradients = loss_and_gradients()
+    assert torch.allclose(shared_loss, separate_loss, rtol=1e-5, atol=1e-7)
+    for shared, separate in zip(shared_gradients, separate_gradients):
+        assert (shared is None) == (separate is None)
+        if shared is not None:
+            assert torch.allclose(shared, separate, rtol=1e-4, atol=1e-6)
+    if model_name == "DRAGON":
+        assert shared_calls == 1 and calls.count(False) == 2
+    if model_name == "FREEDOM":
+        assert shared_calls == 2
+
+
+def test_a_forward_that_draws_random_numbers_runs_again_for_the_kd_rows():
+    """A pure-looking model (no pruned graph) whose forward draws (dropout): the KD rows get their
+    own pass, as before the sharing; a forward that draws nothing is shared."""
+    from recbole_mm.trainer.guider import _MemoisedForward
+
+    class Toy(torch.nn.Module):
+        def __init__(self, draws):
+            super().__init__()
+            self.draws, self.calls, self.scoring_graph = draws, 0, False
+
+        def scoring_changes_forward(self):
+            return False
+
+        def forward(self):
+            self.calls += 1
+            return torch.rand(3) if self.draws else torch.ones(3)
+
+    for draws, passes in ((True, 2), (False, 1)):
+        model = Toy(draws)
+        with _MemoisedForward(model):
+            training = model.forward()
+            model.scoring_graph = True
+            scoring = model.forward()
+        assert model.calls == passes
+        assert (training is scoring) == (passes == 1)

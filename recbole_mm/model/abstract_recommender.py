@@ -165,6 +165,21 @@ class MultiModalRecommender(GeneralRecommender):
         if self.edge_sampler is not None:
             self.train_adjacency = FrozenSparse(self.edge_sampler.sample(), symmetric=True)
 
+    #: True where :meth:`forward` is a function of the parameters and of what
+    #: :meth:`pre_epoch_processing` drew, so two calls within a batch give the same result;
+    #: False where a call changes what the next one computes (LIRDRec records its user
+    #: attention in training). GUIDER then lets one pass serve the loss and the KD rows.
+    #: ``test_one_forward_serves_loss_and_kd_only_when_it_is_the_same_computation`` checks
+    #: every plugin model: a new model whose forward keeps state fails it until it says False.
+    pure_forward = True
+
+    def scoring_changes_forward(self):
+        """Whether :meth:`forward` under :meth:`score_rows` may differ from the training
+        forward: unless the forward is pure, and then only through a pruned training graph
+        (``scoring_graph`` switches nothing else; DRAGON builds its own graph, which has none)."""
+        pruned = getattr(self, "train_adjacency", None) is not getattr(self, "full_adjacency", None)
+        return not self.pure_forward or pruned
+
     def user_item_adjacency(self):
         """The pruned graph while training (outside :meth:`score_rows`), the full graph otherwise."""
         return self.train_adjacency if self.training and not self.scoring_graph else self.full_adjacency

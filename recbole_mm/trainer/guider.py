@@ -92,24 +92,45 @@ def _drop_full_sort_cache(model):
             setattr(model, cache, None)
 
 
+def random_state(device):
+    """torch's generator state on ``device``'s side (CPU, plus the device's CUDA generator)."""
+    state = [torch.get_rng_state()]
+    if torch.device(device).type == "cuda":
+        state.append(torch.cuda.get_rng_state(device))
+    return state
+
+
 class _MemoisedForward:
     """Within a ``with`` block, ``model.forward()`` (no arguments) runs once per graph mode
     (training graph, or the full graph of ``score_rows``) and is reused: the loss and the KD
-    scores then share forward passes (and autograd graphs)."""
+    scores then share forward passes (and autograd graphs). One pass serves both modes when
+    they are the same computation: the model has no pruned training graph
+    (``scoring_changes_forward``) and its first pass drew no random numbers (no dropout, no
+    sampled edges): DRAGON and its kin then pay one forward per batch under GUIDER, not two."""
 
     def __init__(self, model):
         self.model = model
         self.results = {}
+        self.stochastic = False
+
+    def _key(self):
+        scoring = bool(getattr(self.model, "scoring_graph", False))
+        changes = getattr(self.model, "scoring_changes_forward", None)
+        same_computation = changes is not None and not changes() and not self.stochastic
+        return False if same_computation else scoring
 
     def __enter__(self):
         original = type(self.model).forward
+        device = getattr(self.model, "device", "cpu")
 
         def forward(*args, **kwargs):
             if args or kwargs:
                 return original(self.model, *args, **kwargs)
-            key = bool(getattr(self.model, "scoring_graph", False))
+            key = self._key()
             if key not in self.results:
+                before = random_state(device)
                 self.results[key] = original(self.model)
+                self.stochastic |= any(not torch.equal(a, b) for a, b in zip(before, random_state(device)))
             return self.results[key]
 
         self.model.forward = forward
@@ -118,6 +139,7 @@ class _MemoisedForward:
     def __exit__(self, *exc):
         del self.model.forward
         self.results = {}
+        self.stochastic = False
         return False
 
 
