@@ -40,6 +40,7 @@ from recbole_mm.data import create_dataset, data_preparation  # noqa: E402
 from recbole_mm.data.graphs import knn_graph  # noqa: E402
 from recbole_mm.trainer import get_trainer  # noqa: E402
 from recbole_mm.utils import get_model  # noqa: E402
+from truncated_loader import truncated  # noqa: E402
 
 
 def rss_mb(field):
@@ -89,22 +90,22 @@ def make_sports_folder(inter_path, image_dim=4096, root=None, name="sports"):
     return root
 
 
-def train_batches(model, trainer, loader, max_batches):
-    """Seconds for the first ``max_batches`` batches of one epoch, and the loader's batch count."""
-    hook = getattr(model, "pre_epoch_processing", None)  # RecBole's own models have none
-    if callable(hook):
-        hook()
+def part_epoch_seconds(trainer, loader, epoch, max_batches):
+    """One epoch's seconds extrapolated from the trainer's own epoch over the loader's first
+    ``max_batches`` batches: the batch phases scale by (batches / max_batches); GUIDER's
+    calibration, once per epoch whatever the batch count, is counted once. (The trainer's own
+    epoch, so that GUIDER's teacher and distillation are in it: timing bare
+    ``calculate_loss`` calls measured the plain student under ``guider=true``.)"""
+    n_batches = len(loader)
+    before = len(getattr(trainer, "epoch_seconds", []))
     start = time.perf_counter()
-    for index, batch in enumerate(loader):
-        if index == max_batches:
-            break
-        trainer.optimizer.zero_grad()
-        loss = model.calculate_loss(batch.to(model.device))
-        loss.backward()
-        trainer.optimizer.step()
-    if model.device.type == "cuda":
+    trainer._train_epoch(truncated(loader, max_batches), epoch)
+    if trainer.model.device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, len(loader)
+    seconds = time.perf_counter() - start
+    phases = getattr(trainer, "epoch_seconds", [])
+    once = phases[-1].get("calibration", 0.0) if len(phases) > before else 0.0
+    return (seconds - once) * n_batches / min(max_batches, n_batches) + once
 
 
 def bench_model(root, model_name, epochs, device, max_batches=None, overrides=None):
@@ -133,8 +134,7 @@ def bench_model(root, model_name, epochs, device, max_batches=None, overrides=No
     for epoch in range(epochs):
         model.train()
         if max_batches:
-            seconds, n_batches = train_batches(model, trainer, train, max_batches)
-            epoch_seconds.append(seconds / min(max_batches, n_batches) * n_batches)
+            epoch_seconds.append(part_epoch_seconds(trainer, train, epoch, max_batches))
         else:
             start = time.perf_counter()
             trainer._train_epoch(train, epoch)
