@@ -32,7 +32,8 @@ then, per epoch:
    authors' compiled trainer does; ``kl`` — per-row softmax KL over the items (the authors'
    HEAD); ``ot_pairs`` — OT between scalar pair logits (the literal reading of the equations,
    an ablation); ``none``. The student's rows come from ``score_rows`` (gradient-carrying, on
-   the evaluation graph; forward passes are memoised within a batch), the teacher's from
+   the evaluation graph; forward passes are memoised within a batch, and one pass serves the
+   loss and the KD rows where the two graphs are the same computation), the teacher's from
    its representations computed once per epoch, without gradient. Each epoch logs the mean
    KD value and the plan's diagonal mass (:attr:`GUIDERTrainer.kd_history`).
 
