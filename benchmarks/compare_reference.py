@@ -634,7 +634,23 @@ def portable(text):
     return text.replace(REPO, ".").replace(WORKSPACE + os.sep, "../")
 
 
+def portable_arguments(argv):
+    """The command's arguments without the paths of this machine that :func:`portable` cannot
+    place: ``--ref-python``'s interpreter, and a ``--data`` folder outside the workspace, become
+    placeholders."""
+    out = []
+    for index, value in enumerate(argv):
+        flag = argv[index - 1] if index else ""
+        if flag == "--ref-python":
+            value = "<a python with the reference's packages>"
+        elif flag == "--data" and not os.path.abspath(value).startswith(WORKSPACE + os.sep):
+            value = f"<{os.path.basename(value.rstrip('/'))} folder>"
+        out.append(value)
+    return out
+
+
 def report(args, rows, meta, argv):
+    argv = portable_arguments(argv)
     table = markdown_table(rows)
     print(table)
     if not args.out:

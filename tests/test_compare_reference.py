@@ -190,6 +190,15 @@ def test_interacted_items_only_drops_the_rows_nobody_interacted_with(tmp_path):
         compare.link_data(str(folder), str(tmp_path / "w2"), False, seed=0, interacted_items_only=True)
 
 
+def test_the_recorded_command_names_no_path_outside_the_workspace():
+    argv = ["--model", "VLIF", "--data", "/elsewhere/exp/sports/", "--ref-python", "/elsewhere/venv/bin/python",
+            "--epochs", "1"]
+    assert compare.portable_arguments(argv) == ["--model", "VLIF", "--data", "<sports folder>", "--ref-python",
+                                                "<a python with the reference's packages>", "--epochs", "1"]
+    inside = os.path.join(compare.WORKSPACE, "data", "baby")
+    assert compare.portable_arguments(["--data", inside]) == ["--data", inside]  # portable() places it
+
+
 def _truncation_module():
     path = os.path.join(os.path.dirname(PATH), "truncated_loader.py")
     spec = importlib.util.spec_from_file_location("truncated_loader", path)

@@ -132,6 +132,10 @@ NOT_HERE = {
     "OMP_NUM_THREADS=1 python benchmarks/guider_noise.py --dataset sports --data-path <scratch> --inter "
     "../shared/data/interactions/sports.inter --epochs 6 --noise 0.1 --seeds 2020 --models MGCN FREEDOM --methods "
     "plain GUIDER GUIDER-DBPR BOD --table guider_table2": "needs MMRec's Sports interactions; hours on two cores",
+    "OMP_NUM_THREADS=1 python benchmarks/guider_noise.py --dataset sports --data-path <scratch> --inter "
+    "../shared/data/interactions/sports.inter --epochs 6 --noise 0.1 --seeds 2020 2021 2022 --models VBPR --methods "
+    "plain GUIDER-DBPR GUIDER GUIDER+DBPR0.1 GUIDER+DBPR1 --table guider_ladder": "needs MMRec's Sports interactions; "
+    "hours on two cores",
 }
 
 
