@@ -93,12 +93,10 @@ def _drop_full_sort_cache(model):
             setattr(model, cache, None)
 
 
-def random_state(device):
-    """torch's generator state on ``device``'s side (CPU, plus the device's CUDA generator)."""
-    state = [torch.get_rng_state()]
-    if torch.device(device).type == "cuda":
-        state.append(torch.cuda.get_rng_state(device))
-    return state
+def torch_random_state(device):
+    """torch's generators: {"torch": the CPU state, "cuda": the device's state when it is a GPU, else None}."""
+    device = torch.device(device)
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 class _MemoisedForward:
@@ -129,9 +127,11 @@ class _MemoisedForward:
                 return original(self.model, *args, **kwargs)
             key = self._key()
             if key not in self.results:
-                before = random_state(device)
+                before = torch_random_state(device)
                 self.results[key] = original(self.model)
-                self.stochastic |= any(not torch.equal(a, b) for a, b in zip(before, random_state(device)))
+                after = torch_random_state(device)
+                self.stochastic |= any(state is not None and not torch.equal(state, after[name])
+                                       for name, state in before.items())
             return self.results[key]
 
         self.model.forward = forward
@@ -148,9 +148,7 @@ def random_streams(train_data, device):
     """The state of every random stream a training run draws from: torch's (CPU, and the
     device's when it is a GPU), numpy's (RecBole's negative sampler), Python's and the train
     loader's own generator (its shuffles)."""
-    device = torch.device(device)
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    return {**torch_random_state(device), "numpy": np.random.get_state(), "python": random.getstate(),
             "loader": train_data.generator.get_state() if getattr(train_data, "generator", None) is not None else None}
 
 
