@@ -8,11 +8,16 @@ import os
 import sys
 from logging import getLogger
 
+import recbole
 import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.evaluator.base_metric import TopkMetric
+from recbole.evaluator.register import metrics_dict
+from recbole.utils import ModelType
 
-from recbole_mm.errors import ConfigError
-from recbole_mm.model.abstract_recommender import modalities_optional, one_modality_refusal
+from recbole_mm.errors import ConfigError, DataError
+from recbole_mm.mmrec_format import inter_layout
+from recbole_mm.model.abstract_recommender import MultiModalRecommender, modalities_optional, one_modality_refusal
 from recbole_mm.options import (
     ADJACENCY_NORMS,
     CF_MODELS,
@@ -545,9 +550,6 @@ def read_config_file(path, loader=yaml.SafeLoader):
 def metric_keys(metrics, topk):
     """The result keys full-sort evaluation gives for ``metrics`` at ``topk``: ``recall@20`` for
     a top-k metric, ``gauc`` for the others."""
-    from recbole.evaluator.base_metric import TopkMetric
-    from recbole.evaluator.register import metrics_dict
-
     keys = []
     for metric in metrics:
         if issubclass(metrics_dict[metric.lower()], TopkMetric):
@@ -564,8 +566,6 @@ def check_metrics(values):
     Raises:
         ConfigError: naming the key, the value and the choices.
     """
-    from recbole.evaluator.register import metrics_dict
-
     metrics = values.get("metrics")
     if metrics is None:
         return
@@ -628,8 +628,6 @@ def check_modalities(values, one_modality_ok=False, refusal=""):
 
 
 def is_plugin_model(model_class):
-    from recbole_mm.model.abstract_recommender import MultiModalRecommender
-
     return isinstance(model_class, type) and issubclass(model_class, MultiModalRecommender)
 
 
@@ -658,8 +656,6 @@ def _yaml_keys(pattern):
 def known_keys():
     """Every key a default knows: RecBole's yaml files (overall, dataset, model, quick-start),
     the plugin's (overall, model, dataset) and :data:`CODE_KEYS`."""
-    import recbole
-
     recbole_properties = os.path.join(os.path.dirname(recbole.__file__), "properties")
     return frozenset(_yaml_keys(os.path.join(recbole_properties, "**", "*.yaml"))
                      | _yaml_keys(os.path.join(PROPERTIES_DIR, "**", "*.yaml")) | CODE_KEYS)
@@ -686,11 +682,6 @@ def unknown_key_warnings(config):
 def uses_mmrec_split(config):
     """True when the dataset's interactions come in MMRec's layout (fixed ``x_label`` split):
     the file is one, or the synthetic generator is about to write one."""
-    from recbole.utils import ModelType
-
-    from recbole_mm.mmrec_format import inter_layout
-    from recbole_mm.errors import DataError
-
     if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.TRADITIONAL):
         return False
     path = os.path.join(config["data_path"], f"{config['dataset']}.inter")

@@ -55,6 +55,7 @@ import pandas as pd
 
 from recbole_mm.errors import ConfigError, OutputExistsError
 from recbole_mm.features.item_table import add_common_arguments, default_device, read_item_table, run_command
+from recbole_mm.features.vlm import load_descriptions
 from recbole_mm.files import discard, write_staged
 
 HUB_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -245,8 +246,6 @@ def description_map(descriptions, template=None):
     :func:`recbole_mm.features.vlm.load_descriptions`)."""
     if isinstance(descriptions, dict):
         return {str(item_id): str(text) for item_id, text in descriptions.items()}
-    from recbole_mm.features.vlm import load_descriptions
-
     return load_descriptions(os.fspath(descriptions), template)
 
 

@@ -6,6 +6,7 @@ The lookup lives here, above the trainers (as in RecBole-GNN), so that ``recbole
 import importlib
 
 from recbole.utils import ModelType
+from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_mm.errors import ConfigError
 from recbole_mm.utils import get_model
@@ -37,6 +38,4 @@ def get_trainer(model_type, model_name, guider=False):
         return getattr(plugin_trainers, model_name + "Trainer")
     if model_type == ModelType.GENERAL:
         return plugin_trainers.MultiModalTrainer
-    from recbole.utils import get_trainer as recbole_get_trainer
-
     return recbole_get_trainer(model_type, model_name)

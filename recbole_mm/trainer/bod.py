@@ -96,6 +96,7 @@ import torch.nn.functional as F
 
 from recbole_mm import collectives
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.loss import install_denoising_loss
 
 # key -> (check, what it must be); the defaults are in properties/overall.yaml
 BOD_KEYS = {
@@ -312,8 +313,6 @@ class BOD:
     """
 
     def __init__(self, config, model):
-        from recbole_mm.model.loss import install_denoising_loss
-
         settings = checked_bod_config(config)
         self.model = model
         self.route = representation_route(model)
