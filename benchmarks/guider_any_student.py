@@ -12,7 +12,9 @@ at a time. Test Recall@20 is at the best valid epoch. Every run is appended to
 ``results/guider_any_student_<dataset>.jsonl`` as it finishes; a rerun skips the runs already
 there (same model, noise, method, seed and ``--set`` overrides), so an interrupted command
 resumes; the markdown beside it is rewritten after every run: per model and noise, valid and
-test Recall@20 of plain and GUIDER (mean ± std over the seeds) and GUIDER - plain.
+test Recall@20 of plain and GUIDER (mean ± std over the seeds) and GUIDER - plain. A model that
+trains nothing (ItemKNNCBF: its scores come from the features directly) has nothing to distil
+into, and ``guider: true`` refuses it with a ConfigError: its rows hold the plain runs only.
 """
 import argparse
 import json
@@ -29,7 +31,15 @@ sys.path.insert(0, HERE)
 from zoo import (default_models, load_records, machine_line, mean_std, models_in_table, page_command,  # noqa: E402
                  parse_overrides, run_once, write_page)
 
+from recbole_mm.utils import get_model  # noqa: E402
+
 METHODS = {"plain": {}, "GUIDER": {"guider": True}}
+NOT_DISTILLED = "n/a (trains nothing)"
+
+
+def distils_into(model):
+    """Whether GUIDER can train ``model`` as its student (it refuses models that train nothing)."""
+    return bool(getattr(get_model(model), "trainable", True))
 
 
 def job_key(model, noise, method, seed, overrides):
@@ -69,6 +79,12 @@ def table(records, models, noises):
                 continue
             test = {m: [r["test_recall@20"] for r in runs[m]] for m in METHODS}
             diff = (f"{np.mean(test['GUIDER']) - np.mean(test['plain']):+.4f}" if all(test.values()) else "-")
+            if not distils_into(model):
+                lines.append("| " + " | ".join([
+                    model, f"{noise:g}", f"{len(runs['plain'])}/-", mean_std([r["valid_recall@20"] for r in runs["plain"]]),
+                    NOT_DISTILLED, mean_std(test["plain"]), NOT_DISTILLED, "-", "-",
+                    f"{np.mean([r['seconds'] for r in runs['plain']]):.0f}, -"]) + " |")
+                continue
             seeds = "/".join(str(len(runs[m])) for m in METHODS)
             seconds = ", ".join(f"{np.mean([r['seconds'] for r in runs[m]]):.0f}" if runs[m] else "-" for m in METHODS)
             lines.append("| " + " | ".join([
@@ -76,7 +92,7 @@ def table(records, models, noises):
                 mean_std([r["valid_recall@20"] for r in runs["GUIDER"]]), mean_std(test["plain"]),
                 mean_std(test["GUIDER"]), diff, kept_cell(runs["GUIDER"]), seconds]) + " |")
     failed = [f"{r['model']} {r['method']} noise {r['noise']:g} seed {r['seed']}: {r['status']}"
-              for r in records if r["status"] != "ok"]
+              for r in records if r["status"] != "ok" and (r["method"] == "plain" or distils_into(r["model"]))]
     if failed:
         lines += ["", "Failed runs:", ""] + [f"- {line}" for line in failed]
     return "\n".join(lines)
@@ -92,7 +108,8 @@ def write_markdown(path, records, models, noises, command, overrides):
               "plain run), and GUIDER's run is kept only when it beats the run alone on valid by more than 2 "
               "standard errors of the per-user difference (`guider_fallback_z`); the column \"GUIDER's run kept\" "
               "counts the seeds where it was (`-`: runs recorded before the column). A GUIDER run costs GUIDER "
-              "plus one plain run (the seconds column).\n\n"
+              "plus one plain run (the seconds column). A model that trains nothing (ItemKNNCBF) has no student "
+              f"to distil into: `guider: true` refuses it, and its GUIDER cells read {NOT_DISTILLED}.\n\n"
               f"Command: `{command}`\n\n{machine_line()} "
               "Runs shared the CPUs with other jobs: the seconds are indicative only.")
     models = models_in_table(models, records)
@@ -120,7 +137,8 @@ def main(argv=None):
     records = load_records(jsonl)
     done = {record_key(r) for r in records if r["status"] == "ok"}
     jobs = [(model, noise, method, seed) for model in models for noise in args.noise for method in args.methods
-            for seed in args.seeds if job_key(model, noise, method, seed, overrides) not in done]
+            for seed in args.seeds if job_key(model, noise, method, seed, overrides) not in done
+            and (method == "plain" or distils_into(model))]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     command = page_command("guider_any_student.py", argv if argv is not None else sys.argv[1:],
                            models_in_table(models, records), default_models())

@@ -78,6 +78,28 @@ def test_the_guider_page_counts_the_seeds_whose_guider_run_was_kept(tmp_path):
     assert "| 1/1 |" in next(line for line in open(out) if line.startswith("| VBPR"))
 
 
+def test_a_model_that_trains_nothing_gets_plain_runs_only_and_a_guider_cell_saying_why(tmp_path, monkeypatch):
+    """ItemKNNCBF trains nothing, so ``guider: true`` refuses it: the command runs its plain
+    runs only, and its row says why its GUIDER cells are empty (no failed runs listed)."""
+    def record(model, method, seed, status="ok"):
+        return {"model": model, "dataset": "synthetic", "noise": 0.0, "method": method, "seed": seed,
+                "status": status, "seconds": 10, "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {}}
+
+    ran = []
+    monkeypatch.setattr(any_student, "run_job", lambda model, dataset, noise, method, seed, *rest: (
+        ran.append((model, method)) or record(model, method, seed)))
+    monkeypatch.setattr(any_student, "run_once", lambda *args: None)
+    out = str(tmp_path / "page.md")
+    with open(os.path.splitext(out)[0] + ".jsonl", "w") as handle:
+        handle.write(json.dumps(record("ItemKNNCBF", "GUIDER", 1, "ConfigError: trains nothing")) + "\n")
+    any_student.main(["--models", "ItemKNNCBF", "VBPR", "--noise", "0", "--seeds", "1", "--jobs", "1", "--out", out])
+    assert sorted(ran) == [("ItemKNNCBF", "plain"), ("VBPR", "GUIDER"), ("VBPR", "plain")]
+    text = open(out).read()
+    row = next(line for line in text.splitlines() if line.startswith("| ItemKNNCBF"))
+    assert row.count(any_student.NOT_DISTILLED) == 2, row
+    assert "Failed runs" not in text
+
+
 def test_zoo_on_sports_gives_the_clip_models_the_generated_clip_table(monkeypatch):
     """CLIPMLP and NF-VLM score a CLIP embedding, which the Sports folder gets generated beside
     its image and text tables: their runs name it, the others' do not, and the record keeps
