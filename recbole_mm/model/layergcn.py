@@ -32,6 +32,7 @@ from recbole_mm.options import EDGE_PRUNINGS  # noqa: F401  (edge_pruning's valu
 
 
 class LayerGCN(MultiModalRecommender):
+    loss_reduction = "sum"  # MMRec's: the batch's BPR terms and squared ego rows, summed
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -222,6 +222,7 @@ class MVGAE(MultiModalRecommender):
         "MMRec's forward runs the image and the text encoders unconditionally (on a one-modality folder "
         "it stops with an AttributeError); modalities: [image] or [text], given, runs this port's "
         "one-modality product of experts, which has no reference counterpart")
+    loss_reduction = "sum"  # MMRec's reconstruction loss sums over the batch's users
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -20,7 +20,8 @@ then, per epoch:
    one value transfers across datasets). ``guider_amsc: false`` keeps the loss split alone.
    With ``noise_ratio`` > 0 each calibration logs the precision and recall with which
    I_false catches the injected pairs (kept in :attr:`GUIDERTrainer.calibration_history`).
-3. **Student update**: the model's own loss plus ``guider_kd_weight`` · L_KD (Eq. 8) between
+3. **Student update**: the model's own loss plus ``guider_kd_weight`` · L_KD (Eq. 8; times the
+   batch's rows for a student whose loss is a sum over them, :func:`kd_scale`) between
    the teacher's and the student's score rows of the batch's users (at most
    ``guider_kd_users``, over every item or ``guider_kd_items`` drawn ones):
    ``guider_kd: matched`` (default) — each user's student row pulled onto the same user's
@@ -83,6 +84,13 @@ from recbole_mm.options import GUIDER_WEIGHTINGS, KD_MODES, KD_WEIGHT_AUTO
 from recbole_mm.trainer import guider_ops as ops
 from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
 from recbole_mm.utils import get_model
+
+
+def kd_scale(model, interaction):
+    """The factor on L_KD that puts it on the student loss's scale: the batch's rows for a
+    student whose loss sums over them (``loss_reduction = "sum"``: LayerGCN, MVGAE), else 1.
+    RecBole's own models average (``BPRLoss``)."""
+    return len(interaction) if getattr(model, "loss_reduction", "mean") == "sum" else 1
 
 
 def _drop_full_sort_cache(model):
@@ -670,7 +678,7 @@ class GUIDERTrainer(MultiModalTrainer):
                 loss = sum(loss)
             if self.kd_mode == "none" or not self.kd_weight:
                 return loss
-            kd = self.distillation_loss(interaction)
+            kd = self.distillation_loss(interaction) * kd_scale(model, interaction)
             if self.weighting == "mgda":
                 w_student, w_kd = self.mgda_weights(loss, kd)
                 return w_student * loss + self.kd_weight * w_kd * kd
