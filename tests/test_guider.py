@@ -212,16 +212,18 @@ def repeated_batch_loss_ratio(model, batch, rows=256):
 
 @pytest.mark.parametrize("model_name", MULTIMODAL_MODELS)
 def test_a_student_declares_its_loss_reduction(run_config, model_name):
-    """A plugin model whose loss doubles when its batch is repeated (a sum over the rows) says
+    """A plugin model whose loss grows by more than half when its batch is repeated says
     ``loss_reduction = "sum"``, and one that says so has such a loss: GUIDER scales its KD term
-    by it. (Losses with in-batch negatives or summed regularisers lie in between: they average
-    their main term and keep the default.)"""
+    by it. A sum over the rows doubles (LayerGCN, MVGAE); for an average plus a sum the ratio
+    passes 1.5 when the summed part is the larger (SelfCF: its regulariser, 1.76); in-batch
+    negatives move it a little (LGMRec 1.41: its summed part is the smaller one)."""
     overrides = {"modalities": ["clip"]} if model_name in ("NFVLM", "CLIPMLP") else {}
     _, _, loaders, model = build_model(run_config(**overrides), get_model(model_name))
     model.train()
     model.pre_epoch_processing()
     ratio = repeated_batch_loss_ratio(model, next(iter(loaders[0])))
-    assert (abs(ratio - 2.0) < 0.01) == (model.loss_reduction == "sum"), (ratio, model.loss_reduction)
+    assert ratio <= 2.0 + 1e-3, ratio
+    assert (ratio > 1.5) == (model.loss_reduction == "sum"), (ratio, model.loss_reduction)
 
 
 @pytest.mark.parametrize("model_class, scaled", [(get_model("LayerGCN"), True), (VBPR, False)])

@@ -172,12 +172,13 @@ class MultiModalRecommender(GeneralRecommender):
     #: ``test_one_forward_serves_loss_and_kd_only_when_it_is_the_same_computation`` checks
     #: every plugin model: a new model whose forward keeps state fails it until it says False.
     pure_forward = True
-    #: ``"sum"`` when :meth:`calculate_loss` adds up its batch rows' losses instead of averaging
-    #: them (MMRec's LayerGCN and MVGAE): the loss then grows with the batch. GUIDER multiplies its
-    #: distillation term by the batch's rows for such a student, so that ``guider_kd_weight``
-    #: weighs the two terms alike whatever the reduction (unscaled, L_KD was 1/2048 of LayerGCN's
-    #: loss and taught it nothing). ``test_a_student_declares_its_loss_reduction`` checks every
-    #: plugin model: a loss that doubles when its batch is repeated must say ``"sum"``.
+    #: ``"sum"`` when :meth:`calculate_loss` mostly adds up its batch rows' terms instead of
+    #: averaging them (MMRec's LayerGCN and MVGAE; SelfCF, whose summed regulariser outweighs its
+    #: averaged loss): the loss then grows with the batch. GUIDER multiplies its distillation term
+    #: by the batch's rows for such a student, so that ``guider_kd_weight`` weighs the two terms
+    #: alike whatever the reduction (unscaled, L_KD was ~1/2048 of LayerGCN's loss and taught it
+    #: nothing). ``test_a_student_declares_its_loss_reduction`` checks every plugin model: a loss
+    #: that grows by more than half when its batch is repeated must say ``"sum"``.
     loss_reduction = "mean"
 
     def scoring_changes_forward(self):

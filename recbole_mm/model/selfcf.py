@@ -39,6 +39,7 @@ from recbole_mm.model.loss import cosine_loss
 class SelfCF(MultiModalRecommender):
     input_type = InputType.POINTWISE
     use_neg_sampling = False  # see recbole_mm.config.Config._set_train_neg_sample_args
+    loss_reduction = "sum"  # its averaged cosine loss is outweighed by MMRec's regulariser, a sum over the batch
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

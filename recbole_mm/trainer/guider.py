@@ -88,7 +88,7 @@ from recbole_mm.utils import get_model
 
 def kd_scale(model, interaction):
     """The factor on L_KD that puts it on the student loss's scale: the batch's rows for a
-    student whose loss sums over them (``loss_reduction = "sum"``: LayerGCN, MVGAE), else 1.
+    student whose loss mostly sums over them (``loss_reduction = "sum"``: LayerGCN, MVGAE, SelfCF), else 1.
     RecBole's own models average (``BPRLoss``)."""
     return len(interaction) if getattr(model, "loss_reduction", "mean") == "sum" else 1
 
