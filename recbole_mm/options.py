@@ -16,6 +16,7 @@ DENOISE_MODES = (None, "tce", "rce", "wbpr", "bod", "damrs")  # denoise: trainer
 OPTIMIZER_IMPLS = ("fused", "foreach", "single", "recbole")  # optimizer_impl: trainer.trainer
 KD_MODES = ("ot", "matched", "ot_pairs", "kl", "none")  # guider_kd: trainer.guider
 GUIDER_WEIGHTINGS = ("fixed", "mgda")  # guider_weighting: trainer.guider
+KD_BALANCES = ("none", "gradient_norm")  # guider_kd_balance: trainer.guider
 KD_WEIGHT_AUTO = "auto"  # guider_kd_weight: trainer.guider (the word it takes besides a number >= 0)
 SPLIT_SCORES = ("logsigmoid", "rank", "bpr")  # guider_split_score: trainer.guider_ops
 THRESHOLD_MODES = ("quantile", "absolute")  # guider_threshold_mode: trainer.guider_ops

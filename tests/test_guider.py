@@ -240,6 +240,39 @@ def test_guider_puts_the_kd_term_on_the_student_losss_scale(run_config, monkeypa
     assert float(total - alone) == pytest.approx(0.5 * (len(batch) if scaled else 1), rel=1e-4)
 
 
+def test_gradient_norm_balance_makes_the_kd_pull_as_hard_as_the_students_loss(run_config, monkeypatch):
+    """``guider_kd_balance: gradient_norm``: on an epoch's first batch a weaker L_KD is scaled
+    up so that its gradient over the student's parameters is as long as L_rec's (times w), a
+    stronger one is left as it is; the scale is kept for the epoch's other batches; ``none``
+    leaves L_KD as it is."""
+    def kd_gradient_norm(trainer, model, batch):
+        parameters = trainer.student_parameters()
+        torch.manual_seed(0)
+        total = ops.flat_gradient(trainer._student_loss(batch), parameters)
+        torch.manual_seed(0)
+        alone = ops.flat_gradient(model.calculate_loss(batch), parameters)
+        return (total - alone).norm().item(), alone.norm().item()
+
+    for balance, factor_value in (("gradient_norm", 3e-6), ("none", 3e-6), ("gradient_norm", 3.0)):
+        _, loaders, model, trainer = guider_setup(run_config, guider_kd_balance=balance, guider_kd_weight=0.5)
+        batch = next(iter(loaders[0]))
+        factor = {"value": factor_value}
+        monkeypatch.setattr(trainer, "distillation_loss",
+                            lambda interaction: factor["value"] * model.user_embedding.square().sum())
+        model.train()
+        kd_norm, rec_norm = kd_gradient_norm(trainer, model, batch)
+        raw = 0.5 * factor_value * 2 * model.user_embedding.norm().item()  # |w d(c |U|^2)/dU|
+        if balance == "none" or factor_value > 1:  # off, or a KD gradient already the longer one
+            assert raw > 0.5 * rec_norm or balance == "none"
+            assert kd_norm == pytest.approx(raw, rel=1e-4)
+            continue
+        assert kd_norm == pytest.approx(0.5 * rec_norm, rel=1e-3)
+        scale = trainer._balance_scale
+        factor["value"] = 10 * factor_value  # a later batch of the same epoch: the epoch's scale, not a new one
+        later, _ = kd_gradient_norm(trainer, model, batch)
+        assert trainer._balance_scale == scale and later == pytest.approx(10 * kd_norm, rel=1e-3)
+
+
 def test_noisy_set_catches_injected_pairs_at_three_times_the_injection_rate(data_root, tmp_path):
     """The bundled dataset with 10% injected noise, the packaged GUIDER schedule (warm-up, then a
     split every epoch, DBPR on the split) for 20 epochs: I_false holds injected pairs at least
@@ -791,6 +824,7 @@ def test_auto_kd_weight_goes_down_when_the_student_beats_its_teacher_on_valid(ru
     ("guider_kd_weight", "automatic", "a number >= 0 or 'auto'"),
     ("guider_kd_weight", -1, "a number >= 0 or 'auto'"),
     ("guider_mgda_sum_quirk", "yes", "True or False"),
+    ("guider_kd_balance", "gradnorm", "one of ['none', 'gradient_norm']"),
 ])
 def test_bad_weighting_values_are_a_config_error(run_config, key, value, wanted):
     from recbole_mm.config import Config

@@ -80,7 +80,7 @@ from recbole.utils import InputType, calculate_valid_score, set_color
 from recbole_mm import collectives
 from recbole_mm.config import Config
 from recbole_mm.errors import ConfigError
-from recbole_mm.options import GUIDER_WEIGHTINGS, KD_MODES, KD_WEIGHT_AUTO
+from recbole_mm.options import GUIDER_WEIGHTINGS, KD_BALANCES, KD_MODES, KD_WEIGHT_AUTO
 from recbole_mm.trainer import guider_ops as ops
 from recbole_mm.trainer.trainer import MultiModalTrainer, build_optimizer
 from recbole_mm.utils import get_model
@@ -189,6 +189,8 @@ class GUIDERTrainer(MultiModalTrainer):
             self.kd_weight = float(config["guider_kd_weight"] if config["guider_kd_weight"] is not None else 1.0)
         self.weighting = self._choice("guider_weighting", GUIDER_WEIGHTINGS, "fixed")
         self.mgda_sum_quirk = bool(config["guider_mgda_sum_quirk"])
+        self.kd_balance = self._choice("guider_kd_balance", KD_BALANCES, "none")
+        self._balance_scale = None  # guider_kd_balance: gradient_norm: this epoch's |g_rec| / |g_KD|
         self._student_parameters = None
         self.fallback = bool(config["guider_fallback"])
         self.fallback_z = float(config["guider_fallback_z"] or 0.0)
@@ -501,6 +503,7 @@ class GUIDERTrainer(MultiModalTrainer):
         self.teacher.eval()
         with torch.no_grad():
             self._teacher_embeddings = tuple(t.detach() for t in self.teacher.forward())
+        self._balance_scale = None
         student_loss = super()._train_epoch(train_data, epoch_idx, self._student_loss, show_progress)
         seconds["student"] = time.perf_counter() - clock
         self._log_distillation(epoch_idx)
@@ -679,18 +682,37 @@ class GUIDERTrainer(MultiModalTrainer):
             if self.kd_mode == "none" or not self.kd_weight:
                 return loss
             kd = self.distillation_loss(interaction) * kd_scale(model, interaction)
+            if self.kd_balance == "gradient_norm":
+                kd = kd * self.balance_scale(loss, kd)
             if self.weighting == "mgda":
                 w_student, w_kd = self.mgda_weights(loss, kd)
                 return w_student * loss + self.kd_weight * w_kd * kd
             return loss + self.kd_weight * kd
 
+    def student_parameters(self):
+        if self._student_parameters is None:
+            self._student_parameters = [p for p in self.model.parameters() if p.requires_grad]
+        return self._student_parameters
+
+    def balance_scale(self, loss, kd):
+        """``guider_kd_balance: gradient_norm``: max(1, |∇L_rec| / |∇L_KD|) over the student's
+        parameters, measured on the epoch's first batch and kept for its other batches (a
+        float: no gradient flows through it). w = 1 then pulls at least as hard as the
+        student's own loss, whatever the scale of either (a summed loss, a model whose scores
+        move little under L_KD). Never below 1: RecBole's LightGCN starts with a KD gradient
+        200-300 times its BPR's, and scaling it down to BPR's lost 0.055 valid Recall@20."""
+        if self._balance_scale is None:
+            parameters = self.student_parameters()
+            rec_norm = ops.flat_gradient(loss, parameters).norm().item()
+            kd_norm = ops.flat_gradient(kd, parameters).norm().item()
+            self._balance_scale = max(1.0, rec_norm / kd_norm) if kd_norm > 0 else 1.0
+        return self._balance_scale
+
     def mgda_weights(self, loss, kd):
         """``guider_weighting: mgda``: the batch's (w_student, w_kd) from the two losses' gradients
         over the student's parameters (:func:`~recbole_mm.trainer.guider_ops.mgda_weights`;
         ``guider_mgda_sum_quirk``: the authors' second gradient, the sum of both)."""
-        if self._student_parameters is None:
-            self._student_parameters = [p for p in self.model.parameters() if p.requires_grad]
-        parameters = self._student_parameters
+        parameters = self.student_parameters()
         weights = ops.mgda_weights(ops.flat_gradient(loss, parameters), ops.flat_gradient(kd, parameters),
                                    sum_quirk=self.mgda_sum_quirk)
         self._mgda_epoch.append(weights)
@@ -766,6 +788,8 @@ class GUIDERTrainer(MultiModalTrainer):
         values = np.array(self._kd_epoch, dtype=np.float64)
         record = {"epoch": epoch_idx, "kd": float(values[:, 0].mean()), "diagonal": float(np.nanmean(values[:, 1]))
                   if np.isfinite(values[:, 1]).any() else None, "kd_weight": self.kd_weight}
+        if self._balance_scale is not None:
+            record["balance_scale"] = self._balance_scale
         if self._mgda_epoch:
             record["w_student"], record["w_kd"] = (float(v) for v in np.mean(self._mgda_epoch, axis=0))
             self._mgda_epoch = []
@@ -774,6 +798,8 @@ class GUIDERTrainer(MultiModalTrainer):
         message = f"GUIDER epoch {epoch_idx}: KD ({self.kd_mode}) {record['kd']:.5f}, weight {self.kd_weight:g}"
         if "w_student" in record:
             message += f", MGDA mean w_student {record['w_student']:.3f}, w_kd {record['w_kd']:.4f}"
+        if "balance_scale" in record:
+            message += f", gradient balance x{record['balance_scale']:.3g}"
         if record["diagonal"] is not None:
             message += f", plan diagonal mass {record['diagonal']:.3f}"
         self.logger.info(message)
