@@ -77,20 +77,16 @@ def table(records, models, noises):
                              and r["method"] == method and r["status"] == "ok"] for method in METHODS}
             if not any(runs.values()):
                 continue
+            distilled = distils_into(model)
             test = {m: [r["test_recall@20"] for r in runs[m]] for m in METHODS}
             diff = (f"{np.mean(test['GUIDER']) - np.mean(test['plain']):+.4f}" if all(test.values()) else "-")
-            if not distils_into(model):
-                lines.append("| " + " | ".join([
-                    model, f"{noise:g}", f"{len(runs['plain'])}/-", mean_std([r["valid_recall@20"] for r in runs["plain"]]),
-                    NOT_DISTILLED, mean_std(test["plain"]), NOT_DISTILLED, "-", "-",
-                    f"{np.mean([r['seconds'] for r in runs['plain']]):.0f}, -"]) + " |")
-                continue
-            seeds = "/".join(str(len(runs[m])) for m in METHODS)
+            seeds = "/".join(str(len(runs[m])) if m == "plain" or distilled else "-" for m in METHODS)
             seconds = ", ".join(f"{np.mean([r['seconds'] for r in runs[m]]):.0f}" if runs[m] else "-" for m in METHODS)
+            guider_valid, guider_test = ((mean_std([r["valid_recall@20"] for r in runs["GUIDER"]]),
+                                          mean_std(test["GUIDER"])) if distilled else (NOT_DISTILLED, NOT_DISTILLED))
             lines.append("| " + " | ".join([
-                model, f"{noise:g}", seeds, mean_std([r["valid_recall@20"] for r in runs["plain"]]),
-                mean_std([r["valid_recall@20"] for r in runs["GUIDER"]]), mean_std(test["plain"]),
-                mean_std(test["GUIDER"]), diff, kept_cell(runs["GUIDER"]), seconds]) + " |")
+                model, f"{noise:g}", seeds, mean_std([r["valid_recall@20"] for r in runs["plain"]]), guider_valid,
+                mean_std(test["plain"]), guider_test, diff, kept_cell(runs["GUIDER"]), seconds]) + " |")
     failed = [f"{r['model']} {r['method']} noise {r['noise']:g} seed {r['seed']}: {r['status']}"
               for r in records if r["status"] != "ok" and (r["method"] == "plain" or distils_into(r["model"]))]
     if failed:
