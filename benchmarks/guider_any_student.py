@@ -31,7 +31,7 @@ sys.path.insert(0, HERE)
 from zoo import (default_models, load_records, machine_line, mean_std, models_in_table, page_command,  # noqa: E402
                  parse_overrides, run_once, write_page)
 
-from recbole_mm.utils import get_model  # noqa: E402
+from recbole_mm.utils import get_model, trains  # noqa: E402
 
 METHODS = {"plain": {}, "GUIDER": {"guider": True}}
 NOT_DISTILLED = "n/a (trains nothing)"
@@ -39,7 +39,7 @@ NOT_DISTILLED = "n/a (trains nothing)"
 
 def distils_into(model):
     """Whether GUIDER can train ``model`` as its student (it refuses models that train nothing)."""
-    return bool(getattr(get_model(model), "trainable", True))
+    return trains(get_model(model))
 
 
 def job_key(model, noise, method, seed, overrides):

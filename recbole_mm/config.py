@@ -387,6 +387,7 @@ def value_checks():
         "guider_weighting": choice(GUIDER_WEIGHTINGS),
         "guider_mgda_sum_quirk": boolean(),
         "guider_kd_balance": choice(KD_BALANCES),
+        "guider_kd_start": number(0, None, low_open=True),
         "guider_kd_decay": number(0, 1, high_open=True),
         "guider_fallback": boolean(),
         "guider_kd_users": count,

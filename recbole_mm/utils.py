@@ -77,6 +77,13 @@ def get_model(model_name):
     )
 
 
+def trains(model):
+    """Whether ``model`` (a model class or instance, ours or RecBole's) has anything to train.
+    A model whose scores come from the data directly says ``trainable = False`` (ItemKNNCBF):
+    it runs one epoch, and GUIDER and the denoisers, which change a training loss, refuse it."""
+    return bool(getattr(model, "trainable", True))
+
+
 def available_models(plugin=True):
     """Class names of the plugin's models (``plugin=True``) or RecBole's (``False``)."""
     if plugin:

@@ -11,7 +11,7 @@ from recbole.data.interaction import cat_interactions
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.trainer import GUIDERTrainer
 from recbole_mm.trainer import guider_ops as ops
-from recbole_mm.utils import available_models, get_model
+from recbole_mm.utils import available_models, get_model, trains
 from tests.conftest import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -163,7 +163,7 @@ def test_bad_switch_values_raise(run_config):
 
 
 # every plugin model that trains (ItemKNNCBF does not: GUIDER refuses it, tests/test_itemknncbf.py)
-MULTIMODAL_MODELS = [name for name in available_models(plugin=True) if getattr(get_model(name), "trainable", True)]
+MULTIMODAL_MODELS = [name for name in available_models(plugin=True) if trains(get_model(name))]
 
 
 @pytest.mark.parametrize("model_name", MULTIMODAL_MODELS)
@@ -819,12 +819,22 @@ def test_auto_kd_weight_goes_down_when_the_student_beats_its_teacher_on_valid(ru
     assert fixed.kd_schedule is None and fixed.kd_weight == 0.3
 
 
+def test_auto_kd_weight_starts_at_guider_kd_start_and_decays_from_there(run_config):
+    _, loaders, _, trainer = guider_setup(run_config, guider_kd_start=10)
+    assert trainer.kd_weight == 10.0
+    trainer.evaluate = lambda *args, **kwargs: {"recall@20": 0.4}
+    trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": 0.3}
+    trainer._valid_epoch(loaders[1])  # beats the teacher on valid: one decay step
+    assert trainer.kd_weight == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("key, value, wanted", [
     ("guider_weighting", "pcgrad", "one of ['fixed', 'mgda']"),
     ("guider_kd_weight", "automatic", "a number >= 0 or 'auto'"),
     ("guider_kd_weight", -1, "a number >= 0 or 'auto'"),
     ("guider_mgda_sum_quirk", "yes", "True or False"),
     ("guider_kd_balance", "gradnorm", "one of ['none', 'gradient_norm']"),
+    ("guider_kd_start", 0, "a number > 0"),
 ])
 def test_bad_weighting_values_are_a_config_error(run_config, key, value, wanted):
     from recbole_mm.config import Config

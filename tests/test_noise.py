@@ -16,7 +16,7 @@ from recbole_mm.model.loss import DenoisingBPRLoss, install_denoising_loss
 from recbole_mm.model.freedom import FREEDOM
 from recbole_mm.model.vbpr import VBPR
 from recbole_mm.trainer import MultiModalTrainer
-from recbole_mm.utils import available_models, get_model
+from recbole_mm.utils import available_models, get_model, trains
 from tests.conftest import REPO_ROOT, build_model
 from tests.test_dataset import MMREC_ROWS, MMREC_SETTINGS, write_mmrec
 
@@ -248,12 +248,11 @@ def test_noise_and_denoising_end_to_end(tmp_path, monkeypatch, denoise):
 NO_BPR_MODELS = tuple(name for name in available_models(plugin=True)
                       if getattr(get_model(name), "use_neg_sampling", True) is False) + ("DAMRS", "MVGAE")
 # nothing trained (ItemKNNCBF): no loss to denoise
-UNTRAINED_MODELS = tuple(name for name in available_models(plugin=True) if not getattr(get_model(name), "trainable", True))
+UNTRAINED_MODELS = tuple(name for name in available_models(plugin=True) if not trains(get_model(name)))
 
 
 @pytest.mark.parametrize("model_name", available_models(plugin=True))
 def test_every_plugin_model_accepts_a_denoising_loss(run_config, model_name):
-    from recbole_mm.utils import get_model
 
     config, _, loaders, model = build_model(run_config(denoise="rce"), get_model(model_name))
     if model_name in UNTRAINED_MODELS:
@@ -277,7 +276,6 @@ def test_every_plugin_model_accepts_a_denoising_loss(run_config, model_name):
 def test_every_plugin_model_accepts_bod_or_says_why_not(run_config, model_name):
     """BOD weighs a pair by its user and item vectors: every plugin model with both trains one
     batch under it; CLIPMLP (item vectors only by default) raises a clear error."""
-    from recbole_mm.utils import get_model
 
     config, _, loaders, model = build_model(run_config(denoise="bod"), get_model(model_name))
     if model_name in UNTRAINED_MODELS:

@@ -9,7 +9,7 @@ from recbole.utils import ModelType
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_mm.errors import ConfigError
-from recbole_mm.utils import get_model
+from recbole_mm.utils import get_model, trains
 from recbole_mm.trainer.guider import GUIDERTrainer
 from recbole_mm.trainer.trainer import MultiModalTrainer
 
@@ -30,7 +30,7 @@ def get_trainer(model_type, model_name, guider=False):
     if guider:
         if model_type != ModelType.GENERAL:
             raise ConfigError(f"guider: true trains general models only; {model_name} is {model_type.name.lower()}")
-        if not getattr(get_model(model_name), "trainable", True):
+        if not trains(get_model(model_name)):
             raise ConfigError(f"guider: true distils a teacher into a student that trains; {model_name} trains "
                               "nothing (its scores come from the data directly)")
         return plugin_trainers.GUIDERTrainer

@@ -183,7 +183,7 @@ class GUIDERTrainer(MultiModalTrainer):
         self.kd_weight_auto = config["guider_kd_weight"] == KD_WEIGHT_AUTO
         self.kd_schedule = None
         if self.kd_weight_auto:
-            self.kd_schedule = ops.SafeKDWeight(start=1.0, decay=config["guider_kd_decay"])
+            self.kd_schedule = ops.SafeKDWeight(start=config["guider_kd_start"], decay=config["guider_kd_decay"])
             self.kd_weight = self.kd_schedule.weight
         else:
             self.kd_weight = float(config["guider_kd_weight"] if config["guider_kd_weight"] is not None else 1.0)

@@ -23,6 +23,7 @@ from recbole_mm.options import DENOISE_MODES, OPTIMIZER_IMPLS
 from recbole_mm.trainer.bod import BOD
 from recbole_mm.trainer.collector import MultiModalCollector
 from recbole_mm.trainer.damrs_denoise import DAMRSDenoiser
+from recbole_mm.utils import trains
 
 TORCH_OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adagrad": optim.Adagrad,
                     "rmsprop": optim.RMSprop}
@@ -139,10 +140,10 @@ class MultiModalTrainer(Trainer):
         self._excluded_items = None  # items masked in the current evaluation (cold-start candidates)
         decay, period = config["learning_rate_scheduler"] or (1.0, 50)
         self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: decay ** (epoch / period))
-        if config["denoise"] and not getattr(model, "trainable", True):
+        if config["denoise"] and not trains(model):
             raise ConfigError(f"denoise: {config['denoise']} reweighs a trained model's loss; "
                               f"{type(model).__name__} trains nothing")
-        if not getattr(model, "trainable", True) and self.epochs > 1:
+        if not trains(model) and self.epochs > 1:
             self.logger.info(f"{type(model).__name__} trains nothing: one epoch instead of epochs={self.epochs}")
             self.epochs = 1
         self.bod = BOD(config, model) if config["denoise"] == "bod" else None
