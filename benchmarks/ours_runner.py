@@ -29,10 +29,11 @@ def main(model, dataset, config_json):
 
     result = run_recbole_mm(model, dataset, None, json.loads(config_json))
     as_floats = lambda metrics: {key: float(value) for key, value in metrics.items()}  # noqa: E731
-    fallback = getattr(result["trainer"], "fallback_history", None)  # GUIDER: which run was kept
+    # GUIDER: which runs were kept (guider_kd_retry, guider_fallback)
+    kept = {name: getattr(result["trainer"], f"{name}_history", None) for name in ("retry", "fallback")}
     print("RESULT " + json.dumps({"best_valid_result": as_floats(result["best_valid_result"]),
                                   "test_result": as_floats(result["test_result"]),
-                                  **({"fallback": fallback} if fallback else {})}), flush=True)
+                                  **{name: history for name, history in kept.items() if history}}), flush=True)
 
 
 if __name__ == "__main__":

@@ -78,8 +78,9 @@ def run_once(model, dataset, seed, data_path, workdir, overrides):
         for split, key in (("valid", "best_valid_result"), ("test", "test_result")):
             for metric in ("recall@20", "ndcg@20"):
                 record[f"{split}_{metric}"] = (results[-1].get(key) or {}).get(metric)
-        if "fallback" in results[-1]:
-            record["fallback"] = results[-1]["fallback"]
+        for name in ("retry", "fallback"):
+            if name in results[-1]:
+                record[name] = results[-1][name]
     return record
 
 

@@ -229,7 +229,8 @@ def test_a_student_declares_its_loss_reduction(run_config, model_name):
 @pytest.mark.parametrize("model_class, scaled", [(get_model("LayerGCN"), True), (VBPR, False)])
 def test_guider_puts_the_kd_term_on_the_student_losss_scale(run_config, monkeypatch, model_class, scaled):
     """L_KD enters a summed student loss times the batch's rows, an averaged one as it is."""
-    _, loaders, model, trainer = guider_setup(run_config, model_class, guider_kd_weight=0.5)
+    _, loaders, model, trainer = guider_setup(run_config, model_class, guider_kd_weight=0.5,
+                                              guider_kd_balance="none")
     batch = next(iter(loaders[0]))
     monkeypatch.setattr(trainer, "distillation_loss", lambda interaction: torch.tensor(1.0))
     model.train()
@@ -590,6 +591,55 @@ def test_fallback_keeps_the_run_with_the_better_best_valid_score(run_config, tmp
     assert _same_weights(_student_weights(model), expected)
 
 
+@pytest.mark.parametrize("first_scores, retry_scores, kept", [([0.20, 0.25], [0.30, 0.28], "retry"),
+                                                              ([0.30, 0.25], [0.20, 0.28], "first")])
+def test_a_student_that_trailed_its_teacher_is_retrained_with_a_stronger_pull(run_config, tmp_path, first_scores,
+                                                                             retry_scores, kept):
+    """``guider_kd_retry: 10``: the student's best valid stayed below its teacher's at every
+    evaluation, so GUIDER trains again from where its first run started (the same student
+    weights, the same pre-trained teacher) with the auto KD weight starting at 10; the run with
+    the better best valid score is the result: its score, its checkpoint (one file), its weights."""
+    _, loaders, model, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"), guider_kd_retry=10,
+                                              guider_fallback=False, guider_teacher_pretrain_epochs=1)
+    scores = iter(first_scores + retry_scores)
+    trainer.evaluate = lambda *args, **kwargs: {"recall@20": next(scores)}
+    trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": 0.9}  # above the student all along
+    saved, save = [], trainer._save_checkpoint
+    trainer._save_checkpoint = lambda epoch, *a, **k: saved.append(_student_weights(model)) or save(epoch, *a, **k)
+    starts, train_epoch = [], trainer._train_epoch
+
+    def record_start(train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 0:
+            starts.append((trainer.kd_weight, trainer.teacher_epochs, _student_weights(model),
+                           _student_weights(trainer.teacher)))
+        return train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+    trainer._train_epoch = record_start
+    score, _ = trainer.fit(loaders[0], loaders[1], verbose=False)
+    (first_weight, first_teacher_epochs, first_student, first_teacher), (weight, teacher_epochs, student, teacher) = starts
+    assert (first_weight, weight) == (1.0, 10.0)
+    assert teacher_epochs == first_teacher_epochs == 1, "the retry starts from the pre-trained teacher"
+    assert _same_weights(student, first_student) and _same_weights(teacher, first_teacher)
+    assert trainer.retry_history == {"first": max(first_scores), "retry": max(retry_scores), "kept": kept}
+    assert score == trainer.best_valid_score == max(first_scores if kept == "first" else retry_scores)
+    assert os.listdir(tmp_path / "ck") == [os.path.basename(trainer.saved_model_file)]
+    expected = saved[0] if kept == "first" else saved[2]  # each run's best is its epoch 0
+    assert _same_weights(_student_weights(model), expected)
+
+
+@pytest.mark.parametrize("retry, teacher_score", [(10, 0.1), (None, 0.9)])
+def test_no_retry_for_a_student_that_caught_up_or_when_switched_off(run_config, tmp_path, retry, teacher_score):
+    _, loaders, _, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"), guider_kd_retry=retry,
+                                          guider_fallback=False, guider_teacher_pretrain_epochs=1)
+    trainer.evaluate = lambda *args, **kwargs: {"recall@20": 0.3}
+    trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": teacher_score}
+    runs, train_epoch = [], trainer._train_epoch
+    trainer._train_epoch = lambda data, epoch_idx, *a, **k: runs.append(epoch_idx) or train_epoch(data, epoch_idx, *a,
+                                                                                                    **k)
+    trainer.fit(loaders[0], loaders[1], verbose=False)
+    assert runs == [0, 1] and trainer.retry_history is None
+
+
 @pytest.mark.parametrize("model", ["VBPR", "FREEDOM"])
 def test_the_fallbacks_run_is_the_plain_run_draw_for_draw(run_config, tmp_path, model):
     """The student alone replays the random streams (torch's, numpy's negatives, the loader's
@@ -791,6 +841,12 @@ def test_mgda_quirk_changes_exactly_the_second_gradient(run_config, monkeypatch)
     assert q22 == pytest.approx(g11 + 2 * g12 + g22, rel=1e-4)  # |g_s + g_kd|^2
 
 
+def test_flat_gradient_of_a_loss_that_reaches_no_parameter_is_zero():
+    weight = torch.nn.Parameter(torch.ones(2, 3))
+    assert torch.equal(ops.flat_gradient(torch.tensor(1.0), [weight]), torch.zeros(6))
+    assert torch.equal(ops.flat_gradient((2 * weight).sum(), [weight]), torch.full((6,), 2.0))
+
+
 def test_safe_kd_weight_decays_once_the_student_has_caught_up_with_its_teacher():
     schedule = ops.SafeKDWeight(start=1.0, decay=0.5, floor=0.2)
     assert schedule.update(0.20, teacher_score=0.30) == 1.0   # below the teacher: KD helps
@@ -835,6 +891,7 @@ def test_auto_kd_weight_starts_at_guider_kd_start_and_decays_from_there(run_conf
     ("guider_mgda_sum_quirk", "yes", "True or False"),
     ("guider_kd_balance", "gradnorm", "one of ['none', 'gradient_norm']"),
     ("guider_kd_start", 0, "a number > 0"),
+    ("guider_kd_retry", -10, "a number > 0"),
 ])
 def test_bad_weighting_values_are_a_config_error(run_config, key, value, wanted):
     from recbole_mm.config import Config

@@ -594,7 +594,10 @@ def mgda_weights(student_gradient, kd_gradient, min_student=0.5, min_kd=1e-4, su
 
 def flat_gradient(loss, parameters):
     """d loss / d parameters as one flat dense vector (zeros for parameters that the loss does
-    not reach; sparse gradients densified), the graph kept for a later backward."""
+    not reach; sparse gradients densified; all zeros for a loss that reaches none, e.g. a
+    constant), the graph kept for a later backward."""
+    if not loss.requires_grad:
+        return torch.cat([torch.zeros_like(p).reshape(-1) for p in parameters])
     gradients = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g.to_dense() if g.is_sparse else g).reshape(-1)
                       for p, g in zip(parameters, gradients)])
@@ -658,7 +661,7 @@ class SafeKDWeight:
     """
 
     def __init__(self, start=1.0, decay=0.1, floor=1e-3):
-        self.weight = float(start)
+        self.start = self.weight = float(start)
         self.decay = float(decay)
         self.floor = float(floor)
         self.best = -float("inf")
