@@ -436,12 +436,7 @@ class GUIDERTrainer(MultiModalTrainer):
                          f"{self.kd_retry:g} ({time.perf_counter() - clock:.1f} s): the "
                          + ("retry" if kept == "retry" else "first run") + " kept")
         retry_file, self.saved_model_file = self.saved_model_file, first_file
-        if saved and collectives.global_rank(self.config) == 0:
-            if kept == "retry":
-                os.replace(retry_file, first_file)
-            elif os.path.exists(retry_file):
-                os.remove(retry_file)
-        collectives.barrier(self.config)
+        self._keep_one_checkpoint(first_file, retry_file, kept == "retry", saved)
         if kept == "first":
             self.best_valid_score, self.best_valid_result, self.cur_step, self.train_loss_dict, state, guider = first
             self.load_guider_state(guider)
@@ -450,6 +445,16 @@ class GUIDERTrainer(MultiModalTrainer):
         if saved:
             self.load_checkpoint()  # the kept run's best epoch
         return (retry_score, retry_result) if kept == "retry" else (first_score, self.best_valid_result)
+
+    def _keep_one_checkpoint(self, own_file, second_file, keep_second, saved):
+        """Of a run's checkpoint (``own_file``, this trainer's) and a second run's, leave the one
+        kept at ``own_file`` and delete the other (rank 0 writes; every rank waits)."""
+        if saved and collectives.global_rank(self.config) == 0:
+            if keep_second:
+                os.replace(second_file, own_file)
+            elif os.path.exists(second_file):
+                os.remove(second_file)
+        collectives.barrier(self.config)
 
     def _fresh_run_with_valid(self, valid_data):
         """A valid split with evaluations and a fresh (not resumed) run: what the fallback and
@@ -501,12 +506,7 @@ class GUIDERTrainer(MultiModalTrainer):
         self.logger.info(set_color("GUIDER ", "blue") + f"fallback: best valid {guider_score:.4f} under GUIDER, "
                          f"{plain_score:.4f} alone ({time.perf_counter() - clock:.1f} s): "
                          + ("GUIDER's student kept" if kept == "guider" else "the student alone kept"))
-        if saved and collectives.global_rank(self.config) == 0:
-            if kept == "plain":
-                os.replace(alone_file, guider_file)
-            elif os.path.exists(alone_file):
-                os.remove(alone_file)
-        collectives.barrier(self.config)
+        self._keep_one_checkpoint(guider_file, alone_file, kept == "plain", saved)
         if kept == "guider":
             self.best_valid_score, self.best_valid_result, self.cur_step, self.train_loss_dict = kept_guider
         if saved:
