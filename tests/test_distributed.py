@@ -190,6 +190,7 @@ def _rank_worker(local_rank, root, port, jobs, queue):
             if getattr(trainer, "false_keys", None) is not None:
                 extra["false_keys"] = (len(trainer.false_keys), tensor_digest(trainer.false_keys))
                 extra["calibrations"] = trainer.calibration_history
+                extra["retry"], extra["fallback"] = trainer.retry_history, trainer.fallback_history
             queue.put((index, local_rank, result, extra))
     finally:
         if dist.is_initialized():
@@ -252,8 +253,10 @@ def test_two_processes_train_like_one_and_their_checkpoint_reloads_in_one(tmp_pa
 
     shared = {"data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"), "state": "WARNING",
               "epochs": 5, "stopping_step": 5}
-    guider = {**shared, "epochs": 2, "noise_ratio": 0.1, "guider_teacher_pretrain_epochs": 1,
-              "guider_warmup_epochs": 0}
+    # a teacher pre-trained well ahead of a 2-epoch student: the student trails it, and GUIDER's
+    # retry runs on both ranks
+    guider = {**shared, "epochs": 2, "noise_ratio": 0.1, "guider_teacher_pretrain_epochs": 20,
+              "guider_warmup_epochs": 0, "guider_kd_retry": 10}
     guider_files = [os.path.join(os.path.dirname(os.path.dirname(__file__)), "properties", "guider.yaml")]
     single = {model: run_recbole_mm(model, "synthetic", None, dict(shared)) for model in DISTRIBUTED_MODELS}
     jobs = [(model, None, shared) for model in DISTRIBUTED_MODELS] + [("VBPR", guider_files, guider),
@@ -282,6 +285,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_reloads_in_one(tmp_pa
     (g0, f0), (g1, f1) = runs[-2][0], runs[-2][1]
     assert f0["false_keys"][0] > 0 and f0["false_keys"] == f1["false_keys"]  # one clean/noisy split
     assert f0["calibrations"] == f1["calibrations"] and f0["digest"] == f1["digest"]
+    assert f0["retry"] is not None and f0["retry"] == f1["retry"] and f0["fallback"] == f1["fallback"]
 
     # BOD: one weight generator (rank 0's start, averaged gradients), one student
     (_, b0), (_, b1) = runs[-1][0], runs[-1][1]
