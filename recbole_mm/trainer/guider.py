@@ -44,11 +44,14 @@ then, per epoch:
    w_s ≥ 0.5, w_kd ≥ 1e-4, :func:`~recbole_mm.trainer.guider_ops.mgda_weights`;
    ``guider_mgda_sum_quirk`` reproduces their missing ``zero_grad``). w is
    ``guider_kd_weight``: a number, or ``auto`` (the default, a deviation from the paper's
-   w = 1): the teacher is scored on valid at every evaluation and w, starting at 1, is
-   multiplied by ``guider_kd_decay`` at each evaluation where the student's best valid score
-   has reached the teacher's, down to 0, after which the teacher is no longer trained
-   (:class:`~recbole_mm.trainer.guider_ops.SafeKDWeight`): a student stronger than its teacher
-   is not held at the teacher's level.
+   w = 1): the teacher is scored on valid at every evaluation and w, starting at
+   ``guider_kd_start`` (1), is multiplied by ``guider_kd_decay`` at each evaluation where the
+   student's best valid score has reached the teacher's, down to 0, after which the teacher
+   is no longer trained (:class:`~recbole_mm.trainer.guider_ops.SafeKDWeight`): a student
+   stronger than its teacher is not held at the teacher's level. ``guider_kd_retry``: a
+   student that trailed its teacher at every evaluation is trained again from the same start
+   with w starting at that number, and the better run on valid is kept
+   (:meth:`GUIDERTrainer.retry_with_stronger_pull`).
 
    ``guider_fallback`` (default on): after GUIDER's run the student is trained alone from the
    same initial weights, on the same budget and early stopping, and the better of the two on
