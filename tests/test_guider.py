@@ -188,7 +188,7 @@ def test_every_plugin_model_trains_as_a_guider_student(tmp_path, monkeypatch, mo
     monkeypatch.setattr(GUIDERTrainer, "calibrate", counted_calibrate)
     monkeypatch.setattr(GUIDERTrainer, "distillation_loss", recorded_distil)
     config = {"epochs": 1, "guider_warmup_epochs": 0, "guider_teacher_pretrain_epochs": 0,
-              "synthetic_generator": dict(SMALL_SYNTHETIC)}
+              "guider_kd_retry": None, "synthetic_generator": dict(SMALL_SYNTHETIC)}  # one GUIDER run
     if model_name == "NFVLM" or model_name == "CLIPMLP":
         config["modalities"] = ["clip"]
     run = train_each(tmp_path, [model_name], "synthetic", [os.path.join(REPO_ROOT, "properties", "guider.yaml")],
@@ -556,7 +556,8 @@ def test_fallback_keeps_the_run_with_the_better_best_valid_score(run_config, tmp
     weights it started with (no teacher epoch); the run with the better best valid score is the
     result: its score, its checkpoint (one file), its weights in the model. (``guider_fallback_z:
     0``: the better score decides; the paired test is checked below.)"""
-    _, loaders, model, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"), guider_fallback_z=0)
+    _, loaders, model, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"), guider_fallback_z=0,
+                                              guider_kd_retry=None)
     initial = _student_weights(model)
     scores = iter(guider_scores + plain_scores)
     trainer.evaluate = lambda *args, **kwargs: {"recall@20": next(scores)}
@@ -699,7 +700,8 @@ def test_fallback_keeps_guiders_run_only_when_it_is_clearly_better(run_config, t
     """Under the packaged ``guider_fallback_z: 2`` the two runs' best checkpoints are evaluated
     again per valid user: GUIDER's run, higher on valid by a margin inside the seed noise of the
     per-user difference, gives way to the student alone; clearly higher, it is kept."""
-    _, loaders, _, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"), epochs=1)
+    _, loaders, _, trainer = guider_setup(run_config, checkpoint_dir=str(tmp_path / "ck"), epochs=1,
+                                          guider_kd_retry=None)
     assert trainer.fallback_z == 2.0
     rng = np.random.default_rng(1)
     alone = rng.random(300)
@@ -715,7 +717,8 @@ def test_fallback_keeps_guiders_run_only_when_it_is_clearly_better(run_config, t
 
 
 def test_no_fallback_when_switched_off_or_resumed(run_config, tmp_path):
-    _, loaders, _, trainer = guider_setup(run_config, guider_fallback=False, checkpoint_dir=str(tmp_path / "ck"))
+    _, loaders, _, trainer = guider_setup(run_config, guider_fallback=False, checkpoint_dir=str(tmp_path / "ck"),
+                                          guider_kd_retry=None)
     calls = []
     trainer.evaluate = lambda *args, **kwargs: calls.append(1) or {"recall@20": 0.2}
     trainer.evaluate_teacher = lambda *args, **kwargs: {"recall@20": 0.9}

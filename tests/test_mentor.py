@@ -325,7 +325,7 @@ def test_eval_forward_is_deterministic_noise_free_and_scores_by_dot_product(run_
 
 def test_mentor_trains_as_a_guider_student(tmp_path):
     run = train_each(tmp_path, ["MENTOR"], "synthetic", [os.path.join(REPO_ROOT, "properties", "guider.yaml")],
-                     epochs=1, guider_teacher_pretrain_epochs=1)["MENTOR"]
+                     epochs=1, guider_teacher_pretrain_epochs=1, guider_kd_retry=None)["MENTOR"]
     assert isinstance(run["trainer"], GUIDERTrainer) and run["trainer"].teacher_epochs == 2
     assert 0.0 <= run["test_result"]["recall@20"] <= 1.0
 
