@@ -414,23 +414,15 @@ class GUIDERTrainer(MultiModalTrainer):
             (best valid score, best valid result) of the run kept.
         """
         first_score, _ = first_result
-        first_file, first_start = self.saved_model_file, self.kd_schedule.start
-        first = (self.best_valid_score, self.best_valid_result, self.cur_step, dict(self.train_loss_dict),
-                 None if saved else self._training_state(), self.guider_state())
-        root, extension = os.path.splitext(first_file)
-        self.saved_model_file = f"{root}-retry{extension}"
-        self._load_training_state(retry)
+        first_start, first_guider = self.kd_schedule.start, self.guider_state()
         self.load_guider_state(retry["guider"])
         self.kd_schedule = ops.SafeKDWeight(start=self.kd_retry, decay=self.kd_schedule.decay,
                                             floor=self.kd_schedule.floor)
         self.kd_weight = self.kd_schedule.weight
         self._teacher_embeddings = None
-        restore_random_streams(retry["random_streams"], train_data, self.device)
-        self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
-        self.best_valid_result, self.cur_step, self.start_epoch = None, 0, 0
         clock = time.perf_counter()
-        retry_score, retry_result = MultiModalTrainer.fit(self, train_data, valid_data, verbose, saved,
-                                                          show_progress, callback_fn)
+        (retry_score, retry_result), first = self._run_again(retry, "retry", train_data, valid_data, verbose, saved,
+                                                             show_progress, callback_fn)
         sign = 1.0 if self.valid_metric_bigger else -1.0
         kept = "retry" if sign * retry_score > sign * first_score else "first"
         self.retry_history = {"first": float(first_score), "retry": float(retry_score), "kept": kept}
@@ -438,26 +430,45 @@ class GUIDERTrainer(MultiModalTrainer):
                          f"{first_score:.4f} with the KD weight from {first_start:g}, {retry_score:.4f} from "
                          f"{self.kd_retry:g} ({time.perf_counter() - clock:.1f} s): the "
                          + ("retry" if kept == "retry" else "first run") + " kept")
-        retry_file, self.saved_model_file = self.saved_model_file, first_file
-        self._keep_one_checkpoint(first_file, retry_file, kept == "retry", saved)
         if kept == "first":
-            self.best_valid_score, self.best_valid_result, self.cur_step, self.train_loss_dict, state, guider = first
-            self.load_guider_state(guider)
-            if not saved:
-                self._load_training_state(state)
-        if saved:
-            self.load_checkpoint()  # the kept run's best epoch
+            self.load_guider_state(first_guider)
+        self._keep_run(first, kept == "retry", saved)
         return (retry_score, retry_result) if kept == "retry" else (first_score, self.best_valid_result)
 
-    def _keep_one_checkpoint(self, own_file, second_file, keep_second, saved):
-        """Of a run's checkpoint (``own_file``, this trainer's) and a second run's, leave the one
-        kept at ``own_file`` and delete the other (rank 0 writes; every rank waits)."""
+    def _run_again(self, start, suffix, train_data, valid_data, verbose, saved, show_progress, callback_fn):
+        """Put the run just finished aside and train the student again from ``start`` (its
+        weights, optimiser, LR schedule and the random streams, as :meth:`_training_state` and
+        :func:`random_streams` gave them) into the checkpoint ``<file>-<suffix>``, for the same
+        budget and early stopping. Returns ((score, result) of the new run, the first run's
+        record for :meth:`_keep_run`)."""
+        first = {"file": self.saved_model_file, "state": None if saved else self._training_state(),
+                 "best": (self.best_valid_score, self.best_valid_result, self.cur_step, dict(self.train_loss_dict))}
+        root, extension = os.path.splitext(first["file"])
+        self.saved_model_file = f"{root}-{suffix}{extension}"
+        self._load_training_state(start)
+        restore_random_streams(start["random_streams"], train_data, self.device)
+        self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
+        self.best_valid_result, self.cur_step, self.start_epoch = None, 0, 0
+        result = MultiModalTrainer.fit(self, train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        return result, first
+
+    def _keep_run(self, first, keep_second, saved):
+        """After :meth:`_run_again`: the kept run's checkpoint at the first run's file (the other
+        deleted; rank 0 writes, every rank waits), its best score, result, step and losses in the
+        trainer, its best weights in the model (its last ones when ``saved`` is off)."""
+        second_file, self.saved_model_file = self.saved_model_file, first["file"]
         if saved and collectives.global_rank(self.config) == 0:
             if keep_second:
-                os.replace(second_file, own_file)
+                os.replace(second_file, first["file"])
             elif os.path.exists(second_file):
                 os.remove(second_file)
         collectives.barrier(self.config)
+        if not keep_second:
+            self.best_valid_score, self.best_valid_result, self.cur_step, self.train_loss_dict = first["best"]
+        if saved:
+            self.load_checkpoint()  # the kept run's best epoch
+        elif not keep_second:
+            self._load_training_state(first["state"])
 
     def _fresh_run_with_valid(self, valid_data):
         """A valid split with evaluations and a fresh (not resumed) run: what the fallback and
@@ -487,35 +498,20 @@ class GUIDERTrainer(MultiModalTrainer):
             (best valid score, best valid result) of the run kept.
         """
         guider_score, _ = guider_result
-        guider_file, guider_state = self.saved_model_file, None if saved else self._training_state()
-        root, extension = os.path.splitext(guider_file)
-        self.saved_model_file = f"{root}-alone{extension}"
-        kept_guider = (self.best_valid_score, self.best_valid_result, self.cur_step, dict(self.train_loss_dict))
-        self._load_training_state(start)
-        restore_random_streams(start["random_streams"], train_data, self.device)
-        self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
-        self.best_valid_result, self.cur_step, self.start_epoch = None, 0, 0
         self._alone = True
         clock = time.perf_counter()
         try:
-            plain_score, plain_result = MultiModalTrainer.fit(self, train_data, valid_data, verbose, saved,
-                                                              show_progress, callback_fn)
+            (plain_score, plain_result), first = self._run_again(start, "alone", train_data, valid_data, verbose,
+                                                                 saved, show_progress, callback_fn)
         finally:
             self._alone = False
-        alone_file, self.saved_model_file = self.saved_model_file, guider_file
-        kept = self._run_to_keep(guider_score, plain_score, valid_data, guider_file, alone_file, saved)
+        kept = self._run_to_keep(guider_score, plain_score, valid_data, first["file"], self.saved_model_file, saved)
         self.fallback_history = {"guider": float(guider_score), "plain": float(plain_score), "kept": kept,
                                  **(self.fallback_test or {})}
         self.logger.info(set_color("GUIDER ", "blue") + f"fallback: best valid {guider_score:.4f} under GUIDER, "
                          f"{plain_score:.4f} alone ({time.perf_counter() - clock:.1f} s): "
                          + ("GUIDER's student kept" if kept == "guider" else "the student alone kept"))
-        self._keep_one_checkpoint(guider_file, alone_file, kept == "plain", saved)
-        if kept == "guider":
-            self.best_valid_score, self.best_valid_result, self.cur_step, self.train_loss_dict = kept_guider
-        if saved:
-            self.load_checkpoint()  # the kept run's best epoch
-        elif kept == "guider":
-            self._load_training_state(guider_state)
+        self._keep_run(first, kept == "plain", saved)
         return (plain_score, plain_result) if kept == "plain" else (guider_score, self.best_valid_result)
 
     def _run_to_keep(self, guider_score, plain_score, valid_data, guider_file, alone_file, saved):
