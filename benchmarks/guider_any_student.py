@@ -67,9 +67,20 @@ def kept_cell(guider_runs):
     return f"{known.count('guider')}/{len(known)}" if known else "-"
 
 
+def retry_cell(guider_runs):
+    """On how many seeds GUIDER trained again with a stronger pull (``guider_kd_retry``: the
+    student trailed its teacher all run long) and, in brackets, on how many of those the second
+    run was the better on valid, e.g. ``3/3 (2)``."""
+    if not guider_runs:
+        return "-"
+    retried = [r["retry"] for r in guider_runs if r.get("retry")]
+    return f"{len(retried)}/{len(guider_runs)} ({sum(entry['kept'] == 'retry' for entry in retried)})"
+
+
 def table(records, models, noises):
     head = ["model", "noise", "seeds", "plain valid R@20", "GUIDER valid R@20", "plain test R@20",
-            "GUIDER test R@20", "GUIDER - plain (test)", "GUIDER's run kept", "s / run plain, GUIDER"]
+            "GUIDER test R@20", "GUIDER - plain (test)", "retried (kept)", "GUIDER's run kept",
+            "s / run plain, GUIDER"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model in models:
         for noise in noises:
@@ -86,7 +97,8 @@ def table(records, models, noises):
                                           mean_std(test["GUIDER"])) if distilled else (NOT_DISTILLED, NOT_DISTILLED))
             lines.append("| " + " | ".join([
                 model, f"{noise:g}", seeds, mean_std([r["valid_recall@20"] for r in runs["plain"]]), guider_valid,
-                mean_std(test["plain"]), guider_test, diff, kept_cell(runs["GUIDER"]), seconds]) + " |")
+                mean_std(test["plain"]), guider_test, diff, retry_cell(runs["GUIDER"]), kept_cell(runs["GUIDER"]),
+                seconds]) + " |")
     failed = [f"{r['model']} {r['method']} noise {r['noise']:g} seed {r['seed']}: {r['status']}"
               for r in records if r["status"] != "ok" and (r["method"] == "plain" or distils_into(r["model"]))]
     if failed:
@@ -99,12 +111,16 @@ def write_markdown(path, records, models, noises, command, overrides):
     header = ("Each model with its packaged defaults (plain) and with `guider: true` and GUIDER's packaged "
               "defaults (nothing set per model), at each injected-noise ratio (valid and test untouched); test "
               "Recall@20 at the best valid epoch, mean ± std over the seeds (sample std); one CPU thread per run. "
-              f"Overrides for every run: {budget}.\n\nGUIDER's packaged defaults include its fallback: after "
-              "GUIDER's run the student trains alone, replaying the plain run's random draws (so that run is the "
-              "plain run), and GUIDER's run is kept only when it beats the run alone on valid by more than 2 "
-              "standard errors of the per-user difference (`guider_fallback_z`); the column \"GUIDER's run kept\" "
-              "counts the seeds where it was (`-`: runs recorded before the column). A GUIDER run costs GUIDER "
-              "plus one plain run (the seconds column). A model that trains nothing (ItemKNNCBF) has no student "
+              f"Overrides for every run: {budget}.\n\nGUIDER's packaged defaults include its retry and its "
+              "fallback. Retry (`guider_kd_retry`): when the student's best valid score stayed below its "
+              "teacher's at every evaluation, GUIDER trains again from the same start with the KD weight starting "
+              "at 10 instead of 1, and the run with the better best valid score goes on; the column \"retried "
+              "(kept)\" counts the seeds where it ran and, in brackets, where the second run was kept. Fallback "
+              "(`guider_fallback`): then the student trains alone, replaying the plain run's random draws (so that "
+              "run is the plain run), and GUIDER's run is kept only when it beats the run alone on valid by more "
+              "than 2 standard errors of the per-user difference (`guider_fallback_z`); the column \"GUIDER's "
+              "run kept\" counts the seeds where it was. A GUIDER run costs GUIDER (twice when retried) plus one "
+              "plain run (the seconds column). A model that trains nothing (ItemKNNCBF) has no student "
               f"to distil into: `guider: true` refuses it, and its GUIDER cells read {NOT_DISTILLED}.\n\n"
               f"Command: `{command}`\n\n{machine_line()} "
               "Runs shared the CPUs with other jobs: the seconds are indicative only.")

@@ -78,6 +78,20 @@ def test_the_guider_page_counts_the_seeds_whose_guider_run_was_kept(tmp_path):
     assert "| 1/1 |" in next(line for line in open(out) if line.startswith("| VBPR"))
 
 
+def test_the_guider_page_counts_the_seeds_that_were_retried_and_those_that_kept_the_retry(tmp_path):
+    def record(method, seed, retry=None):
+        return {"model": "VBPR", "noise": 0.0, "method": method, "seed": seed, "status": "ok", "seconds": 10,
+                "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {},
+                **({"retry": {"first": 0.2, "retry": 0.3, "kept": retry}} if retry else {})}
+
+    out = str(tmp_path / "page.md")
+    records = [record("plain", 1), record("plain", 2), record("plain", 3),
+               record("GUIDER", 1, "retry"), record("GUIDER", 2, "first"), record("GUIDER", 3)]
+    any_student.write_markdown(out, records, ["VBPR"], [0.0], "python benchmarks/guider_any_student.py", {})
+    row = next(line for line in open(out) if line.startswith("| VBPR"))
+    assert "| 2/3 (1) |" in row, row
+
+
 def test_a_model_that_trains_nothing_gets_plain_runs_only_and_a_guider_cell_saying_why(tmp_path, monkeypatch):
     """ItemKNNCBF trains nothing, so ``guider: true`` refuses it: the command runs its plain
     runs only, and its row says why its GUIDER cells are empty (no failed runs listed)."""
