@@ -86,10 +86,11 @@ def test_the_guider_page_counts_the_seeds_that_were_retried_and_those_that_kept_
 
     out = str(tmp_path / "page.md")
     records = [record("plain", 1), record("plain", 2), record("plain", 3),
-               record("GUIDER", 1, "retry"), record("GUIDER", 2, "first"), record("GUIDER", 3)]
+               record("GUIDER", 1, "retry"), record("GUIDER", 2, "first"), record("GUIDER", 3, "retry"),
+               record("GUIDER", 4)]
     any_student.write_markdown(out, records, ["VBPR"], [0.0], "python benchmarks/guider_any_student.py", {})
     row = next(line for line in open(out) if line.startswith("| VBPR"))
-    assert "| 2/3 (1) |" in row, row
+    assert "| 3/4 (2) |" in row, row
 
 
 def test_a_model_that_trains_nothing_gets_plain_runs_only_and_a_guider_cell_saying_why(tmp_path, monkeypatch):
