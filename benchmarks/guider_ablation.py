@@ -15,7 +15,7 @@ import os
 import sys
 
 from ablation_table import REPO
-from guider_noise import load_runs, run_one
+from guider_noise import load_runs, parse_overrides, run_one
 
 GUIDER = {"guider": True, "guider_eval_teacher": True, "guider_fallback": False}  # GUIDER's own result
 VBPR_VARIANTS = [
@@ -49,7 +49,12 @@ VARIANTS = ([("VBPR", label, switches) for label, switches in VBPR_VARIANTS]
                 {"learning_rate": 0.005, "train_batch_size": 8192, "epochs": 80, "stopping_step": 80})])
 
 
-def main():
+def ablation_key(model, label, overrides):
+    """What makes a run the same run: a rerun with the same key is skipped."""
+    return model, label, json.dumps(overrides or {}, sort_keys=True)
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--data-path", default=os.path.join(REPO, "dataset"))
@@ -57,12 +62,15 @@ def main():
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--noise", type=float, default=0.1)
     parser.add_argument("--out", default=os.path.join(REPO, "results"))
-    args = parser.parse_args()
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run (yaml values), e.g. guider_kd_retry=~")
+    args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
+    args.overrides = parse_overrides(args.set)
     jsonl = os.path.join(args.out, f"guider_ablation_{args.dataset}.jsonl")
-    done = {(r["model"], r["method"]) for r in load_runs(jsonl)}
+    done = {ablation_key(r["model"], r["method"], r.get("overrides")) for r in load_runs(jsonl)}
     for model, label, switches in VARIANTS:
-        if (model, label) in done:
+        if ablation_key(model, label, args.overrides) in done:
             continue
         extra = GUIDER if model != "LightGCN" else {}
         record = run_one(model, args.dataset, args.noise, label, args.seed, args, {**extra, **switches})
@@ -77,7 +85,9 @@ def main():
         lines.append(f"| {r['model']} | {r['method']} | {r['valid']['recall@20']:.4f} | {r['valid']['ndcg@20']:.4f} | "
                      f"{r['test']['recall@20']:.4f} | {r['test']['ndcg@20']:.4f} | {fmt(r.get('false_share'))} | "
                      f"{fmt(r.get('precision'))} | {fmt(r.get('recall'))} | {fmt(r.get('teacher_test_recall@20'))} |")
-    lines += ["", f"Command: `python benchmarks/guider_ablation.py --dataset {args.dataset} --epochs {args.epochs}`",
+    command = (f"python benchmarks/guider_ablation.py --dataset {args.dataset} --epochs {args.epochs}"
+               + (f" --set {' '.join(args.set)}" if args.set else ""))
+    lines += ["", f"Command: `{command}`",
               "", "Machine: 2 CPU cores, no GPU, torch 2.13.0+cpu, OMP_NUM_THREADS=1. Each row changes one key of "
               "the packaged defaults (guider: true); the teacher's Recall@20 is at the end of training."]
     with open(os.path.join(args.out, f"guider_ablation_{args.dataset}.md"), "w") as handle:

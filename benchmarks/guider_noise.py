@@ -118,6 +118,11 @@ def torch_threads():
     return torch.get_num_threads()
 
 
+def parse_overrides(items):
+    """``KEY=VALUE`` strings -> dict, each value read as yaml (``~``: None, ``true``, ``0.1``)."""
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def run_key(model, noise, method, seed, overrides):
     """What makes a run the same run: a rerun with the same key is skipped."""
     return model, noise, method, seed, json.dumps(overrides or {}, sort_keys=True)
@@ -228,7 +233,7 @@ def main():
                         help="config overrides for every run (yaml values), e.g. guider_teacher_pretrain_epochs=10")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
-    args.overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    args.overrides = parse_overrides(args.set)
     if args.inter:
         from sports_speed import make_sports_folder
 

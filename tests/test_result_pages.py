@@ -170,3 +170,38 @@ def test_a_method_the_student_cannot_take_is_recorded_and_listed_not_fatal(monke
     assert "- BM3 + BOD: BM3 computes its loss without a BPRLoss module" in page
     assert noise_table.summarise([run], "title", "cmd", note="Five jobs shared the cores.").endswith(
         "\n\nFive jobs shared the cores.\n")  # --note: the page says how loaded the machine was
+
+
+def test_the_ablation_command_runs_every_variant_with_its_overrides_and_resumes(tmp_path, monkeypatch):
+    """``guider_ablation.py`` hands each variant's switches and ``--set`` to one run (it crashed
+    on the overrides ``run_one`` reads), names ``--set`` in its page's command, and a rerun with the
+    same overrides runs nothing again while other overrides run everything anew."""
+    import types
+
+    import recbole_mm.quick_start
+
+    configs = []
+
+    def fake_run(model, dataset, config_files, config_dict):
+        configs.append(dict(config_dict, model=model))
+        saved = tmp_path / f"saved{len(configs)}.pth"
+        saved.write_text("")
+        metrics = {m: 0.25 for m in ("recall@5", "ndcg@5", "recall@20", "ndcg@20")}
+        return {"best_valid_result": metrics, "test_result": metrics, "saved_model_file": str(saved),
+                "trainer": types.SimpleNamespace()}
+
+    monkeypatch.setattr(recbole_mm.quick_start, "run_recbole_mm", fake_run)
+    ablation = load("guider_ablation")
+    argv = ["--out", str(tmp_path), "--epochs", "3", "--set", "guider_kd_retry=~", "guider_kd_balance=none"]
+    ablation.main(argv)
+    assert len(configs) == len(ablation.VARIANTS)
+    assert all(c["guider_kd_retry"] is None and c["guider_kd_balance"] == "none" for c in configs)
+    assert {c["epochs"] for c in configs if c["model"] != "LightGCN"} == {3}  # the teacher alone: its own budget
+    student = next(c for c in configs if c.get("guider_dbpr_weight") == 1.0)
+    assert student["guider"] is True and student["guider_fallback"] is False and student["model"] == "VBPR"
+    page = (tmp_path / "guider_ablation_synthetic.md").read_text()
+    assert "--set guider_kd_retry=~ guider_kd_balance=none`" in page
+    ablation.main(argv)
+    assert len(configs) == len(ablation.VARIANTS)
+    ablation.main(argv[:4])
+    assert len(configs) == 2 * len(ablation.VARIANTS)
