@@ -106,6 +106,19 @@ def table(records, models, noises):
     return "\n".join(lines)
 
 
+def runs_missing(records, models):
+    """``model`` or ``model (GUIDER)`` for each model whose plain runs, or GUIDER runs, the
+    records lack entirely (a model that trains nothing has no GUIDER runs to lack)."""
+    missing = []
+    for model in models:
+        methods = [m for m in METHODS if m == "plain" or distils_into(model)]
+        lacking = [m for m in methods if not any(r["model"] == model and r["method"] == m and r["status"] == "ok"
+                                                 for r in records)]
+        if lacking:
+            missing.append(model if len(lacking) == len(methods) else f"{model} ({', '.join(lacking)})")
+    return missing
+
+
 def write_markdown(path, records, models, noises, command, overrides):
     budget = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the dataset's budget (60 epochs, patience 10)"
     header = ("Each model with its packaged defaults (plain) and with `guider: true` and GUIDER's packaged "
@@ -126,7 +139,7 @@ def write_markdown(path, records, models, noises, command, overrides):
               "Runs shared the CPUs with other jobs: the seconds are indicative only.")
     models = models_in_table(models, records)
     write_page(path, "GUIDER with any student: plain vs GUIDER, bundled synthetic dataset", header,
-               table(records, models, noises), models, records)
+               table(records, models, noises), models, records, missing=runs_missing(records, models))
 
 
 def main(argv=None):
@@ -141,6 +154,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, every run")
     parser.add_argument("--out", default=None, help="markdown file (default results/guider_any_student_<dataset>.md)")
+    parser.add_argument("--summarise-only", action="store_true", help="rewrite the page from the .jsonl, run nothing")
     args = parser.parse_args(argv)
     models = args.models or default_models()
     overrides = parse_overrides(args.set)
@@ -150,9 +164,10 @@ def main(argv=None):
     done = {record_key(r) for r in records if r["status"] == "ok"}
     jobs = [(model, noise, method, seed) for model in models for noise in args.noise for method in args.methods
             for seed in args.seeds if job_key(model, noise, method, seed, overrides) not in done
-            and (method == "plain" or distils_into(model))]
+            and (method == "plain" or distils_into(model)) and not args.summarise_only]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    command = page_command("guider_any_student.py", argv if argv is not None else sys.argv[1:],
+    argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--summarise-only"]
+    command = page_command("guider_any_student.py", argv,
                            models_in_table(models, records), default_models())
     if jobs:  # the dataset is generated once, before runs race to create it
         os.makedirs(os.path.join(REPO, "log", "guider_any_student"), exist_ok=True)

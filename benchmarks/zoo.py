@@ -197,10 +197,11 @@ def page_command(script, argv, models, everything):
     return " ".join([f"python benchmarks/{script}", *argv])
 
 
-def write_page(path, title, header, body, models, records):
-    """``# title``, the header paragraphs, the table, and the models the records still lack;
-    written to a temporary file and moved into place."""
-    missing = [model for model in models if not any(r["model"] == model for r in records)]
+def write_page(path, title, header, body, models, records, missing=None):
+    """``# title``, the header paragraphs, the table, and what the records still lack (``missing``,
+    default: the models without a record); written to a temporary file and moved into place."""
+    if missing is None:
+        missing = [model for model in models if not any(r["model"] == model for r in records)]
     with open(path + ".tmp", "w") as handle:
         handle.write(f"# {title}\n\n{header}\n\n{body}\n")
         if missing:

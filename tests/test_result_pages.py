@@ -115,6 +115,30 @@ def test_a_model_that_trains_nothing_gets_plain_runs_only_and_a_guider_cell_sayi
     assert "Failed runs" not in text
 
 
+def test_summarise_only_rewrites_the_guider_page_from_its_jsonl_and_runs_nothing(tmp_path, monkeypatch):
+    """``--summarise-only`` writes the page from the runs the .jsonl holds, lists what is not run
+    yet, and names the command that would run the rest (without the flag)."""
+    def record(model, method, seed):
+        return {"model": model, "dataset": "synthetic", "noise": 0.0, "method": method, "seed": seed,
+                "status": "ok", "seconds": 10, "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {}}
+
+    def refuse(*args):
+        raise AssertionError("--summarise-only ran a job")
+
+    monkeypatch.setattr(any_student, "run_job", refuse)
+    monkeypatch.setattr(any_student, "run_once", refuse)
+    out = str(tmp_path / "page.md")
+    with open(os.path.splitext(out)[0] + ".jsonl", "w") as handle:
+        handle.write("".join(json.dumps(record("VBPR", method, 1)) + "\n" for method in ("plain", "GUIDER")))
+        handle.write(json.dumps(record("MGCN", "plain", 1)) + "\n")
+    any_student.main(["--models", "VBPR", "MGCN", "FREEDOM", "--noise", "0", "--seeds", "1", "--out", out,
+                      "--summarise-only"])
+    text = open(out).read()
+    assert next(line for line in text.splitlines() if line.startswith("| VBPR"))
+    assert "Not run yet: MGCN (GUIDER), FREEDOM." in text
+    assert f"Command: `python benchmarks/guider_any_student.py --noise 0 --seeds 1 --out {out}`" in text
+
+
 def test_zoo_on_sports_gives_the_clip_models_the_generated_clip_table(monkeypatch):
     """CLIPMLP and NF-VLM score a CLIP embedding, which the Sports folder gets generated beside
     its image and text tables: their runs name it, the others' do not, and the record keeps
