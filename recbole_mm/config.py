@@ -191,6 +191,7 @@ def apply_dataset_defaults(values, dataset):
 
 
 # ---------------------------------------------------------------------------- value checks
+YAML_NOTHING = ("~", "null")  # how yaml writes None; RecBole's command line passes them on as strings
 class Rule:
     """What one key's value must be: ``convert(value)`` returns the value (normalised: ``"3"``
     -> 3, ``"text"`` -> ``["text"]``) or raises ``ValueError``; ``wanted`` says it in words;
@@ -512,6 +513,8 @@ def check_values(values, plugin_model=True):
         if key not in values:
             continue
         value = values[key]
+        if isinstance(value, str) and value.strip() in YAML_NOTHING:  # the command line's "~": None, as in yaml
+            value = values[key] = None
         if value is None:
             if rule.required:
                 raise ConfigError(f"{key} must be {rule.wanted}, got nothing (~)")

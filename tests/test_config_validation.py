@@ -48,6 +48,8 @@ def test_command_line_strings_are_converted_or_refused_by_name(run_config, monke
     assert values["guider_modalities"] == ["text", "image"]
     monkeypatch.setattr(sys, "argv", ["run", "--modalities=text,image"])
     assert config(run_config, "VBPR")["modalities"] == ["text", "image"]
+    monkeypatch.setattr(sys, "argv", ["run", "--guider_kd_retry=~"])  # yaml's None, as a yaml file writes it
+    assert config(run_config, "VBPR")["guider_kd_retry"] is None
 
 
 def test_modalities_must_be_in_the_dataset(run_config):
@@ -98,9 +100,13 @@ def test_every_key_the_code_reads_is_known():
 
 
 def test_check_values_normalises_in_place():
-    values = {"epochs": "3", "learning_rate": "1e-3", "topk": 10, "guider": "True", "modalities": None}
+    values = {"epochs": "3", "learning_rate": "1e-3", "topk": 10, "guider": "True", "modalities": None,
+              "guider_kd_retry": "null", "guider_kd_balance": "none"}
     check_values(values)
-    assert values == {"epochs": 3, "learning_rate": 0.001, "topk": [10], "guider": True, "modalities": None}
+    assert values == {"epochs": 3, "learning_rate": 0.001, "topk": [10], "guider": True, "modalities": None,
+                      "guider_kd_retry": None, "guider_kd_balance": "none"}  # "none" is a choice, not nothing
+    with pytest.raises(ConfigError, match=r"^learning_rate must be a number > 0, got nothing \(~\)$"):
+        check_values({"learning_rate": "~"})
 
 
 def test_printed_split_is_the_split_the_data_gets(run_config, tmp_path):
