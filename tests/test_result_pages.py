@@ -62,11 +62,16 @@ def test_the_guider_page_keeps_every_model_it_has_records_for(tmp_path):
     assert rows == ["VBPR", "MGCN"]
 
 
+def guider_page_record(method, seed, **fields):
+    """One VBPR run (0 noise) of the any-student page, with ``fields`` (its fallback or retry)."""
+    return {"model": "VBPR", "noise": 0.0, "method": method, "seed": seed, "status": "ok", "seconds": 10,
+            "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {}, **fields}
+
+
 def test_the_guider_page_counts_the_seeds_whose_guider_run_was_kept(tmp_path):
     def record(method, seed, kept=None):
-        return {"model": "VBPR", "noise": 0.0, "method": method, "seed": seed, "status": "ok", "seconds": 10,
-                "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {},
-                **({"fallback": {"guider": 0.3, "plain": 0.2, "kept": kept}} if kept else {})}
+        return guider_page_record(method, seed, **({"fallback": {"guider": 0.3, "plain": 0.2, "kept": kept}}
+                                                   if kept else {}))
 
     out = str(tmp_path / "page.md")
     records = [record("plain", 1), record("plain", 2), record("plain", 3),
@@ -80,9 +85,8 @@ def test_the_guider_page_counts_the_seeds_whose_guider_run_was_kept(tmp_path):
 
 def test_the_guider_page_counts_the_seeds_that_were_retried_and_those_that_kept_the_retry(tmp_path):
     def record(method, seed, retry=None):
-        return {"model": "VBPR", "noise": 0.0, "method": method, "seed": seed, "status": "ok", "seconds": 10,
-                "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {},
-                **({"retry": {"first": 0.2, "retry": 0.3, "kept": retry}} if retry else {})}
+        return guider_page_record(method, seed, **({"retry": {"first": 0.2, "retry": 0.3, "kept": retry}}
+                                                   if retry else {}))
 
     out = str(tmp_path / "page.md")
     records = [record("plain", 1), record("plain", 2), record("plain", 3),
