@@ -15,7 +15,7 @@ import os
 import sys
 
 from ablation_table import REPO
-from guider_noise import load_runs, parse_overrides, run_one
+from guider_noise import load_runs, parse_overrides, run_key, run_one
 
 GUIDER = {"guider": True, "guider_eval_teacher": True, "guider_fallback": False}  # GUIDER's own result
 VBPR_VARIANTS = [
@@ -49,11 +49,6 @@ VARIANTS = ([("VBPR", label, switches) for label, switches in VBPR_VARIANTS]
                 {"learning_rate": 0.005, "train_batch_size": 8192, "epochs": 80, "stopping_step": 80})])
 
 
-def ablation_key(model, label, overrides):
-    """What makes a run the same run: a rerun with the same key is skipped."""
-    return model, label, json.dumps(overrides or {}, sort_keys=True)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic")
@@ -68,9 +63,9 @@ def main(argv=None):
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
     args.overrides = parse_overrides(args.set)
     jsonl = os.path.join(args.out, f"guider_ablation_{args.dataset}.jsonl")
-    done = {ablation_key(r["model"], r["method"], r.get("overrides")) for r in load_runs(jsonl)}
+    done = {run_key(r["model"], r["noise"], r["method"], r["seed"], r.get("overrides")) for r in load_runs(jsonl)}
     for model, label, switches in VARIANTS:
-        if ablation_key(model, label, args.overrides) in done:
+        if run_key(model, args.noise, label, args.seed, args.overrides) in done:
             continue
         extra = GUIDER if model != "LightGCN" else {}
         record = run_one(model, args.dataset, args.noise, label, args.seed, args, {**extra, **switches})

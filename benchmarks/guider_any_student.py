@@ -162,9 +162,10 @@ def main(argv=None):
     jsonl = os.path.splitext(out)[0] + ".jsonl"
     records = load_records(jsonl)
     done = {record_key(r) for r in records if r["status"] == "ok"}
-    jobs = [(model, noise, method, seed) for model in models for noise in args.noise for method in args.methods
-            for seed in args.seeds if job_key(model, noise, method, seed, overrides) not in done
-            and (method == "plain" or distils_into(model)) and not args.summarise_only]
+    jobs = [] if args.summarise_only else [
+        (model, noise, method, seed) for model in models for noise in args.noise for method in args.methods
+        for seed in args.seeds if job_key(model, noise, method, seed, overrides) not in done
+        and (method == "plain" or distils_into(model))]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--summarise-only"]
     command = page_command("guider_any_student.py", argv,

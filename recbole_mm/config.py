@@ -192,6 +192,8 @@ def apply_dataset_defaults(values, dataset):
 
 # ---------------------------------------------------------------------------- value checks
 YAML_NOTHING = ("~", "null")  # how yaml writes None; RecBole's command line passes them on as strings
+
+
 class Rule:
     """What one key's value must be: ``convert(value)`` returns the value (normalised: ``"3"``
     -> 3, ``"text"`` -> ``["text"]``) or raises ``ValueError``; ``wanted`` says it in words;

@@ -62,10 +62,10 @@ def test_the_guider_page_keeps_every_model_it_has_records_for(tmp_path):
     assert rows == ["VBPR", "MGCN"]
 
 
-def guider_page_record(method, seed, **fields):
-    """One VBPR run (0 noise) of the any-student page, with ``fields`` (its fallback or retry)."""
-    return {"model": "VBPR", "noise": 0.0, "method": method, "seed": seed, "status": "ok", "seconds": 10,
-            "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {}, **fields}
+def guider_page_record(method, seed, model="VBPR", **fields):
+    """One run (0 noise) of the any-student page, with ``fields`` (its fallback, retry or status)."""
+    return {"model": model, "dataset": "synthetic", "noise": 0.0, "method": method, "seed": seed, "status": "ok",
+            "seconds": 10, "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {}, **fields}
 
 
 def test_the_guider_page_counts_the_seeds_whose_guider_run_was_kept(tmp_path):
@@ -101,8 +101,7 @@ def test_a_model_that_trains_nothing_gets_plain_runs_only_and_a_guider_cell_sayi
     """ItemKNNCBF trains nothing, so ``guider: true`` refuses it: the command runs its plain
     runs only, and its row says why its GUIDER cells are empty (no failed runs listed)."""
     def record(model, method, seed, status="ok"):
-        return {"model": model, "dataset": "synthetic", "noise": 0.0, "method": method, "seed": seed,
-                "status": status, "seconds": 10, "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {}}
+        return guider_page_record(method, seed, model, status=status)
 
     ran = []
     monkeypatch.setattr(any_student, "run_job", lambda model, dataset, noise, method, seed, *rest: (
@@ -122,10 +121,6 @@ def test_a_model_that_trains_nothing_gets_plain_runs_only_and_a_guider_cell_sayi
 def test_summarise_only_rewrites_the_guider_page_from_its_jsonl_and_runs_nothing(tmp_path, monkeypatch):
     """``--summarise-only`` writes the page from the runs the .jsonl holds, lists what is not run
     yet, and names the command that would run the rest (without the flag)."""
-    def record(model, method, seed):
-        return {"model": model, "dataset": "synthetic", "noise": 0.0, "method": method, "seed": seed,
-                "status": "ok", "seconds": 10, "valid_recall@20": 0.2, "test_recall@20": 0.2, "extra": {}}
-
     def refuse(*args):
         raise AssertionError("--summarise-only ran a job")
 
@@ -133,8 +128,8 @@ def test_summarise_only_rewrites_the_guider_page_from_its_jsonl_and_runs_nothing
     monkeypatch.setattr(any_student, "run_once", refuse)
     out = str(tmp_path / "page.md")
     with open(os.path.splitext(out)[0] + ".jsonl", "w") as handle:
-        handle.write("".join(json.dumps(record("VBPR", method, 1)) + "\n" for method in ("plain", "GUIDER")))
-        handle.write(json.dumps(record("MGCN", "plain", 1)) + "\n")
+        handle.write("".join(json.dumps(guider_page_record(method, 1)) + "\n" for method in ("plain", "GUIDER")))
+        handle.write(json.dumps(guider_page_record("plain", 1, "MGCN")) + "\n")
     any_student.main(["--models", "VBPR", "MGCN", "FREEDOM", "--noise", "0", "--seeds", "1", "--out", out,
                       "--summarise-only"])
     text = open(out).read()
