@@ -119,6 +119,25 @@ def runs_missing(records, models):
     return missing
 
 
+def plain_runs_not_replayed(records, digits=4):
+    """The plain runs that their GUIDER twin's fallback did not reproduce, one line each.
+
+    The fallback trains the student alone replaying the plain run's random draws, and records
+    that run's best valid Recall@20 (``fallback.plain``); under the same code it equals the plain
+    run's to the digit. A plain run that differs was recorded under code that has changed since
+    (a stale row): re-run it with ``--methods plain`` after removing it from the .jsonl."""
+    plain = {(r["model"], r["noise"], r["seed"]): r["valid_recall@20"] for r in records
+             if r["method"] == "plain" and r["status"] == "ok"}
+    lines = []
+    for r in records:
+        alone = (r.get("fallback") or {}).get("plain") if r["method"] == "GUIDER" and r["status"] == "ok" else None
+        recorded = plain.get((r["model"], r["noise"], r["seed"]))
+        if alone is not None and recorded is not None and round(alone, digits) != round(recorded, digits):
+            lines.append(f"{r['model']} noise {r['noise']:g} seed {r['seed']}: plain valid R@20 {recorded:.{digits}f}, "
+                         f"the fallback's run alone {alone:.{digits}f}")
+    return sorted(lines)
+
+
 def write_markdown(path, records, models, noises, command, overrides):
     budget = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the dataset's budget (60 epochs, patience 10)"
     header = ("Each model with its packaged defaults (plain) and with `guider: true` and GUIDER's packaged "
@@ -138,8 +157,14 @@ def write_markdown(path, records, models, noises, command, overrides):
               f"Command: `{command}`\n\n{machine_line()} "
               "Runs shared the CPUs with other jobs: the seconds are indicative only.")
     models = models_in_table(models, records)
+    body = table(records, models, noises)
+    stale = plain_runs_not_replayed(records)
+    if stale:
+        body += ("\n\nPlain runs that the fallback's run alone (the same draws, today's code) does not reproduce: "
+                 "recorded under older code, re-run them (remove them from the .jsonl, then `--methods plain`):\n\n"
+                 + "\n".join(f"- {line}" for line in stale))
     write_page(path, "GUIDER with any student: plain vs GUIDER, bundled synthetic dataset", header,
-               table(records, models, noises), models, records, missing=runs_missing(records, models))
+               body, models, records, missing=runs_missing(records, models))
 
 
 def main(argv=None):

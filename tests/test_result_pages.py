@@ -97,6 +97,22 @@ def test_the_guider_page_counts_the_seeds_that_were_retried_and_those_that_kept_
     assert "| 3/4 (2) |" in row, row
 
 
+def test_the_guider_page_lists_the_plain_runs_that_the_fallback_did_not_reproduce(tmp_path):
+    """The fallback's run alone replays the plain run's draws: a plain row whose valid score
+    differs from it was recorded under older code, and the page names it (and only it)."""
+    def guider(seed, alone):
+        return guider_page_record("GUIDER", seed, fallback={"guider": 0.3, "plain": alone, "kept": "guider"})
+
+    out = str(tmp_path / "page.md")
+    records = [guider_page_record("plain", 1), guider_page_record("plain", 2), guider(1, 0.2), guider(2, 0.21),
+               guider_page_record("GUIDER", 3)]
+    any_student.write_markdown(out, records, ["VBPR"], [0.0], "python benchmarks/guider_any_student.py", {})
+    listed = [line for line in open(out).read().splitlines() if line.startswith("- VBPR")]
+    assert listed == ["- VBPR noise 0 seed 2: plain valid R@20 0.2000, the fallback's run alone 0.2100"]
+    any_student.write_markdown(out, records[:3], ["VBPR"], [0.0], "cmd", {})
+    assert "does not reproduce" not in open(out).read()
+
+
 def test_a_model_that_trains_nothing_gets_plain_runs_only_and_a_guider_cell_saying_why(tmp_path, monkeypatch):
     """ItemKNNCBF trains nothing, so ``guider: true`` refuses it: the command runs its plain
     runs only, and its row says why its GUIDER cells are empty (no failed runs listed)."""
