@@ -236,6 +236,7 @@ def main(argv=None):
     parser.add_argument("--sports", default=None, metavar="INTER", help="sports.inter: speed and memory there instead")
     parser.add_argument("--max-batches", type=int, default=20, help="--sports: batches timed per epoch (0: all)")
     parser.add_argument("--out", default=None, help="markdown file (default results/zoo_<dataset>.md)")
+    parser.add_argument("--summarise-only", action="store_true", help="rewrite the page from the .jsonl, run nothing")
     args = parser.parse_args(argv)
     models = args.models or default_models()
     overrides = parse_overrides(args.set)
@@ -245,13 +246,13 @@ def main(argv=None):
     records = load_records(jsonl)
     done = {(r["model"], r["seed"], json.dumps(r["overrides"], sort_keys=True)) for r in records if r["status"] == "ok"}
     seeds = [None] if args.sports else args.seeds
-    jobs = [(model, seed) for model in models for seed in seeds
-            if (model, seed, json.dumps(overrides, sort_keys=True)) not in done]
+    jobs = [] if args.summarise_only else [(model, seed) for model in models for seed in seeds
+                                           if (model, seed, json.dumps(overrides, sort_keys=True)) not in done]
     workdir = os.path.join(REPO, "log", "zoo")
     os.makedirs(workdir, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    command = page_command("zoo.py", argv if argv is not None else sys.argv[1:],
-                           models_in_table(models, records), default_models())
+    argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--summarise-only"]
+    command = page_command("zoo.py", argv, models_in_table(models, records), default_models())
 
     def one(job):
         model, seed = job
@@ -267,8 +268,11 @@ def main(argv=None):
             records.append(record)
             with open(jsonl, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            current = [r for r in records if r["dataset"] == dataset]
-            write_markdown(out, current, models, command, bool(args.sports), args.dataset)
+            write_markdown(out, [r for r in records if r["dataset"] == dataset], models, command, bool(args.sports),
+                           args.dataset)
+    if args.summarise_only:
+        write_markdown(out, [r for r in records if r["dataset"] == dataset], models, command, bool(args.sports),
+                       args.dataset)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,20 @@ def test_a_command_for_one_model_keeps_the_other_models_rows(tmp_path, monkeypat
     assert "--models" not in text
 
 
+def test_zoo_summarise_only_rewrites_the_page_from_its_jsonl_and_runs_nothing(tmp_path, monkeypatch):
+    def refuse(*args):
+        raise AssertionError("--summarise-only ran a job")
+
+    monkeypatch.setattr(zoo, "run_once", refuse)
+    out = str(tmp_path / "zoo_synthetic.md")
+    with open(os.path.splitext(out)[0] + ".jsonl", "w") as handle:
+        handle.write(json.dumps(zoo_record("VBPR", 999, 0.25)) + "\n")
+    zoo.main(["--models", "VBPR", "FREEDOM", "--seeds", "999", "--set", "epochs=30", "--summarise-only", "--out", out])
+    text = open(out).read()
+    assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| VBPR")] == ["VBPR"]
+    assert f"Command: `python benchmarks/zoo.py --seeds 999 --set epochs=30 --out {out}`" in text
+
+
 def test_the_command_keeps_models_outside_the_default_list():
     argv = ["--models", "ItemKNN", "--jobs", "1"]
     assert zoo.page_command("zoo.py", argv, ["ItemKNN"], ["BPR", "VBPR"]) == "python benchmarks/zoo.py " + " ".join(argv)
