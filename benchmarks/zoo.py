@@ -254,6 +254,10 @@ def main(argv=None):
     argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--summarise-only"]
     command = page_command("zoo.py", argv, models_in_table(models, records), default_models())
 
+    def write_current_page():
+        write_markdown(out, [r for r in records if r["dataset"] == dataset], models, command, bool(args.sports),
+                       args.dataset)
+
     def one(job):
         model, seed = job
         if args.sports:
@@ -268,11 +272,9 @@ def main(argv=None):
             records.append(record)
             with open(jsonl, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            write_markdown(out, [r for r in records if r["dataset"] == dataset], models, command, bool(args.sports),
-                           args.dataset)
+            write_current_page()
     if args.summarise_only:
-        write_markdown(out, [r for r in records if r["dataset"] == dataset], models, command, bool(args.sports),
-                       args.dataset)
+        write_current_page()
 
 
 if __name__ == "__main__":
