@@ -192,8 +192,7 @@ def main(argv=None):
         for seed in args.seeds if job_key(model, noise, method, seed, overrides) not in done
         and (method == "plain" or distils_into(model))]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--summarise-only"]
-    command = page_command("guider_any_student.py", argv,
+    command = page_command("guider_any_student.py", argv if argv is not None else sys.argv[1:],
                            models_in_table(models, records), default_models())
     if jobs:  # the dataset is generated once, before runs race to create it
         os.makedirs(os.path.join(REPO, "log", "guider_any_student"), exist_ok=True)

@@ -187,9 +187,10 @@ def models_in_table(models, records):
 
 
 def page_command(script, argv, models, everything):
-    """The command that regenerates the page: ``argv`` without its ``--models`` list when the page's
+    """The command that regenerates the page: ``argv`` without ``--summarise-only`` (the command
+    that would also run what the page lacks), and without its ``--models`` list when the page's
     models are all among ``everything`` (the script's default list), so the command covers them all."""
-    argv = list(argv)
+    argv = [arg for arg in argv if arg != "--summarise-only"]
     if "--models" in argv and set(models) <= set(everything):
         start = argv.index("--models")
         end = next((i for i in range(start + 1, len(argv)) if argv[i].startswith("--")), len(argv))
@@ -251,8 +252,8 @@ def main(argv=None):
     workdir = os.path.join(REPO, "log", "zoo")
     os.makedirs(workdir, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--summarise-only"]
-    command = page_command("zoo.py", argv, models_in_table(models, records), default_models())
+    command = page_command("zoo.py", argv if argv is not None else sys.argv[1:],
+                           models_in_table(models, records), default_models())
 
     def write_current_page():
         write_markdown(out, [r for r in records if r["dataset"] == dataset], models, command, bool(args.sports),

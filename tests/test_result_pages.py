@@ -24,6 +24,10 @@ zoo = load("zoo")
 any_student = load("guider_any_student")
 
 
+def refuse_to_run(*args):
+    raise AssertionError("--summarise-only ran a job")
+
+
 def zoo_record(model, seed, recall):
     return {"model": model, "dataset": "synthetic", "seed": seed, "overrides": {"epochs": 30}, "status": "ok",
             "valid_recall@20": recall, "valid_ndcg@20": recall / 2, "test_recall@20": recall,
@@ -45,10 +49,7 @@ def test_a_command_for_one_model_keeps_the_other_models_rows(tmp_path, monkeypat
 
 
 def test_zoo_summarise_only_rewrites_the_page_from_its_jsonl_and_runs_nothing(tmp_path, monkeypatch):
-    def refuse(*args):
-        raise AssertionError("--summarise-only ran a job")
-
-    monkeypatch.setattr(zoo, "run_once", refuse)
+    monkeypatch.setattr(zoo, "run_once", refuse_to_run)
     out = str(tmp_path / "zoo_synthetic.md")
     with open(os.path.splitext(out)[0] + ".jsonl", "w") as handle:
         handle.write(json.dumps(zoo_record("VBPR", 999, 0.25)) + "\n")
@@ -151,11 +152,8 @@ def test_a_model_that_trains_nothing_gets_plain_runs_only_and_a_guider_cell_sayi
 def test_summarise_only_rewrites_the_guider_page_from_its_jsonl_and_runs_nothing(tmp_path, monkeypatch):
     """``--summarise-only`` writes the page from the runs the .jsonl holds, lists what is not run
     yet, and names the command that would run the rest (without the flag)."""
-    def refuse(*args):
-        raise AssertionError("--summarise-only ran a job")
-
-    monkeypatch.setattr(any_student, "run_job", refuse)
-    monkeypatch.setattr(any_student, "run_once", refuse)
+    monkeypatch.setattr(any_student, "run_job", refuse_to_run)
+    monkeypatch.setattr(any_student, "run_once", refuse_to_run)
     out = str(tmp_path / "page.md")
     with open(os.path.splitext(out)[0] + ".jsonl", "w") as handle:
         handle.write("".join(json.dumps(guider_page_record(method, 1)) + "\n" for method in ("plain", "GUIDER")))
